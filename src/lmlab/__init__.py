@@ -1,0 +1,46 @@
+"""lmlab: a plug-and-play transformer laboratory.
+
+The public names are re-exported lazily (PEP 562) so that `lmlab --help` and `lmlab.reference`
+never import torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ModelConfig": "lmlab.config",
+    "DataConfig": "lmlab.config",
+    "TrainConfig": "lmlab.config",
+    "RunConfig": "lmlab.config",
+    "resolve_config": "lmlab.config",
+    "list_presets": "lmlab.config",
+    "build_model": "lmlab.model.transformer",
+    "build_transformer": "lmlab.model.transformer",
+    "CausalLM": "lmlab.model.transformer",
+    "MiniTrainer": "lmlab.trainer.mini_trainer",
+    "Callback": "lmlab.trainer.callbacks",
+    "RunDir": "lmlab.track.run_dir",
+    "load_run": "lmlab.infer.load",
+    "train_from_config": "lmlab.trainer.run",
+    "ATTN": "lmlab.registry",
+    "FFN": "lmlab.registry",
+    "NORM": "lmlab.registry",
+    "POS": "lmlab.registry",
+    "EMBED": "lmlab.registry",
+    "TOKENIZER": "lmlab.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lmlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,3 @@
+from lmlab.cli.app import main
+
+main()

@@ -1,0 +1,31 @@
+"""Multi-head attention through `F.scaled_dot_product_attention` (flash / memory-efficient kernels)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.nn import functional as F
+
+from lmlab.attn.base import CausalSelfAttention
+from lmlab.registry import ATTN
+
+
+@ATTN.register(
+    "sdpa",
+    tags=("dense", "fused", "gqa"),
+    caps={"kv_cache": True},
+    paper="Vaswani et al. 2017; Dao et al. 2022 (FlashAttention)",
+)
+class SDPA(CausalSelfAttention):
+    """Same math as `mha`, computed by PyTorch's fused attention; GQA via `enable_gqa`."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+        """One fused call; dropout on the attention weights only while training."""
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )

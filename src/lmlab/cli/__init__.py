@@ -1,0 +1,1 @@
+"""The `lmlab` command line (imports nothing heavy until a command runs)."""

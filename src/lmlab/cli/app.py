@@ -1,0 +1,200 @@
+"""`lmlab` commands: train, eval, generate, list, arch (plus the `exp-train` / `exp-eval` aliases)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from lmlab import __version__
+from lmlab.cli.schema_flags import collect_overrides, schema_options
+from lmlab.errors import LmlabError
+
+
+def user_errors(fn):
+    """Turn user errors into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LmlabError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _resolve(params: dict):
+    from lmlab.config import resolve_config
+
+    return resolve_config(
+        preset=params.pop("preset", None), config_file=params.pop("config", None), cli=collect_overrides(params)
+    )
+
+
+COMMON = [
+    click.Option(["--preset"], default=None, help="start from a named preset (see `lmlab list`)"),
+    click.Option(["--config"], default=None, help="YAML or JSON config file"),
+]
+
+
+@user_errors
+def _train(**params) -> None:
+    from lmlab.trainer.run import train_from_config
+
+    result = train_from_config(_resolve(params))
+    m = result.metrics
+    click.echo(f"done: step {m.get('step')} | val loss {m.get('val_loss', float('nan')):.4f} | run {result.run.path}")
+    for i, s in enumerate(result.samples):
+        click.echo(f"\n--- sample {i + 1} ---\n{s}")
+
+
+train_command = click.Command(
+    "train",
+    callback=_train,
+    params=[*COMMON, *schema_options()],
+    help="Train a model; every config field is a flag (precedence: flags > LMLAB_* env > --config > --preset).",
+)
+
+
+@user_errors
+def _arch(seq_len_flops: int | None, **params) -> None:
+    from lmlab.model.cost import cost_card
+
+    cfg = _resolve(params)
+    click.echo(cost_card(cfg.model, seq_len_flops or cfg.model.max_seq_len))
+
+
+arch_command = click.Command(
+    "arch",
+    callback=_arch,
+    params=[
+        *COMMON,
+        click.Option(
+            ["--at-seq-len", "seq_len_flops"],
+            type=int,
+            default=None,
+            help="sequence length for FLOPs (default max_seq_len)",
+        ),
+        *schema_options(("model",)),
+    ],
+    help="Components, parameters per component and FLOPs per token of a config, without training.",
+)
+
+
+@click.group(
+    name="lmlab",
+    help="A plug-and-play transformer laboratory: compose, train, compare, sample and serve language models.",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+)
+@click.version_option(__version__, prog_name="lmlab")
+def cli() -> None:
+    """Top-level group."""
+
+
+@cli.command("eval")
+@click.option("--run", "run", required=True, help="run directory")
+@click.option("--iters", default=50, show_default=True, help="validation batches")
+@click.option("--batch", type=int, default=None, help="batch size (default the run's)")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@user_errors
+def eval_cmd(run: str, iters: int, batch: int | None, device: str) -> None:
+    """Validation loss (and bits per token) of a trained run; writes eval/eval.json."""
+    from lmlab.infer.evaluate import evaluate_run
+
+    result = evaluate_run(run, iters=iters, batch_size=batch, device=device)
+    click.echo(json.dumps(result, indent=2))
+
+
+@cli.command("generate")
+@click.option("--run", "run", required=True, help="run directory")
+@click.option("--prompt", default="\n", help="text to continue")
+@click.option("--max-new-tokens", default=200, show_default=True, help="tokens to add")
+@click.option("--temperature", default=0.8, show_default=True, help="0 = greedy")
+@click.option("--top-k", type=int, default=None, help="keep the k most likely tokens")
+@click.option("--top-p", type=float, default=None, help="nucleus sampling mass")
+@click.option("--num-samples", default=1, show_default=True, help="independent samples")
+@click.option("--seed", default=0, show_default=True, help="sampling seed")
+@click.option("--no-cache", is_flag=True, help="recompute the full context each step")
+@click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda")
+@user_errors
+def generate_cmd(
+    run: str,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    num_samples: int,
+    seed: int,
+    no_cache: bool,
+    device: str,
+) -> None:
+    """Sample continuations of a prompt from a trained run."""
+    import torch
+
+    from lmlab.infer.load import load_run
+    from lmlab.utils.hardware import resolve_device
+
+    dev = resolve_device(device)
+    loaded = load_run(run, device=dev)
+    ids = torch.tensor([loaded.tokenizer.encode(prompt)], device=dev)
+    for i in range(num_samples):
+        out = loaded.model.generate(
+            ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed + i,
+            use_cache=not no_cache,
+        )
+        if num_samples > 1:
+            click.echo(f"--- sample {i + 1} ---")
+        click.echo(loaded.tokenizer.decode(out[0].tolist()))
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(["attn", "ffn", "norm", "pos", "embed", "presets"]))
+@user_errors
+def list_cmd(kind: str | None) -> None:
+    """Every registered block with its tags, and the presets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmlab.config import list_presets
+    from lmlab.registry import BLOCK_REGISTRIES
+
+    console = Console(width=160)
+    if kind != "presets":
+        table = Table("kind", "name", "tags", "paper")
+        for field, reg in BLOCK_REGISTRIES.items():
+            if kind in (None, field):
+                for e in reg.entries():
+                    aliases = f" ({', '.join(e.aliases)})" if e.aliases else ""
+                    table.add_row(field, e.name + aliases, ", ".join(e.tags), e.paper)
+        console.print(table)
+    if kind in (None, "presets"):
+        console.print("presets: " + ", ".join(list_presets()))
+
+
+cli.add_command(train_command)
+cli.add_command(arch_command)
+
+
+def main() -> None:
+    """Entry point of `lmlab`."""
+    cli(prog_name="lmlab")
+
+
+def exp_train() -> None:
+    """Entry point of `exp-train`, an alias of `lmlab train`."""
+    train_command(prog_name="exp-train")
+
+
+def exp_eval() -> None:
+    """Entry point of `exp-eval`, an alias of `lmlab eval`."""
+    eval_cmd(prog_name="exp-eval")

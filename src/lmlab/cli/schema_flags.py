@@ -1,0 +1,104 @@
+"""Click options generated from the pydantic schema, so no flag is written twice.
+
+Every field of every section gets `--section.field` (e.g. `--model.n_layer`) and, when its name is
+unique across sections, the bare dashed form (`--n-layer`, `--norm-position`); nested models give
+`--model.rope.theta` / `--rope.theta`. Values stay strings and are validated by the schema.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+import click
+from pydantic import BaseModel
+
+from lmlab.config import SECTIONS
+
+# Short flags researchers type most, as (flag, dotted field).
+SHORTCUTS: dict[str, str] = {
+    "attn": "model.attn",
+    "ffn": "model.ffn",
+    "norm": "model.norm",
+    "pos": "model.pos",
+    "layers": "model.n_layer",
+    "heads": "model.n_head",
+    "dim": "model.d_model",
+    "seq-len": "model.max_seq_len",
+    "dropout": "model.dropout",
+    "batch": "train.batch_size",
+    "epochs": "train.epochs",
+    "max-steps": "train.max_steps",
+    "lr": "train.lr",
+    "save-dir": "train.save_dir",
+    "run-tag": "train.run_tag",
+    "data": "data.name",
+}
+
+
+def _leaf_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _leaf_fields(ann, (*prefix, name))
+        else:
+            out.append(((*prefix, name), field))
+    return out
+
+
+def _is_bool(ann: Any) -> bool:
+    if ann is bool:
+        return True
+    args = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union else ()
+    return bool(args) and all(a in (bool, type(None)) for a in args)
+
+
+def _help(field: Any) -> str:
+    parts = [field.description or ""]
+    args = typing.get_args(field.annotation)
+    if typing.get_origin(field.annotation) is typing.Literal:
+        parts.append("one of: " + ", ".join(map(str, args)))
+    if field.default is not None and not callable(field.default_factory):
+        parts.append(f"default: {field.default}")
+    return "; ".join(p for p in parts if p)
+
+
+def schema_options(sections: tuple[str, ...] = tuple(SECTIONS)) -> list[click.Option]:
+    """Click options for every field of the given config sections, plus the shortcuts."""
+    leaves = [((sec, *path), field) for sec in sections for path, field in _leaf_fields(SECTIONS[sec])]
+    counts: dict[str, int] = {}
+    for path, _ in leaves:
+        counts[".".join(path[1:])] = counts.get(".".join(path[1:]), 0) + 1
+    by_target = {v: k for k, v in SHORTCUTS.items() if v.split(".")[0] in sections}
+    options = []
+    for path, field in leaves:
+        dotted = ".".join(path)
+        local = ".".join(path[1:])
+        names = [f"--{dotted}"]
+        if counts[local] == 1 and local.replace("_", "-") not in SHORTCUTS:
+            names.append(f"--{local.replace('_', '-')}")
+        if dotted in by_target and f"--{by_target[dotted]}" not in names:
+            names.insert(0, f"--{by_target[dotted]}")
+        dest = "__".join(path)
+        if _is_bool(field.annotation):
+            names = [f"{n}/--no-{n[2:]}" for n in names]
+            options.append(click.Option([*names, dest], default=None, help=_help(field)))
+        else:
+            options.append(click.Option([*names, dest], default=None, help=_help(field), metavar="VALUE"))
+    return options
+
+
+def collect_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """Nested {section: {field: value}} from the parsed options that were given."""
+    out: dict[str, Any] = {}
+    for dest, value in params.items():
+        if value is None or "__" not in dest:
+            continue
+        *parents, leaf = dest.split("__")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out

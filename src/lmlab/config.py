@@ -1,0 +1,437 @@
+"""The one pydantic schema for models, data, training and tracking, with presets and config sources.
+
+Precedence, highest first: CLI > environment (``LMLAB_MODEL__N_LAYER=8``) > config file (YAML/JSON)
+> preset > defaults. Every source is normalised to canonical field names before merging, so a foreign
+alias (``n_embd``) in a file is overridden by a canonical flag (``--dim``) as expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmlab.errors import ConfigError
+
+ENV_PREFIX = "LMLAB_"
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "leaky_relu"]
+
+# Foreign names (HF, nanoGPT, Megatron) -> canonical names, per section.
+ALIASES: dict[str, dict[str, str]] = {
+    "model": {
+        "n_embd": "d_model",
+        "hidden_size": "d_model",
+        "dim": "d_model",
+        "block_size": "max_seq_len",
+        "n_positions": "max_seq_len",
+        "max_position_embeddings": "max_seq_len",
+        "num_layers": "n_layer",
+        "num_hidden_layers": "n_layer",
+        "n_layers": "n_layer",
+        "num_heads": "n_head",
+        "num_attention_heads": "n_head",
+        "n_heads": "n_head",
+        "num_key_value_heads": "n_kv_head",
+        "n_kv_heads": "n_kv_head",
+        "intermediate_size": "d_ff",
+        "n_inner": "d_ff",
+        "ffn_dim": "d_ff",
+    },
+    "data": {"dataset": "name", "corpus": "name"},
+    "train": {"batch": "batch_size", "learning_rate": "lr", "max_iters": "max_steps", "warmup_iters": "warmup_steps"},
+}
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, foreign aliases are accepted."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return canonicalize(cls._section_name(), data)
+        return data
+
+    @classmethod
+    def _section_name(cls) -> str:
+        return ""
+
+
+class RopeConfig(BaseModel):
+    """Rotary embedding settings (RoFormer; Llama's half-split convention)."""
+
+    model_config = ConfigDict(extra="forbid")
+    theta: float = Field(10000.0, gt=0)
+    fraction: float = Field(1.0, gt=0, le=1, description="fraction of each head's dims that rotate")
+
+
+class ModelConfig(Section):
+    """Architecture of a decoder-only language model."""
+
+    arch: Literal["decoder"] = "decoder"
+    vocab_size: int = Field(256, ge=2)
+    max_seq_len: int = Field(256, ge=1)
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_kv_head: int | None = Field(None, ge=1, description="key/value heads (GQA/MQA); default n_head")
+    d_model: int = Field(128, ge=1)
+    d_ff: int | None = Field(None, ge=1, description="hidden width of the FFN; default from the FFN's multiplier")
+    attn: str = "sdpa"
+    ffn: str = "mlp"
+    norm: str = "layernorm"
+    pos: str = "learned"
+    embed: str = "token"
+    activation: Activation = "gelu"
+    norm_position: Literal["pre", "post"] = "pre"
+    bias: bool = True
+    tie_weights: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm_eps: float = Field(1e-5, gt=0)
+    init_std: float = Field(0.02, gt=0)
+    rope: RopeConfig = Field(default_factory=RopeConfig)
+
+    @classmethod
+    def _section_name(cls) -> str:
+        return "model"
+
+    @model_validator(mode="after")
+    def _resolve(self) -> ModelConfig:
+        from lmlab.registry import BLOCK_REGISTRIES
+
+        for field_name, reg in BLOCK_REGISTRIES.items():
+            setattr_raw(self, field_name, _lookup(reg, field_name, getattr(self, field_name)))
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model: {self.d_model} is not divisible by n_head={self.n_head}; allowed: a multiple of n_head"
+            )
+        if self.n_kv_head is None:
+            setattr_raw(self, "n_kv_head", self.n_head)
+        if self.n_head % self.n_kv_head:
+            divisors = [k for k in range(1, self.n_head + 1) if self.n_head % k == 0]
+            raise ValueError(
+                f"model.n_kv_head: n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}; "
+                f"allowed: {', '.join(map(str, divisors))}"
+            )
+        if self.d_ff is None:
+            setattr_raw(self, "d_ff", default_d_ff(self))
+        check_combinations(self)
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_head
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A validated model config from a named preset with field overrides."""
+        data = deep_merge(load_preset(name).get("model", {}), canonicalize("model", overrides))
+        return validate(cls, data, "model")
+
+    def arch_name(self) -> str:
+        """Short architecture name, e.g. ``4L-4H-128D-RoPE-RMS-SwiGLU-PreNorm``."""
+        from lmlab.registry import ATTN, FFN, NORM, POS
+
+        parts = [f"{self.n_layer}L", f"{self.n_head}H"]
+        if self.n_kv_head != self.n_head:
+            parts.append(f"{self.n_kv_head}KV")
+        parts.append(f"{self.d_model}D")
+        attn_short = ATTN.entry(self.attn).caps.get("short")
+        if attn_short:
+            parts.append(attn_short)
+        ffn_short = FFN.entry(self.ffn).caps.get("short") or self.activation.upper()
+        parts += [POS.entry(self.pos).caps["short"], NORM.entry(self.norm).caps["short"]]
+        parts.append(ffn_short.format(act=_ACT_SHORT[self.activation]))
+        parts.append("PreNorm" if self.norm_position == "pre" else "PostNorm")
+        return "-".join(parts)
+
+
+_ACT_SHORT = {"gelu": "GELU", "gelu_tanh": "GELU", "relu": "ReLU", "silu": "SiLU", "leaky_relu": "LReLU"}
+
+
+def setattr_raw(model: BaseModel, name: str, value: Any) -> None:
+    """Set a field inside a validator without re-triggering validation."""
+    object.__setattr__(model, name, value)
+
+
+def _lookup(reg, field_name: str, value: str) -> str:
+    try:
+        return reg.canonical(value)
+    except ConfigError as exc:
+        raise ValueError(f"model.{field_name}: {exc}") from None
+
+
+def default_d_ff(cfg: ModelConfig) -> int:
+    """FFN hidden width from the FFN's registered multiplier, rounded up to a multiple of 8."""
+    from lmlab.registry import FFN
+
+    mult = FFN.entry(cfg.ffn).caps.get("d_ff_mult", 4.0)
+    return 8 * math.ceil(int(mult * cfg.d_model) / 8)
+
+
+def check_combinations(cfg: ModelConfig) -> None:
+    """Reject block combinations that a block's registry metadata declares unsupported."""
+    from lmlab.registry import BLOCK_REGISTRIES
+
+    for field_name, reg in BLOCK_REGISTRIES.items():
+        entry = reg.entry(getattr(cfg, field_name))
+        for other, allowed in entry.caps.get("supports", {}).items():
+            value = getattr(cfg, other)
+            if value not in allowed:
+                raise ValueError(
+                    f"model.{other}: {reg.kind} '{entry.name}' does not support {other}='{value}'; "
+                    f"allowed with it: {', '.join(sorted(allowed))}"
+                )
+
+
+class DataConfig(Section):
+    """Where the text comes from and how it becomes tokens."""
+
+    name: str = Field("pystdlib", description="pystdlib | shakespeare | file:PATH")
+    tokenizer: str = "char"
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    max_chars: int | None = Field(None, ge=1, description="truncate the corpus to this many characters")
+    cache_dir: str | None = Field(None, description="token cache; default $LMLAB_CACHE_DIR or ~/.cache/lmlab")
+
+    @classmethod
+    def _section_name(cls) -> str:
+        return "data"
+
+
+class TrainConfig(Section):
+    """Optimisation, schedule, evaluation, checkpointing and run-directory settings."""
+
+    batch_size: int = Field(32, ge=1)
+    seq_len: int | None = Field(None, ge=1, description="training context; default model.max_seq_len")
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float | None = Field(None, ge=0, description="cosine floor; default lr/10")
+    warmup_steps: int = Field(100, ge=0)
+    decay_steps: int | None = Field(None, ge=1, description="cosine length; default the total steps")
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    clip_grad: float | None = Field(1.0, gt=0)
+    eval_interval: int = Field(250, ge=1)
+    eval_iters: int = Field(20, ge=1)
+    log_interval: int = Field(10, ge=1)
+    ckpt_interval: int | None = Field(None, ge=1, description="default eval_interval")
+    keep_last: int = Field(2, ge=1)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 1337
+    save_dir: str = "runs"
+    run_tag: str = ""
+    resume: str | None = Field(None, description="auto | a run directory | a checkpoint directory")
+    progress: bool = True
+    sample_tokens: int = Field(200, ge=0, description="tokens to sample after training")
+    num_samples: int = Field(2, ge=0)
+
+    @classmethod
+    def _section_name(cls) -> str:
+        return "train"
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.max_steps is None and self.epochs is None:
+            setattr_raw(self, "max_steps", 1000)
+        return self
+
+
+class RunConfig(BaseModel):
+    """Everything a run did: the saved form of a run, and what `lmlab train` validates."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    preset: str | None = None
+
+    @model_validator(mode="after")
+    def _cross(self) -> RunConfig:
+        seq = self.train.seq_len
+        if seq is not None and seq > self.model.max_seq_len:
+            raise ValueError(
+                f"train.seq_len: {seq} exceeds model.max_seq_len={self.model.max_seq_len}; "
+                f"allowed: 1..{self.model.max_seq_len}"
+            )
+        return self
+
+    @property
+    def seq_len(self) -> int:
+        """The training context length."""
+        return self.train.seq_len or self.model.max_seq_len
+
+    def save(self, path: str | Path) -> None:
+        """Write the full resolved config as JSON (or YAML by suffix)."""
+        path = Path(path)
+        data = self.model_dump(mode="json")
+        text = yaml.safe_dump(data, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(data, indent=2)
+        path.write_text(text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """Read a saved config file back into a validated RunConfig."""
+        return validate(cls, read_config_file(path), "")
+
+
+SECTIONS: dict[str, type[Section]] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+# ----------------------------------------------------------------------------- sources and merging
+
+
+def canonicalize(section: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Rename foreign aliases to canonical names; a key given twice under two names is an error."""
+    aliases = ALIASES.get(section, {})
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = aliases.get(key, key)
+        if name in out and name != key:
+            raise ConfigError(f"{section}.{name}: given twice (as '{key}' and '{name}')")
+        out[name] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values of `override` win."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.name[:-5] for p in resources.files("lmlab.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw (unvalidated) dict of a preset, sections canonicalised."""
+    key = name.lower()
+    known = list_presets()
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"preset: unknown preset '{name}'; known: {', '.join(known)}{hint}")
+    raw = yaml.safe_load(resources.files("lmlab.presets").joinpath(f"{key}.yaml").read_text()) or {}
+    return normalize_sections(raw, f"preset '{key}'")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML or JSON config file into a dict of sections."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file not found: {path}")
+    try:
+        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config: cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of sections (model, data, train)")
+    return normalize_sections(raw, str(path))
+
+
+def normalize_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check top-level section names and canonicalise each section's keys."""
+    allowed = [*SECTIONS, "preset"]
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key}: unknown section in {where}; allowed: {', '.join(allowed)}{hint}")
+        out[key] = canonicalize(key, value) if key in SECTIONS and isinstance(value, dict) else value
+    return out
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Nested overrides from ``LMLAB_SECTION__FIELD[__SUB]=value`` environment variables."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in SECTIONS:
+            continue
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return {k: canonicalize(k, v) for k, v in out.items()}
+
+
+def resolve_config(
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    cli: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> RunConfig:
+    """Merge defaults < preset < file < env < CLI into one validated RunConfig."""
+    file_data = read_config_file(config_file) if config_file else {}
+    env_data = env_overrides(environ)
+    cli = {k: canonicalize(k, v) if k in SECTIONS else v for k, v in (cli or {}).items()}
+    preset = cli.pop("preset", None) or preset or env_data.pop("preset", None) or file_data.get("preset")
+    merged: dict[str, Any] = load_preset(preset) if preset else {}
+    for layer in (file_data, env_data, cli):
+        merged = deep_merge(merged, layer)
+    if preset:
+        merged["preset"] = preset.lower()
+    return validate(RunConfig, merged, "")
+
+
+def validate(cls: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
+    """Validate `data` against `cls`, turning pydantic's report into one ConfigError line."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, cls, prefix)) from None
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
+    node: Any = cls
+    for part in loc:
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        node = field.annotation
+    return list(node.model_fields)
+
+
+def format_validation_error(exc: ValidationError, cls: type[BaseModel], prefix: str) -> str:
+    """One line per problem, each naming the dotted field, the value and what is allowed."""
+    msgs = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        name = ".".join(([prefix] if prefix else []) + list(loc)) or prefix or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(cls, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            msgs.append(f"{name}: unknown field; {hint}allowed: {', '.join(known)}")
+        elif ":" in msg.split(" ")[0]:
+            msgs.append(msg)  # the validator already named the field
+        else:
+            got = err.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+            msgs.append(f"{name}: {msg}{shown}")
+    return "; ".join(msgs)

@@ -1,0 +1,56 @@
+"""Character-level tokenizer: one id per distinct character of the training text (nanoGPT's char model)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from lmlab.errors import DataError
+from lmlab.registry import TOKENIZER
+
+
+@TOKENIZER.register("char", tags=("lossless",))
+class CharTokenizer:
+    """ids are positions in the sorted character set; unseen characters are an error naming them."""
+
+    name = "char"
+
+    def __init__(self, chars: list[str]) -> None:
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        """The tokenizer whose vocabulary is the set of characters in `text`."""
+        if not text:
+            raise DataError("tokenizer: cannot build a character vocabulary from empty text")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct characters."""
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        """One id per character."""
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted({c for c in text if c not in self.stoi})
+            raise DataError(f"tokenizer: characters not in the vocabulary: {unknown[:10]!r}") from None
+
+    def decode(self, ids: list[int]) -> str:
+        """Concatenate the characters of the ids."""
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict:
+        """The vocabulary, in id order."""
+        return {"chars": self.chars}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CharTokenizer:
+        """Inverse of `to_dict`."""
+        return cls(data["chars"])
+
+    def fingerprint(self) -> str:
+        """Hash of the vocabulary."""
+        return hashlib.sha256("".join(self.chars).encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -1,0 +1,39 @@
+"""Typed errors that speak to the user; the CLI turns them into one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class LmlabError(Exception):
+    """Base class for errors caused by user input rather than by a bug."""
+
+
+class ConfigError(LmlabError, ValueError):
+    """An invalid configuration value, naming the field, the value and what is allowed."""
+
+
+class UnknownComponentError(ConfigError):
+    """A registry lookup for a name that is not registered."""
+
+
+class DataError(LmlabError):
+    """A corpus or dataset that cannot be read or is unusable."""
+
+
+class CheckpointError(LmlabError):
+    """A checkpoint or run directory that is missing, partial or incompatible."""
+
+
+class MissingExtraError(LmlabError, ImportError):
+    """An optional dependency is not installed."""
+
+
+def require(module: str, extra: str):
+    """Import an optional module or raise a MissingExtraError naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"'{module}' is not installed; install it with: pip install \"lmlab[{extra}]\""
+        ) from exc

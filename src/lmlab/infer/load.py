@@ -1,0 +1,49 @@
+"""Rebuild a trained model and its tokenizer from a run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model
+
+from lmlab.config import RunConfig
+from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer
+from lmlab.errors import CheckpointError
+from lmlab.model.transformer import CausalLM, build_model
+from lmlab.track.run_dir import RunDir
+from lmlab.trainer import checkpoint as ckpt
+
+
+@dataclass
+class LoadedRun:
+    """A run's model (in eval mode), tokenizer and config."""
+
+    run: RunDir
+    config: RunConfig
+    model: CausalLM
+    tokenizer: BaseTokenizer
+    weights: Path
+
+
+def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None) -> LoadedRun:
+    """The model of a run: its exported final weights, or else its newest valid checkpoint."""
+    run = RunDir.open(path)
+    cfg = run.config()
+    model = build_model(cfg.model)
+    final = run.export / "model.safetensors"
+    if checkpoint:
+        weights = Path(checkpoint) / "model.safetensors"
+        ckpt.verify_checkpoint(checkpoint)
+    elif final.is_file():
+        weights = final
+    else:
+        latest = ckpt.latest_valid(run.checkpoints)
+        if latest is None:
+            raise CheckpointError(
+                f"run: {run.path} has no weights (no artifacts/export/model.safetensors, no checkpoint)"
+            )
+        weights = latest / "model.safetensors"
+    load_model(model, str(weights))
+    return LoadedRun(run, cfg, model.to(device).eval(), load_tokenizer(run.tokenizer), weights)

@@ -1,0 +1,29 @@
+"""One transformer layer: attention and feed-forward sublayers with residuals, pre- or post-norm."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lmlab.config import ModelConfig
+from lmlab.pos.base import PosContext
+
+
+class Block(nn.Module):
+    """Pre-norm (GPT-2, LLaMA): x + f(norm(x)); post-norm (Vaswani et al. 2017): norm(x + f(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, attn_cls: type, ffn_cls: type, norm_cls: type) -> None:
+        super().__init__()
+        self.norm1 = norm_cls(cfg)
+        self.attn = attn_cls(cfg)
+        self.norm2 = norm_cls(cfg)
+        self.ffn = ffn_cls(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.pre_norm = cfg.norm_position == "pre"
+
+    def forward(self, x: Tensor, *, pos: PosContext, cache=None) -> Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        if self.pre_norm:
+            x = x + self.drop(self.attn(self.norm1(x), pos=pos, cache=cache))
+            return x + self.drop(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.drop(self.attn(x, pos=pos, cache=cache)))
+        return self.norm2(x + self.drop(self.ffn(x)))

@@ -1,0 +1,8 @@
+"""Position schemes: each adds to embeddings and/or hands attention a PosContext."""
+
+from lmlab.pos.base import PosContext, PositionScheme
+from lmlab.pos.learned import LearnedPositions
+from lmlab.pos.none import NoPositions
+from lmlab.pos.rope import RotaryPositions
+
+__all__ = ["LearnedPositions", "NoPositions", "PosContext", "PositionScheme", "RotaryPositions"]

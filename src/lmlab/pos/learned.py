@@ -1,0 +1,27 @@
+"""Learned absolute position embeddings, added to token embeddings (GPT-2's `wpe`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lmlab.config import ModelConfig
+from lmlab.pos.base import PositionScheme
+from lmlab.registry import POS
+
+
+@POS.register("learned", tags=("absolute",), caps={"short": "Learned"}, paper="Radford et al. 2018/2019 (GPT, GPT-2)")
+class LearnedPositions(PositionScheme):
+    """A (max_seq_len, d_model) table; positions beyond max_seq_len are an error."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+
+    def embed(self, x: Tensor, offset: int) -> Tensor:
+        """Add the embeddings of positions offset..offset+T-1."""
+        T = x.shape[1]
+        if offset + T > self.max_seq_len:
+            raise ValueError(f"sequence of {offset + T} positions exceeds max_seq_len={self.max_seq_len}")
+        positions = torch.arange(offset, offset + T, device=x.device)
+        return x + self.wpe(positions)

@@ -1,0 +1,149 @@
+"""`lmlab train` end to end: config -> data -> model -> MiniTrainer -> run directory -> samples."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_model
+
+from lmlab.config import RunConfig
+from lmlab.data.datasets import RandomWindowLoader, prepare_tokens
+from lmlab.data.sources import cache_dir, load_corpus
+from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
+from lmlab.errors import CheckpointError
+from lmlab.model.transformer import build_model
+from lmlab.registry import TOKENIZER
+from lmlab.track.jsonl import JSONLLogger
+from lmlab.track.run_dir import RunDir
+from lmlab.trainer.callbacks import Callback, ProgressBar
+from lmlab.trainer.mini_trainer import MiniTrainer
+from lmlab.trainer.optim import configure_optimizer
+from lmlab.trainer.schedules import warmup_cosine_scheduler
+
+
+@dataclass
+class TrainResult:
+    """Where the run went, its last metrics and the samples printed at the end."""
+
+    run: RunDir
+    metrics: dict
+    samples: list[str]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _resume_target(cfg: RunConfig) -> RunDir | None:
+    resume = cfg.train.resume
+    if resume is None:
+        return None
+    if resume == "auto":
+        return RunDir.latest(cfg.train.save_dir, cfg.train.run_tag)
+    path = Path(resume)
+    if (path / "meta.json").is_file() and path.parent.name == "checkpoints":  # a checkpoint folder
+        path = path.parents[2]
+    return RunDir.open(path)
+
+
+def check_same_architecture(saved: RunConfig, current: RunConfig, where: Path) -> None:
+    """Refuse to resume into a run whose model differs, naming the mismatched fields."""
+    a, b = saved.model.model_dump(), current.model.model_dump()
+    diff = [f"{k} ({a[k]!r} in run, {b[k]!r} now)" for k in a if a[k] != b[k] and k != "vocab_size"]
+    if diff:
+        raise CheckpointError(f"resume: {where} has a different architecture: model." + ", model.".join(diff))
+
+
+def sample_text(model, tokenizer: BaseTokenizer, *, n: int, tokens: int, seed: int, prompt: str = "\n") -> list[str]:
+    """`n` samples of `tokens` tokens from `prompt` (temperature 0.8, top-k 40)."""
+    try:
+        ids = tokenizer.encode(prompt)
+    except Exception:
+        ids = [0]
+    device = next(model.parameters()).device
+    x = torch.tensor([ids or [0]], device=device)
+    out = []
+    for i in range(n):
+        y = model.generate(x, tokens, temperature=0.8, top_k=40, seed=seed + i)
+        out.append(tokenizer.decode(y[0].tolist()))
+    return out
+
+
+def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), quiet: bool = False) -> TrainResult:
+    """Train the model `cfg` describes on its corpus, leaving a complete run directory."""
+    tc = cfg.train
+    seed_everything(tc.seed)
+    corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
+    run = _resume_target(cfg)
+    if run is not None:
+        saved = run.config()
+        tokenizer = load_tokenizer(run.tokenizer)
+    else:
+        tokenizer = TOKENIZER.get(cfg.data.tokenizer).train(corpus.text)
+    model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
+    cfg = cfg.model_copy(update={"model": model_cfg})
+    splits = prepare_tokens(corpus, tokenizer, cache_dir(cfg.data.cache_dir), cfg.data.val_fraction)
+    if run is None:
+        run = RunDir.create(tc.save_dir, tc.run_tag)
+        run.write_meta(cfg, {"data.json": splits.meta})
+        save_tokenizer(tokenizer, run.tokenizer)
+        resume = None
+    else:
+        check_same_architecture(saved, cfg, run.path)
+        resume = tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
+
+    model = build_model(model_cfg)
+    optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
+    seq_len = cfg.seq_len
+    train_loader = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed)
+    val_loader = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1)
+    total = MiniTrainer.plan_steps(len(train_loader), tc.grad_accum, epochs=tc.epochs, max_steps=tc.max_steps)
+    min_ratio = (tc.min_lr if tc.min_lr is not None else tc.lr / 10) / tc.lr
+    scheduler = warmup_cosine_scheduler(
+        optimizer, warmup=tc.warmup_steps, decay_steps=tc.decay_steps or total, min_ratio=min_ratio
+    )
+    cbs: list[Callback] = [JSONLLogger(run.logs / "metrics.jsonl", tc.log_interval)]
+    if tc.progress and not quiet:
+        cbs.append(ProgressBar(tc.log_interval))
+    trainer = MiniTrainer(
+        model,
+        optimizer,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        epochs=tc.epochs,
+        max_steps=tc.max_steps,
+        device=tc.device,
+        precision=tc.precision,
+        grad_accum=tc.grad_accum,
+        clip_grad=tc.clip_grad,
+        scheduler=scheduler,
+        callbacks=[*cbs, *callbacks],
+        ckpt_dir=run.checkpoints,
+        eval_interval=tc.eval_interval,
+        eval_iters=tc.eval_iters,
+        ckpt_interval=tc.ckpt_interval,
+        keep_last=tc.keep_last,
+        resume=resume,
+    )
+    if not quiet:
+        print(
+            f"run {run.path} | {model_cfg.arch_name()} | {model.num_params():,} params | "
+            f"{splits.meta['n_train']:,} train tokens | device {trainer.device} {trainer.precision}"
+        )
+    metrics = trainer.train()
+    save_model(model, str(run.export / "model.safetensors"))
+    (run.export / "config.json").write_text(json.dumps(model_cfg.model_dump(mode="json"), indent=2))
+    samples = sample_text(model, tokenizer, n=tc.num_samples, tokens=tc.sample_tokens, seed=tc.seed)
+    if samples:
+        (run.eval / "samples.txt").write_text("\n\n-----\n\n".join(samples))
+    (run.eval / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(run, metrics, samples)
