@@ -54,6 +54,12 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, type(self), self._section_name())) from None
+
     @model_validator(mode="before")
     @classmethod
     def _canonical_names(cls, data: Any) -> Any:
@@ -298,7 +304,7 @@ def canonicalize(section: str, data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = aliases.get(key, key)
-        if name in out and name != key:
+        if name in out:  # dict keys are unique, so a repeat means an alias and its canonical name
             raise ConfigError(f"{section}.{name}: given twice (as '{key}' and '{name}')")
         out[name] = value
     return out

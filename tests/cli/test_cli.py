@@ -1,0 +1,162 @@
+"""The command line as a user runs it: subprocesses, exit codes, one-line errors, run directories."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args, cwd=None, env=None, timeout=300):
+    cmd = [str(BIN / args[0]), *args[1:]] if (BIN / args[0]).exists() else [sys.executable, "-m", "lmlab", *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout
+    )
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = "import sys; from lmlab.cli.app import cli; import lmlab; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    t0 = time.perf_counter()
+    out = run("lmlab", "--help")
+    assert out.returncode == 0 and "train" in out.stdout and "generate" in out.stdout
+    assert time.perf_counter() - t0 < 3  # generous for CI; ~0.3 s on a laptop
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--attn", "MLA", "--layers", "2"], "unknown attention 'MLA'; known: mha, sdpa"),
+        (["--preset", "nope"], "unknown preset 'nope'; known: gpt2, hybrid, llama, team, tiny"),
+        (["--ffn", "swishglu"], "unknown feed-forward 'swishglu'; known: mlp, swiglu; did you mean 'swiglu'?"),
+        (
+            ["--model.n_layr", "2"],
+            "No such option '--model.n_layr'. (Did you mean one of: '--model.n_head', '--model.n_layer'",
+        ),
+        (["--dim", "130", "--heads", "4"], "model.d_model: 130 is not divisible by n_head=4"),
+        (
+            ["--heads", "4", "--n-kv-head", "3"],
+            "model.n_kv_head: n_head=4 is not divisible by n_kv_head=3; allowed: 1, 2, 4",
+        ),
+        (["--lr", "-1"], "train.lr: Input should be greater than 0"),
+        (["--data", "file:/definitely/missing.txt"], "data: file not found: /definitely/missing.txt"),
+        (["--norm-position", "middle"], "model.norm_position: Input should be 'pre' or 'post'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
+    out = run("exp-train", *args, "--save-dir", str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr
+    if "No such option" not in needle:  # click's usage errors add a usage line
+        assert out.stderr.strip().count("\n") == 0
+
+
+def test_typo_in_config_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  n_layr: 3\n")
+    out = run("lmlab", "train", "--config", str(cfg))
+    assert out.returncode == 2 and "model.n_layr: unknown field; did you mean 'n_layer'?" in out.stderr
+
+
+@pytest.mark.slow
+def test_seed_style_command_then_eval_generate_and_arch(tmp_path):
+    save = tmp_path / "x"
+    out = run(
+        "exp-train",
+        "--attn",
+        "sdpa",
+        "--ffn",
+        "swiglu",
+        "--layers",
+        "2",
+        "--batch",
+        "8",
+        "--seq-len",
+        "64",
+        "--max-steps",
+        "20",
+        "--save-dir",
+        str(save),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = save.iterdir()
+    assert (run_dir / "artifacts/checkpoints/step_00000020/model.safetensors").is_file()
+    cfg = json.loads((run_dir / "meta/full_config.json").read_text())
+    assert cfg["model"]["attn"] == "sdpa" and cfg["model"]["n_layer"] == 2 and cfg["train"]["batch_size"] == 8
+    for name in ("git.txt", "env.txt", "notes.md", "data.json"):
+        assert (run_dir / "meta" / name).is_file()
+    lines = [json.loads(x) for x in (run_dir / "logs/metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["split"] == "val" and lines[-1]["step"] == 20
+    assert "sample 1" in out.stdout
+
+    ev = run("exp-eval", "--run", str(run_dir), "--iters", "3")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["val_loss"] > 0 and (run_dir / "eval/eval.json").is_file()
+
+    gen = run(
+        "lmlab", "generate", "--run", str(run_dir), "--prompt", "def ", "--max-new-tokens", "30", "--temperature", "0"
+    )
+    assert gen.returncode == 0 and gen.stdout.startswith("def ") and len(gen.stdout) >= 30
+
+    arch = run("lmlab", "arch", "--preset", "llama", "--layers", "2")
+    assert arch.returncode == 0 and "2L-8H-512D-RoPE-RMS-SwiGLU-PreNorm" in arch.stdout
+
+    missing = run("lmlab", "eval", "--run", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_last_checkpoint(tmp_path, corpus_file):
+    common = [
+        "--data",
+        f"file:{corpus_file}",
+        "--layers",
+        "2",
+        "--dim",
+        "64",
+        "--seq-len",
+        "32",
+        "--batch",
+        "8",
+        "--save-dir",
+        str(tmp_path),
+        "--run-tag",
+        "k",
+        "--train.ckpt_interval",
+        "5",
+        "--train.eval_iters",
+        "2",
+        "--train.sample_tokens",
+        "0",
+    ]
+    cmd = [str(BIN / "lmlab"), "train", *common, "--max-steps", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = list(tmp_path.glob("*_k/artifacts/checkpoints/step_*"))
+        if len(runs) >= 2:
+            ckpts = runs
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpts, "no checkpoint appeared"
+    (run_dir,) = tmp_path.glob("*_k")
+    last_step = max(int(p.name[5:]) for p in (run_dir / "artifacts/checkpoints").glob("step_*"))
+    out = run("lmlab", "train", *common, "--max-steps", str(last_step + 5), "--train.resume", "auto")
+    assert out.returncode == 0, out.stderr
+    assert len(list(tmp_path.glob("*_k"))) == 1  # continued in the same run directory
+    steps = [json.loads(x)["step"] for x in (run_dir / "logs/metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == last_step + 5
+
+    bad = run("lmlab", "train", *common, "--max-steps", "5", "--train.resume", str(run_dir), "--layers", "3")
+    assert bad.returncode == 2 and "different architecture: model.n_layer (2 in run, 3 now)" in bad.stderr

@@ -1,0 +1,45 @@
+"""Shared fixtures: a private cache dir, small configs, a small text corpus."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LMLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("LMLAB_DATA_DIR", raising=False)
+    torch.set_num_threads(2)
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def small_text() -> str:
+    """A few kilobytes of varied English, enough for several context windows."""
+    sentence = "the quick brown fox jumps over the lazy dog while seven wizards box and a jovial queen packs my bag"
+    words = sentence.split(" ")
+    gen = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(300):
+        idx = torch.randint(len(words), (8,), generator=gen).tolist()
+        lines.append(" ".join(words[i] for i in idx) + ".")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def corpus_file(tmp_path, small_text):
+    path = tmp_path / "corpus.txt"
+    path.write_text(small_text)
+    return path
+
+
+def tiny_cfg(preset: str = "llama", **overrides):
+    """A small validated ModelConfig from a preset."""
+    from lmlab.config import ModelConfig
+
+    base = dict(n_layer=2, n_head=4, d_model=32, vocab_size=61, max_seq_len=32)
+    base.update(overrides)
+    return ModelConfig.from_preset(preset, **base)

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmlab.data import sources
+from lmlab.data.datasets import RandomWindowLoader, prepare_tokens, token_dtype
+from lmlab.data.sources import Corpus, load_corpus
+from lmlab.data.tokenizers.base import load_tokenizer, save_tokenizer
+from lmlab.data.tokenizers.char import CharTokenizer
+from lmlab.errors import DataError
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1))
+def test_char_round_trip_on_any_unicode(text):
+    tok = CharTokenizer.train(text)
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.vocab_size == len(set(text))
+
+
+def test_char_tokenizer_saves_and_loads(tmp_path):
+    tok = CharTokenizer.train("hello, wörld\n")
+    save_tokenizer(tok, tmp_path / "t.json")
+    again = load_tokenizer(tmp_path / "t.json")
+    assert again.encode("wörld") == tok.encode("wörld") and again.fingerprint() == tok.fingerprint()
+
+
+def test_unknown_characters_are_named():
+    with pytest.raises(DataError, match="'z'"):
+        CharTokenizer.train("abc").encode("abz")
+
+
+def test_pystdlib_is_offline_and_deterministic():
+    a = load_corpus("pystdlib", max_chars=50_000)
+    b = load_corpus("pystdlib", max_chars=50_000)
+    assert len(a.text) == 50_000 and a.sha256 == b.sha256
+    assert "def " in a.text
+
+
+def test_file_source_and_errors(tmp_path, corpus_file):
+    assert load_corpus(f"file:{corpus_file}").text == corpus_file.read_text()
+    with pytest.raises(DataError, match="file not found"):
+        load_corpus(f"file:{tmp_path / 'missing.txt'}")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"abc\xff\xfe")
+    with pytest.raises(DataError, match="byte offset 3"):
+        load_corpus(f"file:{bad}")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_corpus(f"file:{empty}")
+    with pytest.raises(DataError, match="known: pystdlib, shakespeare"):
+        load_corpus("wikipedia")
+
+
+def test_shakespeare_offline_without_copy_is_a_clear_error(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", no_network)
+    with pytest.raises(DataError, match="download failed .*LMLAB_DATA_DIR"):
+        load_corpus("shakespeare", cache=str(tmp_path))
+
+
+def test_shakespeare_uses_local_copy_and_checks_hash(tmp_path, monkeypatch):
+    fake = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
+    (tmp_path / "tinyshakespeare.txt").write_bytes(fake)
+    monkeypatch.setenv("LMLAB_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="sha256"):
+        load_corpus("shakespeare", cache=str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "SHAKESPEARE_SHA256", __import__("hashlib").sha256(fake).hexdigest())
+    assert load_corpus("shakespeare", cache=str(tmp_path / "cache")).text.startswith("First Citizen")
+
+
+def test_tokens_are_cached_and_split(tmp_path, small_text):
+    tok = CharTokenizer.train(small_text)
+    corpus = Corpus("t", small_text, "abc")
+    splits = prepare_tokens(corpus, tok, tmp_path, 0.1)
+    assert len(splits.train) + len(splits.val) == len(small_text)
+    assert len(splits.val) == int(len(small_text) * 0.1)
+    assert tok.decode(splits.train[:50].tolist()) == small_text[:50]
+    folder = next((tmp_path / "tokens").iterdir())
+    mtime = (folder / "train.bin").stat().st_mtime_ns
+    prepare_tokens(corpus, tok, tmp_path, 0.1)
+    assert (folder / "train.bin").stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert splits.train.dtype == np.uint16 and token_dtype(70_000) == np.uint32
+
+
+def test_random_window_loader_targets_and_resume():
+    tokens = np.arange(1000, dtype=np.uint16)
+    loader = RandomWindowLoader(tokens, 4, 16, seed=0)
+    x, y = loader.sample()
+    assert x.shape == (4, 16) and torch.equal(y, x + 1)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    expected = [next(it) for _ in range(3)]
+    other = RandomWindowLoader(tokens, 4, 16, seed=99)
+    other.load_state_dict(state)
+    got = [b for _, b in zip(range(3), iter(other), strict=False)]
+    for (ex, ey), (gx, gy) in zip(expected, got, strict=True):
+        assert torch.equal(ex, gx) and torch.equal(ey, gy)
+    assert len(loader) == 999 // 64
+
+
+def test_corpus_smaller_than_context_is_refused():
+    with pytest.raises(DataError, match="smaller than one context window"):
+        RandomWindowLoader(np.arange(10, dtype=np.uint16), 2, 16)

@@ -1,0 +1,37 @@
+"""Test helpers shared across modules (imported explicitly, not fixtures)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils import flop_counter
+
+from lmlab.config import ModelConfig
+from lmlab.model.transformer import build_model
+
+
+def twin_models(cfg: ModelConfig, **changes):
+    """Two models with identical weights whose configs differ by `changes` (e.g. attn)."""
+    torch.manual_seed(0)
+    a = build_model(cfg)
+    b = build_model(cfg.model_copy(update=changes))
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def counted_flops(fn) -> int:
+    """FLOPs of fn() by torch's FlopCounterMode, with its own SDPA formulas also applied to the CPU kernel."""
+    aten = torch.ops.aten
+
+    def fwd(q, k, v, *args, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(q, k, v)
+
+    def bwd(grad_out, q, k, v, *args, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
+
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: fwd,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd,
+    }
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()

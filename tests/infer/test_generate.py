@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from lmlab.infer.generate import filter_logits, generate
+from lmlab.model.transformer import build_model
+from lmlab.registry import ATTN, POS
+from tests.conftest import tiny_cfg
+
+
+@pytest.mark.parametrize("attn", ATTN.names())
+@pytest.mark.parametrize("pos", POS.names())
+def test_cached_generation_equals_uncached_greedy_and_sampled(attn, pos):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", attn=attn, pos=pos, n_kv_head=2, max_seq_len=24))
+    prompt = torch.randint(0, 61, (2, 6))
+    # 30 new tokens run past max_seq_len=24, so the sliding-context path is covered too.
+    for kwargs in ({"temperature": 0}, {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "seed": 3}):
+        cached = generate(model, prompt, 30, use_cache=True, **kwargs)
+        uncached = generate(model, prompt, 30, use_cache=False, **kwargs)
+        assert torch.equal(cached, uncached)
+        assert cached.shape == (2, 36)
+
+
+def test_greedy_equals_argmax_rollout():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("gpt2")).eval()
+    ids = torch.randint(0, 61, (1, 4))
+    out = generate(model, ids, 5, temperature=0)
+    for _ in range(5):
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+
+
+def test_seed_makes_sampling_reproducible():
+    model = build_model(tiny_cfg("llama"))
+    p = torch.zeros(1, 1, dtype=torch.long)
+    assert torch.equal(generate(model, p, 20, seed=5), generate(model, p, 20, seed=5))
+    assert not torch.equal(generate(model, p, 20, seed=5), generate(model, p, 20, seed=6))
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept_k = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept_k.tolist() == [[True, True, False, False, False]]
+    kept_p = torch.isfinite(filter_logits(logits, top_p=0.8))  # 0.5+0.2 < 0.8 <= 0.5+0.2+0.15
+    assert kept_p.tolist() == [[True, True, True, False, False]]
+    kept_small = torch.isfinite(filter_logits(logits, top_p=0.1))  # the top token always survives
+    assert kept_small.tolist() == [[True, False, False, False, False]]
+    shuffled = logits[:, [3, 0, 4, 2, 1]]
+    assert torch.isfinite(filter_logits(shuffled, top_p=0.8)).tolist() == [[False, True, False, True, True]]
+
+
+def test_stop_tokens_end_generation():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama"))
+    prompt = torch.randint(0, 61, (1, 3))
+    free = generate(model, prompt, 20, temperature=0)
+    stop_id = int(free[0, 6])
+    stopped = generate(model, prompt, 20, temperature=0, stop=[stop_id])
+    first = (free[0, 3:] == stop_id).nonzero()[0].item() + 3
+    assert stopped.shape[1] == first + 1 and int(stopped[0, -1]) == stop_id
+    assert torch.equal(stopped[0], free[0, : first + 1])

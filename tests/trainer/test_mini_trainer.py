@@ -1,0 +1,170 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmlab.data.datasets import RandomWindowLoader
+from lmlab.model.transformer import build_model
+from lmlab.trainer.callbacks import Callback
+from lmlab.trainer.mini_trainer import MiniTrainer
+from lmlab.trainer.optim import configure_optimizer
+from lmlab.trainer.schedules import warmup_cosine, warmup_cosine_scheduler
+from lmlab.utils import hardware
+from tests.conftest import tiny_cfg
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.losses, self.evals = [], []
+
+    def on_batch_end(self, trainer, metrics):
+        self.losses.append(metrics["loss"])
+
+    def on_eval_end(self, trainer, metrics):
+        self.evals.append(metrics["val_loss"])
+
+
+def _tokens(n=4000, vocab=61, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.uint16)
+
+
+def _trainer(tmp_path, max_steps, *, resume=None, total=12, recorder=None, dropout=0.1):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", dropout=dropout))
+    opt = configure_optimizer(model, lr=3e-3, weight_decay=0.1)
+    sched = warmup_cosine_scheduler(opt, warmup=3, decay_steps=total, min_ratio=0.1)
+    return MiniTrainer(
+        model,
+        opt,
+        train_loader=RandomWindowLoader(_tokens(), 4, 16, seed=1),
+        val_loader=RandomWindowLoader(_tokens(seed=1), 4, 16, seed=2),
+        max_steps=max_steps,
+        device="cpu",
+        precision="fp32",
+        scheduler=sched,
+        callbacks=[recorder] if recorder else [],
+        ckpt_dir=tmp_path,
+        eval_interval=4,
+        eval_iters=2,
+        resume=resume,
+    )
+
+
+def test_resume_reproduces_uninterrupted_run_bit_for_bit(tmp_path):
+    full_rec = Recorder()
+    full = _trainer(tmp_path / "full", 12, recorder=full_rec)
+    full.train()
+    first_rec, second_rec = Recorder(), Recorder()
+    _trainer(tmp_path / "split", 8, recorder=first_rec).train()
+    resumed = _trainer(tmp_path / "split", 12, resume="auto", recorder=second_rec)
+    resumed.train()
+    assert resumed.start_step == 8
+    assert first_rec.losses + second_rec.losses == full_rec.losses
+    assert first_rec.evals + second_rec.evals == full_rec.evals
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_grad_accumulation_equals_large_batch():
+    torch.manual_seed(0)
+    cfg = tiny_cfg("llama")
+    base = build_model(cfg)
+    x = torch.randint(0, 61, (8, 16))
+    y = torch.randint(0, 61, (8, 16))
+
+    def one_step(batches, accum):
+        model = build_model(cfg)
+        model.load_state_dict(base.state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        grads = {}
+
+        class Grab(Callback):
+            pass
+
+        trainer = MiniTrainer(
+            model,
+            opt,
+            train_loader=batches,
+            max_steps=1,
+            grad_accum=accum,
+            clip_grad=None,
+            device="cpu",
+            precision="fp32",
+            callbacks=[Grab()],
+        )
+        trainer.train()
+        for (name, p), p0 in zip(model.named_parameters(), base.parameters(), strict=True):
+            grads[name] = p0.detach() - p.detach()  # SGD with lr=1: the step is the gradient
+        return grads
+
+    g_big = one_step([(x, y)], 1)
+    g_acc = one_step([(x[:4], y[:4]), (x[4:], y[4:])], 2)
+    for name in g_big:
+        torch.testing.assert_close(g_acc[name], g_big[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_training_reduces_loss_on_repetitive_data(tmp_path):
+    pattern = np.tile(np.arange(20, dtype=np.uint16), 300)
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("gpt2", vocab_size=20))
+    opt = configure_optimizer(model, lr=3e-3, weight_decay=0.0)
+    rec = Recorder()
+    trainer = MiniTrainer(
+        model,
+        opt,
+        train_loader=RandomWindowLoader(pattern, 8, 16, seed=0),
+        val_loader=RandomWindowLoader(pattern, 8, 16, seed=1),
+        max_steps=150,
+        device="cpu",
+        precision="fp32",
+        callbacks=[rec],
+        eval_interval=150,
+        eval_iters=4,
+    )
+    trainer.train()
+    assert rec.losses[0] > 2.5
+    assert rec.evals[-1] < 0.1  # the cycle is fully predictable after its first token
+
+
+def test_epochs_define_total_steps():
+    loader = RandomWindowLoader(_tokens(), 4, 16, seed=0)  # 3999 // 64 = 62 batches per epoch
+    model = build_model(tiny_cfg("llama"))
+    t = MiniTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), train_loader=loader, epochs=2, grad_accum=2)
+    assert t.total_steps == 2 * math.ceil(62 / 2)
+    t2 = MiniTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), train_loader=loader, epochs=2, max_steps=5)
+    assert t2.total_steps == 5
+
+
+def test_accepts_any_torch_lr_scheduler():
+    model = build_model(tiny_cfg("llama"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    trainer = MiniTrainer(model, opt, train_loader=RandomWindowLoader(_tokens(), 2, 8), max_steps=4, device="cpu")
+    trainer.scheduler = sched
+    trainer.train()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.25)
+
+
+def test_warmup_cosine_shape():
+    f = lambda s: warmup_cosine(s, warmup=10, decay_steps=110, min_ratio=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+    assert f(500) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 200))
+
+
+def test_auto_precision_never_picks_bf16_on_cpu_without_native_support(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert hardware.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert hardware.resolve_precision("auto", cpu) == "bf16"
+    assert hardware.resolve_precision("fp16", cpu) == "fp16"
+    assert hardware.resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_gpu_peak_table_lookup():
+    assert hardware.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert hardware.gpu_peak_flops("NVIDIA GeForce RTX 4090", "fp32") == 82.6e12
+    assert hardware.gpu_peak_flops("Mystery GPU", "bf16") is None
