@@ -115,3 +115,13 @@ def test_flops_per_token_match_flop_counter(preset):
     assert abs(model.flops_per_token(128) / fwd - 1) < 0.05
     train = counted_flops(lambda: model(x, targets=x).loss.backward()) / x.numel()
     assert abs(model.flops_per_token(128, training=True) / train - 1) < 0.05
+
+
+def test_dropout_is_active_in_training_only():
+    model = build_model(tiny_cfg("gpt2", dropout=0.5))
+    x = torch.randint(0, 61, (2, 8))
+    model.train()
+    assert not torch.allclose(model(x).logits, model(x).logits)
+    model.eval()
+    torch.testing.assert_close(model(x).logits, model(x).logits)
+    assert model.blocks[0].attn.dropout == 0.5 and model.drop.p == 0.5
