@@ -35,3 +35,24 @@ def counted_flops(fn) -> int:
     with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
+
+
+SMALL_SPARSE = {"nsa": {"block_size": 4, "stride": 2, "select_block": 4, "n_select": 2, "window": 6}}
+
+
+def legal_grid(preset: str = "llama", **axes) -> list[tuple]:
+    """Every combination of the given axes ({field: [values]}) that the config validator accepts."""
+    import itertools
+
+    from lmlab.errors import ConfigError
+    from tests.conftest import tiny_cfg
+
+    names = list(axes)
+    out = []
+    for values in itertools.product(*axes.values()):
+        try:
+            tiny_cfg(preset, **dict(zip(names, values, strict=True)), **SMALL_SPARSE, window=8)
+        except ConfigError:
+            continue
+        out.append(values)
+    return out

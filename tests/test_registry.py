@@ -6,10 +6,10 @@ from lmlab.registry import ATTN, FFN, NORM, POS, Registry
 
 
 def test_builtin_blocks_registered():
-    assert {"mha", "sdpa"} <= set(ATTN.names())
-    assert {"mlp", "swiglu"} <= set(FFN.names())
-    assert {"layernorm", "layernorm_nobias", "rmsnorm"} <= set(NORM.names())
-    assert {"learned", "rope", "none"} <= set(POS.names())
+    assert set(ATTN.names()) == {"mha", "sdpa", "mla", "native_sparse", "sliding_window"}
+    assert set(FFN.names()) == {"mlp", "swiglu", "geglu", "gated_mlp", "moe"}
+    assert set(NORM.names()) == {"layernorm", "layernorm_nobias", "rmsnorm"}
+    assert set(POS.names()) == {"learned", "rope", "none", "alibi", "sinusoidal"}
 
 
 def test_lookup_is_case_insensitive():
@@ -19,10 +19,11 @@ def test_lookup_is_case_insensitive():
 
 def test_unknown_name_lists_known_and_closest():
     with pytest.raises(UnknownComponentError) as exc:
-        ATTN.get("MLA")
+        ATTN.get("SPDA")
     msg = str(exc.value)
-    assert msg.startswith("unknown attention 'MLA'; known: ")
-    assert "mha" in msg and "sdpa" in msg and "did you mean 'mha'" in msg
+    assert msg.startswith("unknown attention 'SPDA'; known: mha, mla, native_sparse, sdpa, sliding_window")
+    assert "did you mean 'sdpa'" in msg
+    assert ATTN.get("NSA") is ATTN.get("native_sparse") and ATTN.get("swa") is ATTN.get("sliding_window")
 
 
 def test_register_with_metadata_and_aliases():

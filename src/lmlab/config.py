@@ -80,6 +80,48 @@ class RopeConfig(BaseModel):
     fraction: float = Field(1.0, gt=0, le=1, description="fraction of each head's dims that rotate")
 
 
+class MLAConfig(BaseModel):
+    """Multi-head Latent Attention dims (DeepSeek-V2 §2.1); None derives from head_dim."""
+
+    model_config = ConfigDict(extra="forbid")
+    kv_lora_rank: int | None = Field(
+        None, ge=1, description="latent width of the joint KV compression; default 4*head_dim"
+    )
+    q_lora_rank: int | None = Field(
+        None, ge=1, description="latent width of the query compression; None = full-rank query"
+    )
+    qk_rope_head_dim: int | None = Field(None, ge=0, description="decoupled rotary dims per head; default head_dim/2")
+    qk_nope_head_dim: int | None = Field(None, ge=1, description="non-rotary query/key dims per head; default head_dim")
+    v_head_dim: int | None = Field(None, ge=1, description="value dims per head; default head_dim")
+    kv_norm: bool = Field(True, description="RMSNorm on the compressed latents, as in DeepSeek-V2")
+
+
+class NSAConfig(BaseModel):
+    """Native Sparse Attention (Yuan et al. 2025) branch sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+    block_size: int = Field(16, ge=1, description="tokens per compressed block (l)")
+    stride: int = Field(8, ge=1, description="stride between compressed blocks (d)")
+    select_block: int = Field(16, ge=1, description="tokens per selection block (l')")
+    n_select: int = Field(4, ge=1, description="selected blocks per query (n), incl. the first and local ones")
+    window: int = Field(64, ge=1, description="sliding-window branch span (w)")
+
+
+class MoEConfig(BaseModel):
+    """Mixture-of-experts FFN settings (Shazeer et al. 2017; Fedus et al. 2021; DeepSeekMoE 2024)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_experts: int = Field(8, ge=1)
+    top_k: int = Field(2, ge=1)
+    n_shared: int = Field(0, ge=0, description="always-active shared experts (DeepSeekMoE)")
+    d_expert: int | None = Field(None, ge=1, description="hidden width of one expert; default d_ff")
+    expert: str = Field("swiglu", description="FFN block used for each expert")
+    score: Literal["softmax", "sigmoid"] = "softmax"
+    norm_topk: bool = Field(True, description="renormalise the top-k weights to sum to 1")
+    aux_loss_weight: float = Field(0.01, ge=0, description="load-balancing loss weight")
+    z_loss_weight: float = Field(0.001, ge=0, description="router z-loss weight")
+
+
 class ModelConfig(Section):
     """Architecture of a decoder-only language model."""
 
@@ -101,9 +143,15 @@ class ModelConfig(Section):
     bias: bool = True
     tie_weights: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    window: int | None = Field(
+        None, ge=1, description="sliding-window attention span (tokens), mha/sdpa/sliding_window"
+    )
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
     rope: RopeConfig = Field(default_factory=RopeConfig)
+    mla: MLAConfig = Field(default_factory=MLAConfig)
+    nsa: NSAConfig = Field(default_factory=NSAConfig)
+    moe: MoEConfig = Field(default_factory=MoEConfig)
 
     @classmethod
     def _section_name(cls) -> str:
@@ -156,7 +204,7 @@ class ModelConfig(Section):
             parts.append(attn_short)
         ffn_short = FFN.entry(self.ffn).caps.get("short") or self.activation.upper()
         parts += [POS.entry(self.pos).caps["short"], NORM.entry(self.norm).caps["short"]]
-        parts.append(ffn_short.format(act=_ACT_SHORT[self.activation]))
+        parts.append(ffn_short.format(act=_ACT_SHORT[self.activation], cfg=self))
         parts.append("PreNorm" if self.norm_position == "pre" else "PostNorm")
         return "-".join(parts)
 
@@ -185,11 +233,17 @@ def default_d_ff(cfg: ModelConfig) -> int:
 
 
 def check_combinations(cfg: ModelConfig) -> None:
-    """Reject block combinations that a block's registry metadata declares unsupported."""
+    """Reject block combinations that a block's registry metadata declares unsupported or incomplete."""
     from lmlab.registry import BLOCK_REGISTRIES
 
     for field_name, reg in BLOCK_REGISTRIES.items():
         entry = reg.entry(getattr(cfg, field_name))
+        for required in entry.caps.get("requires", []):
+            if getattr(cfg, required) is None:
+                raise ValueError(f"model.{required}: required by {reg.kind} '{entry.name}'; set it to a positive value")
+        check = getattr(entry.cls, "check_config", None)
+        if check is not None:
+            check(cfg)  # block-specific rules, raising ValueError("model.<field>: ...")
         for other, allowed in entry.caps.get("supports", {}).items():
             value = getattr(cfg, other)
             if value not in allowed:

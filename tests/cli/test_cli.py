@@ -32,9 +32,15 @@ def test_help_is_fast_and_imports_no_torch():
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--attn", "MLA", "--layers", "2"], "unknown attention 'MLA'; known: mha, sdpa"),
+        (
+            ["--attn", "Linformer", "--layers", "2"],
+            "unknown attention 'Linformer'; known: mha, mla, native_sparse, sdpa",
+        ),
         (["--preset", "nope"], "unknown preset 'nope'; known: gpt2, hybrid, llama, team, tiny"),
-        (["--ffn", "swishglu"], "unknown feed-forward 'swishglu'; known: mlp, swiglu; did you mean 'swiglu'?"),
+        (
+            ["--ffn", "swishglu"],
+            "unknown feed-forward 'swishglu'; known: gated_mlp, geglu, mlp, moe, swiglu; did you mean 'swiglu'?",
+        ),
         (
             ["--model.n_layr", "2"],
             "No such option '--model.n_layr'. (Did you mean one of: '--model.n_head', '--model.n_layer'",

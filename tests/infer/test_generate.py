@@ -5,13 +5,13 @@ from lmlab.infer.generate import filter_logits, generate
 from lmlab.model.transformer import build_model
 from lmlab.registry import ATTN, POS
 from tests.conftest import tiny_cfg
+from tests.helpers import SMALL_SPARSE, legal_grid
 
 
-@pytest.mark.parametrize("attn", ATTN.names())
-@pytest.mark.parametrize("pos", POS.names())
+@pytest.mark.parametrize(("attn", "pos"), legal_grid(attn=ATTN.names(), pos=POS.names()))
 def test_cached_generation_equals_uncached_greedy_and_sampled(attn, pos):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg("llama", attn=attn, pos=pos, n_kv_head=2, max_seq_len=24))
+    model = build_model(tiny_cfg("llama", attn=attn, pos=pos, n_kv_head=2, max_seq_len=24, window=8, **SMALL_SPARSE))
     prompt = torch.randint(0, 61, (2, 6))
     # 30 new tokens run past max_seq_len=24, so the sliding-context path is covered too.
     for kwargs in ({"temperature": 0}, {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "seed": 3}):

@@ -9,14 +9,15 @@ from lmlab.config import ModelConfig, list_presets
 from lmlab.model.transformer import build_model, build_transformer
 from lmlab.registry import ATTN, NORM, POS
 from tests.conftest import tiny_cfg
-from tests.helpers import counted_flops
+from tests.helpers import SMALL_SPARSE, counted_flops, legal_grid
 
-GRID = [(a, p, n) for a in ATTN.names() for p in POS.names() for n in ("pre", "post")]
+GRID = legal_grid(attn=ATTN.names(), pos=POS.names(), norm_position=["pre", "post"])
 
 
 @pytest.mark.parametrize(("attn", "pos", "norm_position"), GRID)
 def test_future_tokens_do_not_change_past_logits(attn, pos, norm_position):
-    model = build_model(tiny_cfg("llama", attn=attn, pos=pos, norm_position=norm_position, n_kv_head=2)).eval()
+    cfg = tiny_cfg("llama", attn=attn, pos=pos, norm_position=norm_position, n_kv_head=2, window=8, **SMALL_SPARSE)
+    model = build_model(cfg).eval()
     x = torch.randint(0, 61, (2, 16))
     y = x.clone()
     y[:, 9:] = torch.randint(0, 61, (2, 7))
@@ -26,15 +27,17 @@ def test_future_tokens_do_not_change_past_logits(attn, pos, norm_position):
 
 @pytest.mark.parametrize(("attn", "pos", "norm_position"), GRID)
 def test_incremental_decoding_equals_full_forward(attn, pos, norm_position):
-    model = build_model(tiny_cfg("gpt2", attn=attn, pos=pos, norm_position=norm_position, n_kv_head=2)).eval()
+    cfg = tiny_cfg("gpt2", attn=attn, pos=pos, norm_position=norm_position, n_kv_head=2, window=8, **SMALL_SPARSE)
+    model = build_model(cfg).eval()
     x = torch.randint(0, 61, (2, 14))
     full = model(x).logits
     cache = model.new_cache(2, 32)
-    parts = [model(x[:, :5], cache=cache).logits]  # prefill 5, then chunks of 1 and 3
-    parts.append(model(x[:, 5:6], cache=cache).logits)
-    parts.append(model(x[:, 6:9], cache=cache).logits)
-    for t in range(9, 14):
-        parts.append(model(x[:, t : t + 1], cache=cache).logits)
+    with torch.no_grad():  # MLA decodes in its absorbed form here
+        parts = [model(x[:, :5], cache=cache).logits]  # prefill 5, then chunks of 1 and 3
+        parts.append(model(x[:, 5:6], cache=cache).logits)
+        parts.append(model(x[:, 6:9], cache=cache).logits)
+        for t in range(9, 14):
+            parts.append(model(x[:, t : t + 1], cache=cache).logits)
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
     assert cache[0].length == 14
 

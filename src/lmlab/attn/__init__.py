@@ -2,6 +2,9 @@
 
 from lmlab.attn.base import CausalSelfAttention
 from lmlab.attn.mha import MHA
+from lmlab.attn.mla import MLA
+from lmlab.attn.native_sparse import NativeSparseAttention
 from lmlab.attn.sdpa import SDPA
+from lmlab.attn.sliding_window import SlidingWindowAttention
 
-__all__ = ["MHA", "SDPA", "CausalSelfAttention"]
+__all__ = ["MHA", "MLA", "SDPA", "CausalSelfAttention", "NativeSparseAttention", "SlidingWindowAttention"]

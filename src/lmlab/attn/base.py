@@ -10,15 +10,33 @@ import torch
 from torch import Tensor, nn
 
 from lmlab.config import ModelConfig
-from lmlab.model.kv_cache import KVCache
+from lmlab.model.kv_cache import KVCache, WindowKVCache
 from lmlab.pos.base import PosContext
 
 
-def causal_mask(T: int, offset: int, device: torch.device) -> Tensor:
-    """Boolean (T, offset+T) mask: query i (absolute offset+i) may see key j iff j <= offset+i."""
-    q_pos = torch.arange(offset, offset + T, device=device)[:, None]
-    k_pos = torch.arange(offset + T, device=device)[None, :]
-    return k_pos <= q_pos
+def visible(q_pos: Tensor, k_pos: Tensor, window: int | None = None) -> Tensor:
+    """Boolean (Tq, Tk): key j is visible to query i iff k_pos[j] <= q_pos[i] (and within the window)."""
+    ok = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        ok &= k_pos[None, :] > q_pos[:, None] - window
+    return ok
+
+
+def attention_mask(
+    pos: PosContext, k_pos: Tensor, window: int | None, dtype: torch.dtype
+) -> tuple[Tensor | None, bool]:
+    """An additive float mask (nh or 1, Tq, Tk), or (None, is_causal) when the plain causal kernel suffices."""
+    q_pos = pos.q_pos
+    bias = pos.bias(q_pos, k_pos)
+    span = int(q_pos[-1] - k_pos[0]) + 1  # widest query-key distance present
+    if bias is None and (window is None or window >= span):
+        if len(k_pos) == len(q_pos):
+            return None, len(q_pos) > 1  # keys are exactly the queries: standard causal mask
+        if len(q_pos) == 1:
+            return None, False  # one new token sees every cached key
+    mask = torch.zeros(len(q_pos), len(k_pos), device=k_pos.device, dtype=dtype)
+    mask = mask.masked_fill(~visible(q_pos, k_pos, window), float("-inf"))
+    return (mask if bias is None else mask + bias.to(dtype)), False
 
 
 class CausalSelfAttention(nn.Module):
@@ -27,12 +45,13 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.window = cfg.window
         self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
         self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
         self.proj.residual_projection = True  # scaled init, GPT-2 §2.3
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor, *, pos: PosContext, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, pos: PosContext, cache=None) -> Tensor:
         """x (B, T, C) -> (B, T, C); with a cache, x holds the new tokens only."""
         B, T, _ = x.shape
         hs = self.head_dim
@@ -42,38 +61,31 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
         q, k = pos.rotate(q, k)
         if cache is not None:
-            k, v = cache.update(k, v)  # (B, nkv, offset+T, hs)
-        mask, is_causal = self.mask_for(pos, T, k.shape[2], x.device, x.dtype)
+            k, v, k_pos = cache.update(k, v)  # (B, nkv, Tk, hs)
+        else:
+            k_pos = pos.q_pos
+        mask, is_causal = attention_mask(pos, k_pos, self.window, q.dtype)
         y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * hs))
-
-    def mask_for(
-        self, pos: PosContext, T: int, Tk: int, device: torch.device, dtype: torch.dtype
-    ) -> tuple[Tensor | None, bool]:
-        """An additive float mask (or None with is_causal) for T queries against Tk keys."""
-        offset = Tk - T
-        if pos.bias is None:
-            if offset == 0:
-                return None, T > 1
-            if T == 1:
-                return None, False
-        allowed = causal_mask(T, offset, device)
-        mask = torch.zeros(T, Tk, device=device, dtype=dtype).masked_fill(~allowed, float("-inf"))
-        if pos.bias is not None:
-            mask = mask + pos.bias.to(dtype)
-        return mask, False
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
         """Attention core on (B, nh, T, hs) queries and (B, nkv, Tk, hs) keys/values."""
         raise NotImplementedError
 
-    def new_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
-        """An empty cache sized for this attention's keys and values."""
+    def new_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        """An empty cache: window-sized when the attention is windowed, else preallocated to max_len."""
+        if self.window is not None and self.window < max_len:
+            return WindowKVCache(self.window)
         return KVCache(batch, self.n_kv_head, max_len, self.head_dim, device, dtype)
 
     @classmethod
     def flops_per_token(cls, cfg: ModelConfig, seq_len: int) -> dict[str, int]:
-        """Forward FLOPs per token: projections and the full T x T score/value matmuls."""
+        """Forward FLOPs per token: projections and the T x T score/value matmuls the kernel computes."""
         hs = cfg.head_dim
         proj = 2 * cfg.d_model * (cfg.n_head + 2 * cfg.n_kv_head) * hs + 2 * cfg.n_head * hs * cfg.d_model
         return {"attn_proj": proj, "attn_scores": 2 * 2 * seq_len * cfg.n_head * hs}
+
+    @classmethod
+    def kv_bytes_per_token(cls, cfg: ModelConfig, bytes_per_value: int = 2) -> int:
+        """Cache bytes per token across all layers (keys and values)."""
+        return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * bytes_per_value

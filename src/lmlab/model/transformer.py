@@ -72,7 +72,16 @@ class CausalLM(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return CausalLMOutput(logits=logits, loss=loss)
+        aux = [b.ffn.aux_loss for b in self.blocks if getattr(b.ffn, "aux_loss", None) is not None]
+        return CausalLMOutput(logits=logits, loss=loss, aux_loss=sum(aux) if aux else None)
+
+    def router_stats(self) -> dict[str, list[int]]:
+        """Tokens routed to each expert in the last forward, per MoE layer (empty without MoE)."""
+        return {
+            f"layer{i}": b.ffn.tokens_per_expert.tolist()
+            for i, b in enumerate(self.blocks)
+            if hasattr(b.ffn, "tokens_per_expert")
+        }
 
     def new_cache(self, batch: int, max_len: int) -> list:
         """One empty KV cache per layer, sized for `max_len` positions."""

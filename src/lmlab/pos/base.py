@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -14,21 +15,48 @@ from lmlab.config import ModelConfig
 class PosContext:
     """What attention needs from the position scheme for one forward call.
 
-    `offset` is the absolute position of the first query (the KV-cache length); `cos`/`sin`
-    are rotary tables for the query positions, shape (T, rot_dim); `bias` is an additive
-    attention bias of shape (n_head, T, T_k) or None.
+    `offset` is the absolute position of the first of `T` queries. `rotary` is the scheme that
+    makes rotary tables (RoPE), `cos`/`sin` its tables for these queries at the default width.
+    `slopes` are per-head ALiBi slopes. Attention asks `bias(q_pos, k_pos)` for an additive bias
+    given the absolute positions of its queries and keys, so ring caches and windows work too.
     """
 
-    offset: int = 0
+    offset: int
+    T: int
+    device: torch.device
+    rotary: Any = None
     cos: Tensor | None = None
     sin: Tensor | None = None
-    bias: Tensor | None = None
+    slopes: Tensor | None = None
+    _q_pos: Tensor | None = field(default=None, repr=False)
 
-    def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Apply the rotary tables to queries and new keys (B, nh, T, hs); identity without them."""
+    @property
+    def q_pos(self) -> Tensor:
+        """Absolute positions of the queries, (T,)."""
+        if self._q_pos is None:
+            self._q_pos = torch.arange(self.offset, self.offset + self.T, device=self.device)
+        return self._q_pos
+
+    def rotate(self, *xs: Tensor) -> tuple[Tensor, ...]:
+        """Apply the rotary tables to queries / new keys (B, nh, T, hs); identity without them."""
         if self.cos is None:
-            return q, k
-        return apply_rotary(q, self.cos, self.sin), apply_rotary(k, self.cos, self.sin)
+            return xs
+        return tuple(apply_rotary(x, self.cos, self.sin) for x in xs)
+
+    def rotate_all(self, x: Tensor) -> Tensor:
+        """Rotate every dim of x (..., T, r) with tables of width r (MLA's decoupled rope part)."""
+        if self.rotary is None or x.shape[-1] == 0:
+            return x
+        cos, sin = self.rotary.tables(self.offset + self.T, self.device, x.shape[-1])
+        end = self.offset + self.T
+        return apply_rotary(x, cos[self.offset : end], sin[self.offset : end])
+
+    def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Additive attention bias (n_head, Tq, Tk), or None when the scheme adds none."""
+        if self.slopes is None:
+            return None
+        distance = (k_pos[None, :] - q_pos[:, None]).to(self.slopes.dtype)  # <= 0 for visible keys
+        return self.slopes[:, None, None] * distance
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -58,4 +86,4 @@ class PositionScheme(nn.Module):
 
     def context(self, T: int, offset: int, device: torch.device) -> PosContext:
         """The PosContext for T queries starting at absolute position `offset`."""
-        return PosContext(offset=offset)
+        return PosContext(offset=offset, T=T, device=device)

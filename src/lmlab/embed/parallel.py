@@ -1,0 +1,104 @@
+"""Embeddings sharded across `torch.distributed` ranks (Megatron-LM, Shoeybi et al. 2019, §3).
+
+`vocab_parallel`: each rank holds a contiguous slice of the vocabulary's rows; ids outside the
+slice look up zeros and an all-reduce sums the partial results. `column_parallel`: each rank holds
+a slice of the embedding dimension and an all-gather concatenates. Both are numerically the
+unsharded embedding; without an initialised process group they are the plain table.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lmlab.config import ModelConfig
+from lmlab.registry import EMBED
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_range(size: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, end) of rank's near-equal contiguous slice of `size` items."""
+    base, extra = divmod(size, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+class _ShardedEmbedding(nn.Module):
+    def __init__(self, cfg: ModelConfig, dim: int) -> None:
+        super().__init__()
+        self.rank, self.world = _world()
+        full = (cfg.vocab_size, cfg.d_model)
+        self.start, self.end = shard_range(full[dim], self.rank, self.world)
+        shape = list(full)
+        shape[dim] = self.end - self.start
+        if self.world > 1 and cfg.tie_weights:
+            raise ValueError("model.tie_weights: a sharded embedding cannot be tied to the full output head; set false")
+        self.weight = nn.Parameter(torch.empty(*shape))
+
+    def load_full(self, weight: Tensor, dim: int) -> None:
+        """Copy this rank's slice of a full (vocab, d_model) table."""
+        with torch.no_grad():
+            self.weight.copy_(weight.narrow(dim, self.start, self.end - self.start))
+
+
+@EMBED.register(
+    "vocab_parallel",
+    tags=("sharded", "distributed"),
+    caps={"short": "VocabPar"},
+    paper="Shoeybi et al. 2019 (Megatron-LM), arXiv:1909.08053",
+)
+class VocabParallelEmbedding(_ShardedEmbedding):
+    """Rows [start, end) of the vocabulary on each rank; all-reduce of masked lookups."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg, dim=0)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids (B, T) -> (B, T, C), identical on every rank."""
+        if self.world == 1:
+            return F.embedding(ids, self.weight)
+        from torch.distributed.nn.functional import all_reduce
+
+        local = ids - self.start
+        outside = (ids < self.start) | (ids >= self.end)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out = out.masked_fill(outside[..., None], 0.0)
+        return all_reduce(out)  # autograd-aware: the backward all-reduces the gradient
+
+    def load_full(self, weight: Tensor) -> None:
+        """Copy this rank's rows of a full table."""
+        super().load_full(weight, 0)
+
+
+@EMBED.register(
+    "column_parallel",
+    tags=("sharded", "distributed"),
+    caps={"short": "ColPar"},
+    paper="Shoeybi et al. 2019 (Megatron-LM), arXiv:1909.08053",
+)
+class ColumnParallelEmbedding(_ShardedEmbedding):
+    """Columns [start, end) of the embedding dimension on each rank; all-gather of the slices."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg, dim=1)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids (B, T) -> (B, T, C), identical on every rank."""
+        out = F.embedding(ids, self.weight)
+        if self.world == 1:
+            return out
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(out.contiguous()), dim=-1)
+
+    def load_full(self, weight: Tensor) -> None:
+        """Copy this rank's columns of a full table."""
+        super().load_full(weight, 1)

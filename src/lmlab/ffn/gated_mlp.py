@@ -1,0 +1,42 @@
+"""Gated linear unit feed-forward (Dauphin et al. 2017; Shazeer 2020, eqs. 5-6) with any activation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from lmlab.config import ModelConfig
+from lmlab.ffn.activations import activation
+from lmlab.registry import FFN
+
+
+@FFN.register(
+    "gated_mlp",
+    tags=("gated",),
+    caps={"d_ff_mult": 8 / 3, "short": "Gated{act}"},
+    paper="Shazeer 2020, arXiv:2002.05202",
+)
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)) with `model.activation`; 8/3 d_model keeps a 4x MLP's parameters."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.down.residual_projection = True
+        self.act = self.gate_activation(cfg)
+
+    def gate_activation(self, cfg: ModelConfig) -> Callable[[Tensor], Tensor]:
+        """The nonlinearity on the gate path."""
+        return activation(cfg.activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+    @classmethod
+    def flops_per_token(cls, cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+        """Three matmuls of d_model x d_ff."""
+        return {"ffn": 3 * 2 * cfg.d_model * cfg.d_ff}
