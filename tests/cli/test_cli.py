@@ -36,7 +36,7 @@ def test_help_is_fast_and_imports_no_torch():
             ["--attn", "Linformer", "--layers", "2"],
             "unknown attention 'Linformer'; known: mha, mla, native_sparse, sdpa",
         ),
-        (["--preset", "nope"], "unknown preset 'nope'; known: gpt2, hybrid, llama, team, tiny"),
+        (["--preset", "nope"], "unknown preset 'nope'; known: deepseek, gpt2, hybrid, llama, mistral, mpt, team, tiny"),
         (
             ["--ffn", "swishglu"],
             "unknown feed-forward 'swishglu'; known: gated_mlp, geglu, mlp, moe, swiglu; did you mean 'swiglu'?",
@@ -166,3 +166,31 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, corpus_file):
 
     bad = run("lmlab", "train", *common, "--max-steps", "5", "--train.resume", str(run_dir), "--layers", "3")
     assert bad.returncode == 2 and "different architecture: model.n_layer (2 in run, 3 now)" in bad.stderr
+
+
+@pytest.mark.slow
+def test_mla_seed_command_runs_as_written(tmp_path):
+    out = run(
+        "exp-train",
+        "--attn",
+        "MLA",
+        "--ffn",
+        "SwiGLU",
+        "--layers",
+        "6",
+        "--batch",
+        "128",
+        "--seq-len",
+        "256",
+        "--epochs",
+        "3",
+        "--save-dir",
+        "ckpt/mla_demo",
+        "--max-steps",
+        "2",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = (tmp_path / "ckpt/mla_demo").iterdir()
+    assert (run_dir / "artifacts/checkpoints/step_00000002/model.safetensors").is_file()
+    assert json.loads((run_dir / "meta/full_config.json").read_text())["model"]["attn"] == "mla"

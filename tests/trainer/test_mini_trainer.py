@@ -168,3 +168,26 @@ def test_gpu_peak_table_lookup():
     assert hardware.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
     assert hardware.gpu_peak_flops("NVIDIA GeForce RTX 4090", "fp32") == 82.6e12
     assert hardware.gpu_peak_flops("Mystery GPU", "bf16") is None
+
+
+def test_moe_aux_loss_and_router_stats_reach_the_metrics(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", ffn="moe", moe={"n_experts": 4, "top_k": 2}))
+    seen = []
+
+    class Grab(Callback):
+        def on_batch_end(self, trainer, metrics):
+            seen.append(metrics)
+
+    opt = configure_optimizer(model, lr=1e-3, weight_decay=0.0)
+    MiniTrainer(
+        model, opt, train_loader=RandomWindowLoader(_tokens(), 4, 16), max_steps=2, device="cpu", callbacks=[Grab()]
+    ).train()
+    assert sum(seen[-1]["tokens_per_expert"]["layer0"]) == 4 * 16 * 2
+    x, y = RandomWindowLoader(_tokens(), 4, 16).sample()
+    model.train()
+    out = model(x, targets=y)
+    from lmlab.trainer.mini_trainer import causal_lm_loss
+
+    loss = causal_lm_loss(model, (x, y))
+    assert loss.item() == pytest.approx((out.loss + out.aux_loss).item(), rel=1e-5)

@@ -24,6 +24,39 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+class _ReduceFromRanks(torch.autograd.Function):
+    """Sum over ranks; the output is replicated, so each rank's gradient passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+class _GatherFromRanks(torch.autograd.Function):
+    """Concatenate equal last-dim slices from all ranks; the backward keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rank: int, world: int) -> Tensor:
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.width = rank, x.shape[-1]
+        return torch.cat(parts, dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad.narrow(-1, ctx.rank * ctx.width, ctx.width), None, None
+
+
 def shard_range(size: int, rank: int, world: int) -> tuple[int, int]:
     """[start, end) of rank's near-equal contiguous slice of `size` items."""
     base, extra = divmod(size, world)
@@ -65,13 +98,11 @@ class VocabParallelEmbedding(_ShardedEmbedding):
         """ids (B, T) -> (B, T, C), identical on every rank."""
         if self.world == 1:
             return F.embedding(ids, self.weight)
-        from torch.distributed.nn.functional import all_reduce
-
         local = ids - self.start
         outside = (ids < self.start) | (ids >= self.end)
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
         out = out.masked_fill(outside[..., None], 0.0)
-        return all_reduce(out)  # autograd-aware: the backward all-reduces the gradient
+        return _ReduceFromRanks.apply(out)
 
     def load_full(self, weight: Tensor) -> None:
         """Copy this rank's rows of a full table."""
@@ -88,6 +119,9 @@ class ColumnParallelEmbedding(_ShardedEmbedding):
     """Columns [start, end) of the embedding dimension on each rank; all-gather of the slices."""
 
     def __init__(self, cfg: ModelConfig) -> None:
+        _, world = _world()
+        if cfg.d_model % world:
+            raise ValueError(f"model.d_model: {cfg.d_model} must be divisible by the world size {world}")
         super().__init__(cfg, dim=1)
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -95,9 +129,7 @@ class ColumnParallelEmbedding(_ShardedEmbedding):
         out = F.embedding(ids, self.weight)
         if self.world == 1:
             return out
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(out.contiguous()), dim=-1)
+        return _GatherFromRanks.apply(out, self.rank, self.world)
 
     def load_full(self, weight: Tensor) -> None:
         """Copy this rank's columns of a full table."""

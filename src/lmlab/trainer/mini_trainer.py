@@ -272,6 +272,9 @@ class MiniTrainer:
                 "wall": time.perf_counter() - t_start,
                 "mfu": self._mfu(batch, n_tokens, dt),
             }
+            router = getattr(self.model, "router_stats", None)
+            if router is not None and (stats := router()):
+                metrics["tokens_per_expert"] = stats  # MoE load, per layer, for the last micro-batch
             for cb in self.callbacks:
                 cb.on_batch_end(self, metrics)
             last = self.step == self.total_steps
