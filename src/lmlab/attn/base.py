@@ -39,6 +39,15 @@ def attention_mask(
     return (mask if bias is None else mask + bias.to(dtype)), False
 
 
+def masked_scores(scores: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+    """Scores (..., T, Tk) with the additive mask added, or future keys set to -inf when is_causal."""
+    if is_causal:
+        T, Tk = scores.shape[-2:]
+        allowed = torch.ones(T, Tk, dtype=torch.bool, device=scores.device).tril(Tk - T)
+        return scores.masked_fill(~allowed, float("-inf"))
+    return scores if mask is None else scores + mask
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with grouped key/value heads (GQA when n_kv_head < n_head)."""
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from lmlab.attn.base import CausalSelfAttention
+from lmlab.attn.base import CausalSelfAttention, masked_scores
 from lmlab.registry import ATTN
 
 
@@ -27,13 +26,7 @@ class MHA(CausalSelfAttention):
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)  # (B, nh, Tk, hs)
             v = v.repeat_interleave(rep, dim=1)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, Tk)
-        if is_causal:
-            T, Tk = att.shape[-2:]
-            allowed = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
-            att = att.masked_fill(~allowed, float("-inf"))
-        elif mask is not None:
-            att = att + mask
+        att = masked_scores((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])), mask, is_causal)
         att = F.softmax(att.float(), dim=-1).to(q.dtype)
         att = F.dropout(att, p=self.dropout, training=self.training)
         return att @ v  # (B, nh, T, hs)

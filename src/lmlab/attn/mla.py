@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lmlab.attn.base import attention_mask
+from lmlab.attn.base import attention_mask, masked_scores
 from lmlab.config import ModelConfig
 from lmlab.pos.base import PosContext
 from lmlab.registry import ATTN
@@ -153,14 +153,7 @@ class MLA(nn.Module):
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # (nh, nope, r), (nh, v, r)
         q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)  # (B, nh, T, r)
         scores = torch.einsum("bhtr,bsr->bhts", q_lat, c_kv) + torch.einsum("bhtd,bsd->bhts", q_rope, k_rope)
-        scores = scores * self.scale
-        if is_causal:
-            T, Tk = scores.shape[-2:]
-            scores = scores.masked_fill(
-                ~torch.ones(T, Tk, dtype=torch.bool, device=scores.device).tril(Tk - T), float("-inf")
-            )
-        elif mask is not None:
-            scores = scores + mask
+        scores = masked_scores(scores * self.scale, mask, is_causal)
         probs = F.softmax(scores.float(), dim=-1).to(c_kv.dtype)
         out_lat = torch.einsum("bhts,bsr->bhtr", probs, c_kv)  # (B, nh, T, r)
         return torch.einsum("bhtr,hvr->bhtv", out_lat, w_uv)
