@@ -294,6 +294,15 @@ class TrainConfig(Section):
     save_dir: str = "runs"
     run_tag: str = ""
     resume: str | None = Field(None, description="auto | a run directory | a checkpoint directory")
+    distributed: Literal["auto", "none", "ddp", "fsdp"] = Field(
+        "auto", description="data parallelism under torchrun; auto = ddp with several processes"
+    )
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager with a warning)")
+    activation_checkpointing: Literal["none", "full", "every_n"] = "none"
+    ac_every: int = Field(2, ge=1, description="with every_n: checkpoint every n-th block")
+    nonfinite: Literal["skip", "stop"] = Field("skip", description="on a NaN/inf loss or gradient")
+    early_stopping: int | None = Field(None, ge=1, description="stop after this many evals without improvement")
+    peak_flops: float | None = Field(None, gt=0, description="peak FLOP/s for MFU (default: table or measured)")
     progress: bool = True
     sample_tokens: int = Field(200, ge=0, description="tokens to sample after training")
     num_samples: int = Field(2, ge=0)

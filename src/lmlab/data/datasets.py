@@ -78,19 +78,24 @@ class RandomWindowLoader:
     generator state and the position within the epoch, so a resumed run draws the same batches.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, seed: int = 0) -> None:
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, seq_len: int, *, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         if len(tokens) <= seq_len + 1:
             raise DataError(
                 f"data: {len(tokens)} tokens is smaller than one context window of {seq_len} + 1; "
                 "use a larger corpus or a smaller seq_len"
             )
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        # Every rank draws the global batch from the same generator and keeps its own rows, so
+        # world_size processes at batch b see exactly the rows one process sees at batch world*b.
+        self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
         self.consumed = 0  # batches drawn in the current epoch
         self._offsets = np.arange(seq_len + 1)
 
     def __len__(self) -> int:
-        return max(1, (len(self.tokens) - 1) // (self.batch_size * self.seq_len))
+        return max(1, (len(self.tokens) - 1) // (self.batch_size * self.world * self.seq_len))
 
     def __iter__(self):
         while self.consumed < len(self):
@@ -100,7 +105,9 @@ class RandomWindowLoader:
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch (x, y), each (B, T) int64."""
-        starts = torch.randint(len(self.tokens) - self.seq_len - 1, (self.batch_size,), generator=self.generator)
+        starts = torch.randint(
+            len(self.tokens) - self.seq_len - 1, (self.batch_size * self.world,), generator=self.generator
+        )[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self._offsets].astype(np.int64))
         return window[:, :-1], window[:, 1:]
 

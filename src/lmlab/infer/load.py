@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
 
 from lmlab.config import RunConfig
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer
@@ -45,5 +44,5 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint
                 f"run: {run.path} has no weights (no artifacts/export/model.safetensors, no checkpoint)"
             )
         weights = latest / "model.safetensors"
-    load_model(model, str(weights))
+    ckpt.load_weights(model, ckpt.read_weights(weights), weights)
     return LoadedRun(run, cfg, model.to(device).eval(), load_tokenizer(run.tokenizer), weights)

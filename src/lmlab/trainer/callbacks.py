@@ -86,3 +86,105 @@ class ProgressBar(Callback):
         """Close the bar."""
         if self.progress is not None:
             self.progress.stop()
+
+
+@CALLBACK.register("early_stopping")
+class EarlyStopping(Callback):
+    """Stop when the validation loss has not improved by `min_delta` for `patience` evaluations."""
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.bad_evals = float("inf"), 0
+
+    def on_eval_end(self, trainer: Any, metrics: dict) -> None:
+        """Count evaluations without improvement; ask the trainer to stop after `patience` of them."""
+        if metrics["val_loss"] < self.best - self.min_delta:
+            self.best, self.bad_evals = metrics["val_loss"], 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            trainer.should_stop = (
+                f"early stopping: val loss has not improved on {self.best:.4f} for {self.patience} evaluations"
+            )
+
+
+@CALLBACK.register("lr_monitor")
+class LRMonitor(Callback):
+    """Adds every parameter group's learning rate to the step metrics (`lr_group0`, `lr_group1`, ...)."""
+
+    def on_batch_end(self, trainer: Any, metrics: dict) -> None:
+        """Record the learning rates the next step will use."""
+        for i, group in enumerate(trainer.optimizer.param_groups):
+            metrics[f"lr_group{i}"] = group["lr"]
+
+
+@CALLBACK.register("lr_decay")
+class LRDecay(Callback):
+    """Multiply the learning rate by `factor` when the validation loss stops improving (floor `min_lr`).
+
+    Works with or without a scheduler: with one, its base learning rates are scaled too, so the
+    schedule continues from the decayed level.
+    """
+
+    def __init__(self, factor: float = 0.5, patience: int = 1, min_lr: float = 0.0) -> None:
+        self.factor, self.patience, self.min_lr = factor, patience, min_lr
+        self.best, self.bad_evals = float("inf"), 0
+
+    def on_eval_end(self, trainer: Any, metrics: dict) -> None:
+        """Decay after `patience` evaluations without improvement."""
+        if metrics["val_loss"] < self.best:
+            self.best, self.bad_evals = metrics["val_loss"], 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals < self.patience:
+            return
+        self.bad_evals = 0
+        for i, group in enumerate(trainer.optimizer.param_groups):
+            group["lr"] = max(self.min_lr, group["lr"] * self.factor)
+            if trainer.scheduler is not None and hasattr(trainer.scheduler, "base_lrs"):
+                trainer.scheduler.base_lrs[i] = max(self.min_lr, trainer.scheduler.base_lrs[i] * self.factor)
+
+
+@CALLBACK.register("wandb")
+class WandBLogger(Callback):
+    """Logs step metrics and evaluations to Weights & Biases; `WANDB_MODE=offline` needs no account.
+
+    Fail-safe: if wandb is missing or raises, one warning is printed and training continues.
+    """
+
+    def __init__(self, project: str = "lmlab", config: dict | None = None, **init_kwargs: Any) -> None:
+        self.project, self.config, self.init_kwargs = project, config or {}, init_kwargs
+        self.run = None
+        self.disabled = False
+
+    def _safe(self, fn, *args) -> None:
+        if self.disabled:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.disabled = True
+            print(f"warning: wandb logger disabled: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def _start(self, trainer: Any) -> None:
+        from lmlab.errors import require
+
+        wandb = require("wandb", "track")
+        self.run = wandb.init(project=self.project, config=self.config, **self.init_kwargs)
+
+    def on_train_start(self, trainer: Any) -> None:
+        """Open (or resume) the W&B run."""
+        self._safe(self._start, trainer)
+
+    def on_batch_end(self, trainer: Any, metrics: dict) -> None:
+        """Log scalar metrics against the step."""
+        scalars = {f"train/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._safe(lambda: self.run.log(scalars, step=trainer.step))
+
+    def on_eval_end(self, trainer: Any, metrics: dict) -> None:
+        """Log the validation loss."""
+        self._safe(lambda: self.run.log({"val/loss": metrics["val_loss"]}, step=trainer.step))
+
+    def on_train_end(self, trainer: Any) -> None:
+        """Finish the run."""
+        self._safe(lambda: self.run.finish())

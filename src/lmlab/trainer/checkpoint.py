@@ -16,12 +16,56 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from lmlab.errors import CheckpointError
 
 PREFIX = "step_"
 FILES = ("model.safetensors", "state.pt")
+
+
+def write_weights(path: str | Path, state_dict: dict[str, Tensor]) -> None:
+    """Save a state dict as safetensors; tensors shared under two names (tied weights) are stored once."""
+    kept: dict[tuple, str] = {}
+    tensors, aliases = {}, {}
+    for name, t in state_dict.items():
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()))
+        if t.numel() and key in kept:
+            aliases[name] = kept[key]
+            continue
+        kept[key] = name
+        tensors[name] = t.detach().contiguous().cpu()
+    save_file(tensors, str(path), metadata={"aliases": json.dumps(aliases)})
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """Inverse of `write_weights` (aliases restored)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    tensors = load_file(str(path))
+    for name, target in aliases.items():
+        tensors[name] = tensors[target]
+    return tensors
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Tensor], where: str | Path) -> None:
+    """Load into `model`; only tied parameters may be absent, and every shape must match."""
+    own = model.state_dict()
+    tied = {n for n, t in own.items() for m, u in own.items() if n != m and t.data_ptr() == u.data_ptr()}
+    missing = [k for k in own if k not in weights and k not in tied]
+    unexpected = [k for k in weights if k not in own]
+    bad = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        detail = "; ".join(
+            f"{label}: {', '.join(v[:4])}"
+            for label, v in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad))
+            if v
+        )
+        raise CheckpointError(f"checkpoint: {where} does not fit this model ({detail})")
+    model.load_state_dict(weights, strict=False)
 
 
 def _fsync(path: Path) -> None:
@@ -41,16 +85,18 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(
-    root: str | Path, step: int, model: torch.nn.Module, state: dict, *, extra: dict | None = None
+    root: str | Path, step: int, weights: torch.nn.Module | dict[str, Tensor], state: dict, *, extra: dict | None = None
 ) -> Path:
-    """Atomically write checkpoint `step` under `root`; returns its folder."""
+    """Atomically write checkpoint `step` (a model or a full state dict, plus trainer state); returns its folder."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    if isinstance(weights, torch.nn.Module):
+        weights = weights.state_dict()
+    write_weights(tmp / "model.safetensors", weights)
     torch.save(state, tmp / "state.pt")
     meta = {"step": step, "files": {}, **(extra or {})}
     for name in FILES:
@@ -109,15 +155,23 @@ def latest_valid(root: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, *, map_location: str | torch.device = "cpu") -> dict:
-    """Load weights into `model` and return the trainer state (read with weights_only=True)."""
+def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict]:
+    """Verified weights and trainer state of a checkpoint (state read with weights_only=True)."""
     path = Path(path)
     verify_checkpoint(path)
     try:
-        load_model(model, str(path / "model.safetensors"), device=str(map_location))
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint: {path} does not fit this model: {str(exc).splitlines()[0]}") from None
-    return torch.load(path / "state.pt", map_location=map_location, weights_only=True)
+        weights = read_weights(path / "model.safetensors")
+        state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
+    except Exception as exc:  # a file that passed the hash check but is not ours
+        raise CheckpointError(f"checkpoint: {path} cannot be read: {str(exc).splitlines()[0]}") from None
+    return weights, state
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, *, map_location: str | torch.device = "cpu") -> dict:
+    """Load weights into `model` and return the trainer state."""
+    weights, state = read_checkpoint(path, map_location=map_location)
+    load_weights(model, weights, path)
+    return state
 
 
 def prune(root: str | Path, keep_last: int, *, keep: Path | None = None) -> None:

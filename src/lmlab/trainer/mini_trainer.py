@@ -1,11 +1,18 @@
-"""MiniTrainer: a small, complete training loop (accumulation, clipping, AMP, eval, checkpoints, resume)."""
+"""MiniTrainer: a small, complete training loop.
+
+Gradient accumulation (with DDP/FSDP gradient sync only on the last micro-step), clipping, AMP,
+evaluation, crash-safe checkpoints with exact resume (weights, optimizer, scheduler, GradScaler,
+every RNG on every rank, data position), non-finite detection, throughput and MFU.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import random
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +23,11 @@ from torch import nn
 
 from lmlab.errors import CheckpointError
 from lmlab.trainer import checkpoint as ckpt
+from lmlab.trainer import distributed as wrap
 from lmlab.trainer.callbacks import Callback
+from lmlab.utils import dist
 from lmlab.utils.hardware import autocast_dtype, peak_flops, resolve_device, resolve_precision
+from lmlab.utils.meters import AverageMeter, ThroughputMeter, peak_memory_bytes
 
 
 def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -28,15 +38,15 @@ def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 def rng_state() -> dict:
-    """Every RNG the loop touches, as tensors and plain values (loadable with weights_only=True)."""
+    """Every RNG the loop touches, as plain lists and numbers (picklable across ranks, loadable with weights_only)."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
@@ -44,10 +54,10 @@ def set_rng_state(state: dict) -> None:
     """Inverse of `rng_state`."""
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -60,13 +70,13 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _count_tokens(batch: Any) -> int:
+def _first_tensor(batch: Any) -> torch.Tensor | None:
     first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()), None)
-    return first.numel() if isinstance(first, torch.Tensor) else 0
+    return first if isinstance(first, torch.Tensor) else None
 
 
 class MiniTrainer:
-    """Trains `model` on `train_loader` for `max_steps` optimizer steps or `epochs` passes (whichever ends first)."""
+    """Trains `model` for `max_steps` optimizer steps or `epochs` passes over `train_loader` (whichever ends first)."""
 
     def __init__(
         self,
@@ -90,18 +100,38 @@ class MiniTrainer:
         ckpt_interval: int | None = None,
         keep_last: int = 2,
         resume: str | Path | None = None,
+        distributed: str = "none",
+        compile: bool = False,
+        activation_checkpointing: str = "none",
+        ac_every: int = 2,
+        nonfinite: str = "skip",
         peak_flops_override: float | None = None,
     ) -> None:
         if train_loader is None:
             raise ValueError("train_loader is required")
         if max_steps is None and epochs is None:
             raise ValueError("set max_steps or epochs")
+        if isinstance(device, str) and device == "auto" and torch.cuda.is_available() and dist.get_world_size() > 1:
+            device = f"cuda:{dist.get_local_rank()}"
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device)
-        self.model = model.to(self.device)
+        self.strategy = wrap.resolve_strategy(distributed)
+        self.raw_model = model.to(self.device)
+        wrap.apply_activation_checkpointing(self.raw_model, activation_checkpointing, ac_every)
+        self.model: nn.Module = self.raw_model
+        if self.strategy == "ddp":
+            self.model = wrap.wrap_ddp(self.raw_model, self.device)
+        elif self.strategy == "fsdp":
+            optimizer = wrap.wrap_fsdp(self.raw_model, optimizer)
+            if scheduler is not None:
+                scheduler.optimizer = optimizer
+        self._eager = self.model
+        self.compiled = compile
+        if compile:
+            self.model = wrap.compile_model(self.model)
         self.optimizer, self.loss_fn, self.scheduler = optimizer, loss_fn, scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.grad_accum, self.clip_grad = grad_accum, clip_grad
+        self.grad_accum, self.clip_grad, self.nonfinite = grad_accum, clip_grad, nonfinite
         self.callbacks = list(callbacks)
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.eval_iters, self.keep_last, self.resume = eval_iters, keep_last, resume
@@ -111,13 +141,17 @@ class MiniTrainer:
         self.eval_interval = eval_interval or self.total_steps
         self.ckpt_interval = ckpt_interval or self.eval_interval
         self.step = self.start_step = self.epoch = 0
-        self.tokens_seen = 0
+        self.tokens_seen = self.skipped_steps = 0
+        self.flops_seen = 0.0
         self.best_val = math.inf
         self.best_ckpt: Path | None = None
         self.last_val: float | None = None
+        self.should_stop: str | None = None  # set (with the reason) by callbacks or the non-finite policy
+        self.resumed_from: Path | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.peak = peak_flops(self.device, self.precision, override=peak_flops_override)
-        self._flops_per_token = getattr(model, "flops_per_token", None)
+        self.loss_meter = AverageMeter()
+        self.throughput = ThroughputMeter()
 
     @staticmethod
     def plan_steps(loader_len: int, grad_accum: int, *, epochs: float | None, max_steps: int | None) -> int:
@@ -134,17 +168,38 @@ class MiniTrainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded weights (collective under FSDP: every rank must call; rank 0 receives them)."""
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(
+                self.raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        return self.raw_model.state_dict()
+
+    def _optimizer_state(self) -> dict:
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts)
+        return self.optimizer.state_dict()
+
     def state_dict(self) -> dict:
-        """Everything besides the weights needed to continue exactly."""
+        """Everything besides the weights needed to continue exactly (collective when distributed)."""
         state = {
             "step": self.step,
             "epoch": self.epoch,
             "tokens_seen": self.tokens_seen,
+            "flops_seen": self.flops_seen,
+            "skipped_steps": self.skipped_steps,
             "best_val": self.best_val,
             "best_ckpt": str(self.best_ckpt or ""),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng_ranks": dist.all_gather_object(rng_state()),  # dropout masks differ per rank
+            "world_size": dist.get_world_size(),
         }
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
@@ -154,13 +209,32 @@ class MiniTrainer:
                 state[name] = loader.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Inverse of `state_dict`."""
+    def load_state_dict(self, state: dict, weights: dict[str, torch.Tensor], where: Path) -> None:
+        """Restore weights and trainer state written by `save_checkpoint`."""
+        world = dist.get_world_size()
+        if int(state.get("world_size", 1)) != world:
+            raise CheckpointError(
+                f"resume: {where} was written by {state.get('world_size', 1)} processes, now {world}; "
+                "exact resume needs the same world size"
+            )
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.raw_model, weights, options=opts)
+            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
+        else:
+            ckpt.load_weights(self.raw_model, {k: v.to(self.device) for k, v in weights.items()}, where)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step = self.start_step = int(state["step"])
         self.epoch, self.tokens_seen = int(state["epoch"]), int(state["tokens_seen"])
+        self.flops_seen, self.skipped_steps = float(state["flops_seen"]), int(state["skipped_steps"])
         self.best_val = float(state["best_val"])
         self.best_ckpt = Path(state["best_ckpt"]) if state["best_ckpt"] else None
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -168,19 +242,21 @@ class MiniTrainer:
             loader = getattr(self, name)
             if name in state and hasattr(loader, "load_state_dict"):
                 loader.load_state_dict(state[name])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng_ranks"][dist.get_rank()])
 
-    def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the current step and prune old ones (keeping the best)."""
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of this step (rank 0 writes) and prune old ones, keeping the best."""
         assert self.ckpt_dir is not None
-        path = ckpt.save_checkpoint(
-            self.ckpt_dir, self.step, self.model, self.state_dict(), extra={"val_loss": self.last_val}
-        )
-        if self.last_val is not None and self.last_val <= self.best_val:
-            self.best_val, self.best_ckpt = self.last_val, path
-        ckpt.prune(self.ckpt_dir, self.keep_last, keep=self.best_ckpt)
-        for cb in self.callbacks:
-            cb.on_checkpoint(self, path)
+        weights, state = self.full_state_dict(), self.state_dict()  # collectives: every rank takes part
+        path = None
+        if dist.is_main():
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, weights, state, extra={"val_loss": self.last_val})
+            if self.last_val is not None and self.last_val <= self.best_val:
+                self.best_val, self.best_ckpt = self.last_val, path
+            ckpt.prune(self.ckpt_dir, self.keep_last, keep=self.best_ckpt)
+            for cb in self.callbacks:
+                cb.on_checkpoint(self, path)
+        dist.barrier()
         return path
 
     def _maybe_resume(self) -> None:
@@ -189,15 +265,20 @@ class MiniTrainer:
         if str(self.resume) == "auto":
             if self.ckpt_dir is None:
                 raise CheckpointError("resume: 'auto' needs ckpt_dir")
-            ckpt.clean_partial(self.ckpt_dir)
+            if dist.is_main():
+                ckpt.clean_partial(self.ckpt_dir)
+            dist.barrier()
             path = ckpt.latest_valid(self.ckpt_dir)
             if path is None:
                 if ckpt.list_checkpoints(self.ckpt_dir):
                     raise CheckpointError(f"resume: no valid checkpoint in {self.ckpt_dir}; all are damaged")
-                return  # nothing to resume: a fresh start is what 'auto' means here
+                if dist.is_main():
+                    print(f"resume: no checkpoint in {self.ckpt_dir} yet; starting at step 0", file=sys.stderr)
+                return
         else:
             path = Path(self.resume)
-        self.load_state_dict(ckpt.load_checkpoint(path, self.model, map_location=self.device))
+        weights, state = ckpt.read_checkpoint(path, map_location="cpu")
+        self.load_state_dict(state, weights, path)
         self.resumed_from = path
 
     # ------------------------------------------------------------------ loop
@@ -209,9 +290,17 @@ class MiniTrainer:
             for cb in self.callbacks:
                 cb.on_epoch_end(self, self.epoch)
 
+    def _sync_context(self, last_micro_step: bool) -> contextlib.AbstractContextManager:
+        """Skip the gradient all-reduce on all but the last micro-step of an accumulation."""
+        if self.strategy == "ddp" and not last_micro_step:
+            return self._eager.no_sync()
+        if self.strategy == "fsdp":
+            self.raw_model.set_requires_gradient_sync(last_micro_step)
+        return contextlib.nullcontext()
+
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean loss over `eval_iters` validation batches."""
+        """Mean loss over `eval_iters` validation batches (averaged over ranks)."""
         self.model.eval()
         losses = []
         it = iter(self.val_loader)
@@ -221,13 +310,28 @@ class MiniTrainer:
             except StopIteration:
                 break
             with self.autocast():
-                losses.append(float(self.loss_fn(self.model, _to_device(batch, self.device))))
+                losses.append(float(self.loss_fn(self._forward_model(), _to_device(batch, self.device))))
         self.model.train()
-        return {"step": self.step, "tokens": self.tokens_seen, "val_loss": sum(losses) / max(1, len(losses))}
+        val = dist.all_reduce_mean(sum(losses) / max(1, len(losses)))
+        return {"step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen, "val_loss": val}
+
+    def _forward_model(self) -> nn.Module:
+        return self.model
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        with self.autocast():
+            try:
+                return self.loss_fn(self.model, batch)
+            except Exception as exc:
+                if self.model is self._eager or not self.compiled:
+                    raise
+                # Compilation happens at the first call; fall back once, loudly, then run eagerly.
+                warnings.warn(f"torch.compile failed, running eagerly: {str(exc).splitlines()[0]}", stacklevel=2)
+                self.model = self._eager
+                return self.loss_fn(self.model, batch)
 
     def train(self) -> dict:
-        """Run the loop to `total_steps`; returns the last metrics."""
-        self.resumed_from = None
+        """Run the loop to `total_steps` (or until a callback or the non-finite policy stops it)."""
         self._maybe_resume()
         self.model.train()
         for cb in self.callbacks:
@@ -236,43 +340,64 @@ class MiniTrainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         metrics: dict = {}
         t_start = time.perf_counter()
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self.should_stop:
             t0 = time.perf_counter()
-            data_wait, n_tokens = 0.0, 0
+            data_wait, n_tokens, seq_len = 0.0, 0, 0
             loss_sum = torch.zeros((), device=self.device)
-            for _ in range(self.grad_accum):
+            for micro in range(self.grad_accum):
                 td = time.perf_counter()
                 batch = _to_device(next(batches), self.device)
                 data_wait += time.perf_counter() - td
-                n_tokens += _count_tokens(batch)
-                with self.autocast():
-                    loss = self.loss_fn(self.model, batch)
-                self.scaler.scale(loss / self.grad_accum).backward()
+                first = _first_tensor(batch)
+                if first is not None:
+                    n_tokens, seq_len = n_tokens + first.numel(), first.shape[-1]
+                with self._sync_context(micro == self.grad_accum - 1):
+                    loss = self._loss(batch)
+                    self.scaler.scale(loss / self.grad_accum).backward()
                 loss_sum += loss.detach()
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad or math.inf)
-            self.scaler.step(self.optimizer)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            loss_value = dist.all_reduce_mean(loss_sum) / self.grad_accum
+            finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or self.precision == "fp16")
+            if finite:
+                self.scaler.step(self.optimizer)  # fp16: GradScaler itself skips steps with inf gradients
+            else:
+                self.skipped_steps += 1
+                if self.nonfinite == "stop":
+                    self.should_stop = f"non-finite loss/gradient at step {self.step + 1}; last good checkpoint kept"
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.should_stop and not finite:
+                break
             lr = self.optimizer.param_groups[0]["lr"]
             if self.scheduler is not None:
                 self.scheduler.step()
             self.step += 1
-            self.tokens_seen += n_tokens
+            global_tokens = n_tokens * dist.get_world_size()
+            self.tokens_seen += global_tokens
+            step_flops = self.step_flops(global_tokens, seq_len)
+            self.flops_seen += step_flops or 0.0
             dt = time.perf_counter() - t0
+            self.throughput.update(global_tokens, dt, data_wait)
+            if finite:
+                self.loss_meter.update(loss_value)
             metrics = {
                 "step": self.step,
                 "tokens": self.tokens_seen,
-                "loss": float(loss_sum) / self.grad_accum,
+                "flops": self.flops_seen,
+                "wall": time.perf_counter() - t_start,
+                "loss": loss_value,
                 "lr": lr,
-                "grad_norm": float(grad_norm),
+                "grad_norm": grad_norm,
                 "step_time": dt,
                 "data_wait": data_wait,
-                "tokens_per_s": n_tokens / dt,
-                "wall": time.perf_counter() - t_start,
-                "mfu": self._mfu(batch, n_tokens, dt),
+                "tokens_per_s": global_tokens / dt,
+                "mfu": (step_flops / dt / self.peak / dist.get_world_size()) if step_flops and self.peak else None,
+                "skipped_steps": self.skipped_steps,
+                "peak_mem": peak_memory_bytes(self.device),
             }
-            router = getattr(self.model, "router_stats", None)
+            router = getattr(self.raw_model, "router_stats", None)
             if router is not None and (stats := router()):
                 metrics["tokens_per_expert"] = stats  # MoE load, per layer, for the last micro-batch
             for cb in self.callbacks:
@@ -284,14 +409,17 @@ class MiniTrainer:
                 metrics.update(val)
                 for cb in self.callbacks:
                     cb.on_eval_end(self, val)
-            if self.ckpt_dir is not None and (self.step % self.ckpt_interval == 0 or last):
+            if self.ckpt_dir is not None and (self.step % self.ckpt_interval == 0 or last or self.should_stop):
                 self.save_checkpoint()
+        if self.should_stop:
+            metrics["stopped"] = self.should_stop
         for cb in self.callbacks:
             cb.on_train_end(self)
         return metrics
 
-    def _mfu(self, batch: Any, n_tokens: int, dt: float) -> float | None:
-        if self._flops_per_token is None or self.peak is None or not isinstance(batch, (list, tuple)):
+    def step_flops(self, n_tokens: int, seq_len: int) -> float | None:
+        """Training FLOPs (forward + backward) of one step over `n_tokens` tokens in sequences of `seq_len`."""
+        per_token = getattr(self.raw_model, "flops_per_token", None)
+        if per_token is None or not seq_len:
             return None
-        seq_len = batch[0].shape[-1]
-        return self._flops_per_token(seq_len, training=True) * n_tokens / dt / self.peak
+        return float(per_token(seq_len, training=True) * n_tokens)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_model
 
 from lmlab.config import RunConfig
 from lmlab.data.datasets import RandomWindowLoader, prepare_tokens
@@ -21,10 +21,12 @@ from lmlab.model.transformer import build_model
 from lmlab.registry import TOKENIZER
 from lmlab.track.jsonl import JSONLLogger
 from lmlab.track.run_dir import RunDir
-from lmlab.trainer.callbacks import Callback, ProgressBar
+from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
+from lmlab.trainer.checkpoint import load_weights, write_weights
 from lmlab.trainer.mini_trainer import MiniTrainer
 from lmlab.trainer.optim import configure_optimizer
 from lmlab.trainer.schedules import warmup_cosine_scheduler
+from lmlab.utils import dist
 
 
 @dataclass
@@ -81,7 +83,9 @@ def sample_text(model, tokenizer: BaseTokenizer, *, n: int, tokens: int, seed: i
 def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), quiet: bool = False) -> TrainResult:
     """Train the model `cfg` describes on its corpus, leaving a complete run directory."""
     tc = cfg.train
-    seed_everything(tc.seed)
+    dist.init_distributed()
+    main = dist.is_main()
+    seed_everything(tc.seed)  # identical on every rank: FSDP shards each rank's own initialisation
     corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
     run = _resume_target(cfg)
     if run is not None:
@@ -93,27 +97,35 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     cfg = cfg.model_copy(update={"model": model_cfg})
     splits = prepare_tokens(corpus, tokenizer, cache_dir(cfg.data.cache_dir), cfg.data.val_fraction)
     if run is None:
-        run = RunDir.create(tc.save_dir, tc.run_tag)
-        run.write_meta(cfg, {"data.json": splits.meta})
-        save_tokenizer(tokenizer, run.tokenizer)
+        run = RunDir.create(tc.save_dir, tc.run_tag) if main else None
+        run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
+        if main:
+            run.write_meta(cfg, {"data.json": splits.meta})
+            save_tokenizer(tokenizer, run.tokenizer)
         resume = None
     else:
         check_same_architecture(saved, cfg, run.path)
         resume = tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
 
     model = build_model(model_cfg)
+    seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
     optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
     seq_len = cfg.seq_len
-    train_loader = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed)
-    val_loader = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    train_loader = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world)
+    val_loader = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1, rank=rank, world=world)
     total = MiniTrainer.plan_steps(len(train_loader), tc.grad_accum, epochs=tc.epochs, max_steps=tc.max_steps)
     min_ratio = (tc.min_lr if tc.min_lr is not None else tc.lr / 10) / tc.lr
     scheduler = warmup_cosine_scheduler(
         optimizer, warmup=tc.warmup_steps, decay_steps=tc.decay_steps or total, min_ratio=min_ratio
     )
-    cbs: list[Callback] = [JSONLLogger(run.logs / "metrics.jsonl", tc.log_interval)]
-    if tc.progress and not quiet:
-        cbs.append(ProgressBar(tc.log_interval))
+    cbs: list[Callback] = []
+    if main:
+        cbs.append(JSONLLogger(run.logs / "metrics.jsonl", tc.log_interval))
+        if tc.progress and not quiet:
+            cbs.append(ProgressBar(tc.log_interval))
+    if tc.early_stopping:
+        cbs.append(EarlyStopping(tc.early_stopping))
     trainer = MiniTrainer(
         model,
         optimizer,
@@ -133,15 +145,29 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         ckpt_interval=tc.ckpt_interval,
         keep_last=tc.keep_last,
         resume=resume,
+        distributed=tc.distributed,
+        compile=tc.compile,
+        activation_checkpointing=tc.activation_checkpointing,
+        ac_every=tc.ac_every,
+        nonfinite=tc.nonfinite,
+        peak_flops_override=tc.peak_flops,
     )
-    if not quiet:
+    if main and not quiet:
         print(
             f"run {run.path} | {model_cfg.arch_name()} | {model.num_params():,} params | "
             f"{splits.meta['n_train']:,} train tokens | device {trainer.device} {trainer.precision}"
         )
     metrics = trainer.train()
-    save_model(model, str(run.export / "model.safetensors"))
+    if metrics.get("stopped") and main:
+        print(f"stopped: {metrics['stopped']}", file=sys.stderr)
+    final_weights = trainer.full_state_dict()  # collective under FSDP
+    if not main:
+        return TrainResult(run, metrics, [])
+    write_weights(run.export / "model.safetensors", final_weights)
     (run.export / "config.json").write_text(json.dumps(model_cfg.model_dump(mode="json"), indent=2))
+    if trainer.strategy == "fsdp":  # sample from an unsharded copy: rank 0 alone cannot run a sharded forward
+        model = build_model(model_cfg).to(trainer.device)
+        load_weights(model, {k: v.to(trainer.device) for k, v in final_weights.items()}, run.export)
     samples = sample_text(model, tokenizer, n=tc.num_samples, tokens=tc.sample_tokens, seed=tc.seed)
     if samples:
         (run.eval / "samples.txt").write_text("\n\n-----\n\n".join(samples))

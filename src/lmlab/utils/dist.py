@@ -1,0 +1,71 @@
+"""torch.distributed helpers that also work in a single, non-distributed process (torchrun sets the env)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if is_distributed() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def get_rank() -> int:
+    """Global rank of this process (0 when not distributed)."""
+    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", 0))
+
+
+def get_local_rank() -> int:
+    """Rank within this node (torchrun's LOCAL_RANK)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """True on rank 0: the process that logs and writes files."""
+    return get_rank() == 0
+
+
+def init_distributed() -> bool:
+    """Join the process group torchrun describes (nccl on GPUs, gloo on CPU); False when run alone."""
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(get_local_rank())
+    dist.init_process_group(backend)
+    return True
+
+
+def all_reduce_mean(value: float | torch.Tensor) -> float:
+    """Mean of a scalar over ranks."""
+    if not is_distributed():
+        return float(value)
+    t = torch.as_tensor(float(value), dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / dist.get_world_size()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op alone)."""
+    if is_distributed():
+        dist.barrier()
