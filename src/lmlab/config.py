@@ -261,6 +261,9 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     max_chars: int | None = Field(None, ge=1, description="truncate the corpus to this many characters")
     cache_dir: str | None = Field(None, description="token cache; default $LMLAB_CACHE_DIR or ~/.cache/lmlab")
+    sampling: Literal["random", "sequential"] = Field(
+        "random", description="random windows (nanoGPT) or each token once per epoch, streamed in order"
+    )
 
     @classmethod
     def _section_name(cls) -> str:

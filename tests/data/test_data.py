@@ -108,3 +108,25 @@ def test_random_window_loader_targets_and_resume():
 def test_corpus_smaller_than_context_is_refused():
     with pytest.raises(DataError, match="smaller than one context window"):
         RandomWindowLoader(np.arange(10, dtype=np.uint16), 2, 16)
+
+
+def test_sequential_loader_streams_every_token_once_and_resumes(tmp_path):
+    from lmlab.data.datasets import iter_dataset
+
+    path = tmp_path / "tokens.bin"
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    loader = iter_dataset(path, 4, 10)
+    assert len(loader) == 999 // 40
+    batches = list(loader)
+    xs = torch.cat([x.flatten() for x, _ in batches])
+    assert torch.equal(xs, torch.arange(len(batches) * 40))  # contiguous, no overlap, no gap
+    assert torch.equal(batches[0][1], batches[0][0] + 1)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    rest = [x for x, _ in it]
+    again = iter_dataset(path, 4, 10)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, (b, _) in zip(rest, again, strict=True))
+    ranks = [iter_dataset(path, 2, 10, rank=r, world=2) for r in (0, 1)]
+    assert torch.equal(torch.cat([r.sample()[0] for r in ranks]), batches[0][0])  # ranks split the global batch

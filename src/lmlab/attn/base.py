@@ -23,12 +23,16 @@ def visible(q_pos: Tensor, k_pos: Tensor, window: int | None = None) -> Tensor:
 
 
 def attention_mask(
-    pos: PosContext, k_pos: Tensor, window: int | None, dtype: torch.dtype
+    pos: PosContext, k_pos: Tensor, window: int | None, dtype: torch.dtype, k_first: int | None = None
 ) -> tuple[Tensor | None, bool]:
-    """An additive float mask (nh or 1, Tq, Tk), or (None, is_causal) when the plain causal kernel suffices."""
+    """An additive float mask (nh or 1, Tq, Tk), or (None, is_causal) when the plain causal kernel suffices.
+
+    `k_first` is the absolute position of the first key (a plain int, so no device sync is needed);
+    default: keys start with the queries.
+    """
     q_pos = pos.q_pos
     bias = pos.bias(q_pos, k_pos)
-    span = int(q_pos[-1] - k_pos[0]) + 1  # widest query-key distance present
+    span = pos.offset + pos.T - (pos.offset if k_first is None else k_first)  # widest query-key distance
     if bias is None and (window is None or window >= span):
         if len(k_pos) == len(q_pos):
             return None, len(q_pos) > 1  # keys are exactly the queries: standard causal mask
@@ -69,11 +73,13 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
         q, k = pos.rotate(q, k)
+        k_first = None
         if cache is not None:
+            k_first = cache.first_position
             k, v, k_pos = cache.update(k, v)  # (B, nkv, Tk, hs)
         else:
             k_pos = pos.q_pos
-        mask, is_causal = attention_mask(pos, k_pos, self.window, q.dtype)
+        mask, is_causal = attention_mask(pos, k_pos, self.window, q.dtype, k_first)
         y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * hs))
 

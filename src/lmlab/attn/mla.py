@@ -43,6 +43,7 @@ class LatentCache:
         self.c_kv = torch.zeros(batch, max_len, kv_rank, device=device, dtype=dtype)
         self.k_rope = torch.zeros(batch, max_len, rope, device=device, dtype=dtype)
         self.length = 0
+        self.first_position = 0  # every position is kept
 
     def update(self, c_kv: Tensor, k_rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Append; return all latents, rope keys and their absolute positions."""
@@ -119,11 +120,13 @@ class MLA(nn.Module):
         B, T, _ = x.shape
         q_nope, q_rope = self._queries(x, pos)
         c_kv, k_rope = self._latents(x, pos)
+        k_first = None
         if cache is not None:
+            k_first = cache.first_position
             c_kv, k_rope, k_pos = cache.update(c_kv, k_rope)
         else:
             k_pos = pos.q_pos
-        mask, is_causal = attention_mask(pos, k_pos, self.window, x.dtype)
+        mask, is_causal = attention_mask(pos, k_pos, self.window, x.dtype, k_first)
         if cache is not None and not torch.is_grad_enabled():
             y = self.attend_absorbed(q_nope, q_rope, c_kv, k_rope, mask, is_causal)
         else:

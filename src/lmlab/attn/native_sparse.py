@@ -130,7 +130,7 @@ class NativeSparseAttention(nn.Module):
         o_cmp = p_cmp.to(q.dtype) @ expand(v_cmp)
 
         # Selection branch: block importance from p_cmp (eq. 9), summed over each GQA group (eq. 10).
-        n_sel = int(k_pos[-1]) // self.sel_block + 1
+        n_sel = (pos.offset + pos.T - 1) // self.sel_block + 1  # the last key is the last query
         starts = torch.arange(n_cmp, device=x.device) * self.stride
         sel_of = torch.arange(n_sel, device=x.device) * self.sel_block
         overlap = (starts[:, None] < sel_of[None, :] + self.sel_block) & (

@@ -119,3 +119,53 @@ class RandomWindowLoader:
         """Continue exactly where `state_dict` was taken."""
         self.generator.set_state(state["generator"])
         self.consumed = int(state["consumed"])
+
+
+class SequentialLoader:
+    """Consecutive (B, T) windows read in order from a memmapped token file: each token once per epoch.
+
+    Nothing is loaded beyond the current batch, so corpora larger than memory stream from disk.
+    The position is a token offset in `state_dict`, so a resumed run reads on from where it
+    stopped. With several ranks, the global batch is split by rows as in RandomWindowLoader.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0, world: int = 1) -> None:
+        if len(tokens) <= seq_len + 1:
+            raise DataError(f"data: {len(tokens)} tokens is smaller than one context window of {seq_len} + 1")
+        self.tokens, self.batch_size, self.seq_len, self.rank, self.world = tokens, batch_size, seq_len, rank, world
+        self.position = 0
+        self._offsets = np.arange(seq_len + 1)
+
+    def __len__(self) -> int:
+        return max(1, (len(self.tokens) - 1) // (self.batch_size * self.world * self.seq_len))
+
+    def __iter__(self):
+        step = self.batch_size * self.world * self.seq_len
+        while self.position + step < len(self.tokens):
+            yield self.sample()
+        self.position = 0
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch (x, y), each (B, T) int64, advancing the position by one global batch."""
+        first_row = self.position + self.rank * self.batch_size * self.seq_len
+        starts = first_row + np.arange(self.batch_size) * self.seq_len
+        window = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        self.position += self.batch_size * self.world * self.seq_len
+        return window[:, :-1], window[:, 1:]
+
+    def state_dict(self) -> dict:
+        """The token offset of the next batch."""
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved offset."""
+        self.position = int(state["position"])
+
+
+def iter_dataset(
+    path: str | Path, batch_size: int, seq_len: int, *, dtype: str = "uint16", rank: int = 0, world: int = 1
+) -> SequentialLoader:
+    """Stream (B, T) batches in order from a token file on disk (e.g. a `prepare_tokens` shard)."""
+    return SequentialLoader(
+        np.memmap(path, dtype=np.dtype(dtype), mode="r"), batch_size, seq_len, rank=rank, world=world
+    )

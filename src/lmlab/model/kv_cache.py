@@ -23,6 +23,7 @@ class KVCache:
         self.k = torch.zeros(batch, n_kv_head, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros(batch, n_kv_head, max_len, v_dim or head_dim, device=device, dtype=dtype)
         self.length = 0  # tokens seen so far (= absolute position of the next token)
+        self.first_position = 0  # every position is kept
 
     @property
     def capacity(self) -> int:
@@ -54,6 +55,11 @@ class WindowKVCache:
         self.v: Tensor | None = None
         self.pos: Tensor | None = None
         self.length = 0
+
+    @property
+    def first_position(self) -> int:
+        """Absolute position of the oldest key the next update will return."""
+        return max(0, self.length - (self.window - 1))
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Append (B, n_kv, T, hs) and return the visible keys, values and their absolute positions."""

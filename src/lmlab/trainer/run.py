@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lmlab.config import RunConfig
-from lmlab.data.datasets import RandomWindowLoader, prepare_tokens
+from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, prepare_tokens
 from lmlab.data.sources import cache_dir, load_corpus
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
 from lmlab.errors import CheckpointError
@@ -112,7 +112,10 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
     seq_len = cfg.seq_len
     rank, world = dist.get_rank(), dist.get_world_size()
-    train_loader = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world)
+    if cfg.data.sampling == "sequential":
+        train_loader = SequentialLoader(splits.train, tc.batch_size, seq_len, rank=rank, world=world)
+    else:
+        train_loader = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world)
     val_loader = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1, rank=rank, world=world)
     total = MiniTrainer.plan_steps(len(train_loader), tc.grad_accum, epochs=tc.epochs, max_steps=tc.max_steps)
     min_ratio = (tc.min_lr if tc.min_lr is not None else tc.lr / 10) / tc.lr
