@@ -321,6 +321,19 @@ class TrainConfig(Section):
         return self
 
 
+class TrackConfig(Section):
+    """Where metrics go besides logs/metrics.jsonl (always written). Trackers are optional extras."""
+
+    tensorboard: bool = Field(False, description="write logs/tensorboard event files (extra [track])")
+    wandb: bool = Field(False, description="log to Weights & Biases; set WANDB_MODE=offline to stay local")
+    hist_interval: int = Field(100, ge=1, description="steps between parameter/gradient histograms")
+    project: str = Field("lmlab", description="project name for W&B")
+
+    @classmethod
+    def _section_name(cls) -> str:
+        return "track"
+
+
 class RunConfig(BaseModel):
     """Everything a run did: the saved form of a run, and what `lmlab train` validates."""
 
@@ -328,6 +341,7 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
     preset: str | None = None
 
     @model_validator(mode="after")
@@ -358,7 +372,12 @@ class RunConfig(BaseModel):
         return validate(cls, read_config_file(path), "")
 
 
-SECTIONS: dict[str, type[Section]] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS: dict[str, type[Section]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "track": TrackConfig,
+}
 
 
 # ----------------------------------------------------------------------------- sources and merging

@@ -194,3 +194,18 @@ def test_mla_seed_command_runs_as_written(tmp_path):
     (run_dir,) = (tmp_path / "ckpt/mla_demo").iterdir()
     assert (run_dir / "artifacts/checkpoints/step_00000002/model.safetensors").is_file()
     assert json.loads((run_dir / "meta/full_config.json").read_text())["model"]["attn"] == "mla"
+
+
+def test_compare_command(tmp_path):
+    from tests.track.test_tracking import _synthetic_run
+
+    a = _synthetic_run(tmp_path, "a", 4, 32, 64, [(10, 3.0), (20, 2.5)])
+    b = _synthetic_run(tmp_path, "b", 8, 32, 64, [(10, 2.8), (20, 2.4)])
+    out = run("lmlab", "compare", "--latest", "2", "--root", str(tmp_path), "--out", str(tmp_path / "cmp"))
+    assert out.returncode == 0, out.stderr
+    assert "runs ranked by best validation loss" in out.stdout and (tmp_path / "cmp/report.html").is_file()
+    assert out.stdout.index(b.name) < out.stdout.index(a.name)  # b ranks first
+    d = run("lmlab", "compare", str(a), str(b), "--diff")
+    assert d.returncode == 0 and "model.d_model" not in d.stdout and "train.batch_size" in d.stdout
+    none = run("lmlab", "compare")
+    assert none.returncode == 2 and "no runs given" in none.stderr

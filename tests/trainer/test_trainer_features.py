@@ -10,8 +10,9 @@ import torch
 from lmlab.config import ModelConfig, list_presets
 from lmlab.data.datasets import RandomWindowLoader
 from lmlab.model.transformer import build_model
+from lmlab.track.wandb import WandBLogger
 from lmlab.trainer import distributed as wrap
-from lmlab.trainer.callbacks import Callback, EarlyStopping, LRDecay, LRMonitor, WandBLogger
+from lmlab.trainer.callbacks import Callback, EarlyStopping, LRDecay, LRMonitor
 from lmlab.trainer.checkpoint import list_checkpoints
 from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
 from lmlab.trainer.optim import configure_optimizer
@@ -169,7 +170,7 @@ def test_wandb_logger_without_wandb_warns_once_and_training_continues(capsys, mo
     t.train()
     assert t.step == 4
     err = capsys.readouterr().err
-    assert err.count("wandb logger disabled") == 1 and 'pip install "lmlab[track]"' in err
+    assert err.count("wandb tracker disabled") == 1 and 'pip install "lmlab[track]"' in err
 
 
 def test_meters():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -179,6 +180,65 @@ def list_cmd(kind: str | None) -> None:
         console.print(table)
     if kind in (None, "presets"):
         console.print("presets: " + ", ".join(list_presets()))
+
+
+@cli.command("compare")
+@click.argument("runs", nargs=-1)
+@click.option("--latest", type=int, default=None, help="compare the N most recent runs under --root")
+@click.option("--root", default="runs", show_default=True, help="where --latest looks")
+@click.option("--out", default=None, help="folder for the PNGs and report.html (default: runs root/compare)")
+@click.option("--diff", "diff_mode", is_flag=True, help="with two runs: config differences and aligned val loss")
+@click.option(
+    "--axis",
+    type=click.Choice(["step", "tokens", "flops", "wall"]),
+    default="tokens",
+    show_default=True,
+    help="alignment axis for --diff",
+)
+@user_errors
+def compare_cmd(
+    runs: tuple[str, ...], latest: int | None, root: str, out: str | None, diff_mode: bool, axis: str
+) -> None:
+    """Rank runs by validation loss; plot loss vs step, tokens, FLOPs and wall-clock; --diff A B."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmlab.errors import LmlabError
+    from lmlab.track import compare
+
+    paths = list(runs) + ([str(p) for p in compare.find_runs(root, latest)] if latest else [])
+    summaries = compare.compare(paths)
+    console = Console(width=200)
+    if diff_mode:
+        if len(summaries) != 2:
+            raise LmlabError(f"compare --diff: needs exactly 2 runs, got {len(summaries)}")
+        a, b = (compare.load_summary(p) for p in paths[:2])
+        d = compare.diff(a, b, axis)
+        table = Table("field", a.name, b.name, title="config differences")
+        for k, (va, vb) in d["config"].items():
+            table.add_row(k, repr(va), repr(vb))
+        console.print(table)
+        table = Table(axis, f"val {a.name}", f"val {b.name}", "b - a", title=f"val loss aligned on {axis}")
+        for r in d["aligned"]:
+            table.add_row(
+                f"{r[axis]:,.0f}",
+                f"{r['a']:.4f}",
+                "-" if r["b"] is None else f"{r['b']:.4f}",
+                "-" if r["b_minus_a"] is None else f"{r['b_minus_a']:+.4f}",
+            )
+        console.print(table)
+        return
+    rows = compare.table_rows(summaries)
+    table = Table(*rows[0], title="runs ranked by best validation loss")
+    for r in rows[1:]:
+        table.add_row(*r)
+    console.print(table)
+    from lmlab.track.plots import html_report, plot_curves
+
+    out_dir = Path(out) if out else Path(summaries[0].path).parent / "compare"
+    pngs = plot_curves(summaries, out_dir)
+    report = html_report(summaries, pngs, out_dir / "report.html")
+    click.echo(f"plots: {', '.join(str(p) for p in pngs.values())}\nreport: {report}")
 
 
 cli.add_command(train_command)

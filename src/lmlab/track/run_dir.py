@@ -82,14 +82,27 @@ class RunDir:
         return run
 
     def config(self) -> RunConfig:
-        """The full resolved config the run was trained with."""
-        return RunConfig.load(self.config_path)
+        """The full resolved config the run was trained with (an unreadable or older one is reported by path)."""
+        from lmlab.errors import ConfigError
+
+        try:
+            return RunConfig.load(self.config_path)
+        except ConfigError as exc:
+            raise CheckpointError(f"run: {self.config_path} is from an older or different schema: {exc}") from None
+
+    def require(self, *relative: str) -> None:
+        """Raise, naming the run and what is missing, unless every path exists (a partial run)."""
+        missing = [r for r in relative if not (self.path / r).exists()]
+        if missing:
+            raise CheckpointError(f"run: {self.path} is partial (missing {', '.join(missing)})")
 
     def write_meta(self, cfg: RunConfig, extra: dict | None = None) -> None:
         """Write full_config.json, git.txt, env.txt, notes.md and any extra JSON files."""
         cfg.save(self.config_path)
         (self.meta / "git.txt").write_text(git_info())
+        (self.meta / "git.diff").write_text(_git("diff", "HEAD"))
         (self.meta / "env.txt").write_text(env_info())
+        (self.meta / "pip_freeze.txt").write_text(pip_freeze())
         notes = self.meta / "notes.md"
         if not notes.exists():
             notes.write_text(f"# {self.path.name}\n\n")
@@ -125,6 +138,14 @@ def git_info() -> str:
         return "not a git repository\n"
     dirty = bool(_git("status", "--porcelain"))
     return f"commit: {commit}\nbranch: {_git('rev-parse', '--abbrev-ref', 'HEAD')}\ndirty: {dirty}\n"
+
+
+def pip_freeze() -> str:
+    """Installed distributions as `name==version` lines (what `pip freeze` prints, without running pip)."""
+    from importlib import metadata
+
+    pins = {f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]}
+    return "\n".join(sorted(pins, key=str.lower)) + "\n"
 
 
 def env_info() -> str:

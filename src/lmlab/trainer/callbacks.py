@@ -25,6 +25,9 @@ class Callback:
     def on_epoch_end(self, trainer: Any, epoch: int) -> None:
         """After each pass over the training loader."""
 
+    def on_before_optimizer_step(self, trainer: Any) -> None:
+        """After the gradients are final (accumulated, unscaled, clipped), before the optimizer uses them."""
+
     def on_checkpoint(self, trainer: Any, path: Path) -> None:
         """After a checkpoint is written."""
 
@@ -143,48 +146,3 @@ class LRDecay(Callback):
             group["lr"] = max(self.min_lr, group["lr"] * self.factor)
             if trainer.scheduler is not None and hasattr(trainer.scheduler, "base_lrs"):
                 trainer.scheduler.base_lrs[i] = max(self.min_lr, trainer.scheduler.base_lrs[i] * self.factor)
-
-
-@CALLBACK.register("wandb")
-class WandBLogger(Callback):
-    """Logs step metrics and evaluations to Weights & Biases; `WANDB_MODE=offline` needs no account.
-
-    Fail-safe: if wandb is missing or raises, one warning is printed and training continues.
-    """
-
-    def __init__(self, project: str = "lmlab", config: dict | None = None, **init_kwargs: Any) -> None:
-        self.project, self.config, self.init_kwargs = project, config or {}, init_kwargs
-        self.run = None
-        self.disabled = False
-
-    def _safe(self, fn, *args) -> None:
-        if self.disabled:
-            return
-        try:
-            fn(*args)
-        except Exception as exc:
-            self.disabled = True
-            print(f"warning: wandb logger disabled: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-    def _start(self, trainer: Any) -> None:
-        from lmlab.errors import require
-
-        wandb = require("wandb", "track")
-        self.run = wandb.init(project=self.project, config=self.config, **self.init_kwargs)
-
-    def on_train_start(self, trainer: Any) -> None:
-        """Open (or resume) the W&B run."""
-        self._safe(self._start, trainer)
-
-    def on_batch_end(self, trainer: Any, metrics: dict) -> None:
-        """Log scalar metrics against the step."""
-        scalars = {f"train/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        self._safe(lambda: self.run.log(scalars, step=trainer.step))
-
-    def on_eval_end(self, trainer: Any, metrics: dict) -> None:
-        """Log the validation loss."""
-        self._safe(lambda: self.run.log({"val/loss": metrics["val_loss"]}, step=trainer.step))
-
-    def on_train_end(self, trainer: Any) -> None:
-        """Finish the run."""
-        self._safe(lambda: self.run.finish())

@@ -358,6 +358,8 @@ class MiniTrainer:
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad or math.inf)
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            for cb in self.callbacks:
+                cb.on_before_optimizer_step(self)
             loss_value = dist.all_reduce_mean(loss_sum) / self.grad_accum
             finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or self.precision == "fp16")
             if finite:

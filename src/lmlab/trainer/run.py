@@ -17,10 +17,13 @@ from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, prepare_to
 from lmlab.data.sources import cache_dir, load_corpus
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
 from lmlab.errors import CheckpointError
+from lmlab.model.cost import params_by_component
 from lmlab.model.transformer import build_model
 from lmlab.registry import TOKENIZER
 from lmlab.track.jsonl import JSONLLogger
 from lmlab.track.run_dir import RunDir
+from lmlab.track.tensorboard import TensorBoardTracker
+from lmlab.track.wandb import WandBLogger
 from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
 from lmlab.trainer.checkpoint import load_weights, write_weights
 from lmlab.trainer.mini_trainer import MiniTrainer
@@ -100,7 +103,9 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         run = RunDir.create(tc.save_dir, tc.run_tag) if main else None
         run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
         if main:
-            run.write_meta(cfg, {"data.json": splits.meta})
+            parts = params_by_component(model_cfg)
+            params = {"total": sum(parts.values()), "by_component": parts}
+            run.write_meta(cfg, {"data.json": splits.meta, "params.json": params})
             save_tokenizer(tokenizer, run.tokenizer)
         resume = None
     else:
@@ -127,6 +132,12 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         cbs.append(JSONLLogger(run.logs / "metrics.jsonl", tc.log_interval))
         if tc.progress and not quiet:
             cbs.append(ProgressBar(tc.log_interval))
+        if cfg.track.tensorboard:
+            cbs.append(TensorBoardTracker(run.logs / "tensorboard", cfg.track.hist_interval))
+        if cfg.track.wandb:
+            cbs.append(
+                WandBLogger(cfg.track.project, cfg.model_dump(mode="json"), name=run.path.name, dir=str(run.logs))
+            )
     if tc.early_stopping:
         cbs.append(EarlyStopping(tc.early_stopping))
     trainer = MiniTrainer(

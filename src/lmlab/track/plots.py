@@ -1,0 +1,66 @@
+"""Loss curves as PNG files and one self-contained HTML report (images embedded as base64)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from lmlab.errors import require
+from lmlab.track.compare import AXES, RunSummary, table_rows
+
+LABELS = {"step": "optimizer step", "tokens": "tokens seen", "flops": "training FLOPs", "wall": "wall-clock (s)"}
+
+
+def plot_curves(summaries: list[RunSummary], out_dir: str | Path) -> dict[str, Path]:
+    """One PNG per x axis (step, tokens, flops, wall) with every run's validation loss."""
+    require("matplotlib", "plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for axis in AXES:
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        for s in summaries:
+            xs, ys = s.curve(axis)
+            if xs:
+                ax.plot(xs, ys, marker="o", markersize=3, label=f"{s.name} ({s.arch})")
+        ax.set_xlabel(LABELS[axis])
+        ax.set_ylabel("validation loss (nats/token)")
+        if axis == "flops":
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"validation loss vs {LABELS[axis]}")
+        fig.tight_layout()
+        paths[axis] = out_dir / f"val_loss_vs_{axis}.png"
+        fig.savefig(paths[axis])
+        plt.close(fig)
+    return paths
+
+
+def html_report(summaries: list[RunSummary], pngs: dict[str, Path], out: str | Path) -> Path:
+    """A single HTML file with the ranking table and the embedded plots."""
+    rows = table_rows(summaries)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    figures = "".join(
+        f'<figure><img alt="val loss vs {axis}" src="data:image/png;base64,'
+        f'{base64.b64encode(Path(p).read_bytes()).decode()}"><figcaption>validation loss vs {LABELS[axis]}'
+        "</figcaption></figure>"
+        for axis, p in pngs.items()
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>lmlab compare</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:4px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
+        f"<h1>lmlab compare: {len(summaries)} runs</h1><table id='ranking'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>{figures}</body></html>"
+    )
+    out = Path(out)
+    out.write_text(page)
+    return out

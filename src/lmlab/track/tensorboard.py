@@ -1,0 +1,67 @@
+"""TensorBoard tracker: scalars against step, tokens, FLOPs and wall-clock; weight and gradient histograms."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import require
+from lmlab.registry import CALLBACK
+from lmlab.track.base import SafeTracker, scalars
+
+TRAIN_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time", "data_wait")
+
+
+@CALLBACK.register("tensorboard")
+class TensorBoardTracker(SafeTracker):
+    """Writes logs/tensorboard/ event files; histograms of parameters and gradients every `hist_interval` steps.
+
+    Val loss is also written with the tokens seen and GFLOPs spent as the x value
+    (`val/loss_by_tokens`, `val/loss_by_gflops`), so runs with different batch sizes or
+    architectures line up in TensorBoard's own charts.
+    """
+
+    name = "tensorboard"
+
+    def __init__(self, log_dir: str | Path, hist_interval: int = 100) -> None:
+        super().__init__()
+        self.log_dir, self.hist_interval = Path(log_dir), hist_interval
+        self.writer = None
+
+    def start(self, trainer: Any) -> None:
+        """Open the event-file writer."""
+        require("tensorboard", "track")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.log_dir))
+        self.t0 = time.time()
+
+    def log_step(self, trainer: Any, metrics: dict) -> None:
+        """Training scalars at this step."""
+        values = scalars(metrics)
+        for key in TRAIN_SCALARS:
+            if key in values:
+                self.writer.add_scalar(f"train/{key}", values[key], trainer.step, walltime=self.t0 + values["wall"])
+
+    def log_eval(self, trainer: Any, metrics: dict) -> None:
+        """Validation loss against step, tokens and GFLOPs."""
+        loss = metrics["val_loss"]
+        self.writer.add_scalar("val/loss", loss, trainer.step)
+        self.writer.add_scalar("val/loss_by_tokens", loss, int(metrics["tokens"]))
+        self.writer.add_scalar("val/loss_by_gflops", loss, int(metrics.get("flops", 0) / 1e9))
+        self.writer.flush()
+
+    def log_grads(self, trainer: Any) -> None:
+        """Histograms of every parameter and its gradient, every `hist_interval` steps."""
+        step = trainer.step + 1  # the step being taken
+        if step % self.hist_interval:
+            return
+        for name, p in trainer.raw_model.named_parameters():
+            self.writer.add_histogram(f"params/{name}", p.detach().float().cpu(), step)
+            if p.grad is not None:
+                self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
+
+    def finish(self, trainer: Any) -> None:
+        """Close the event file."""
+        self.writer.close()

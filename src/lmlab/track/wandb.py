@@ -1,0 +1,38 @@
+"""Weights & Biases tracker; `WANDB_MODE=offline` needs no account or network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmlab.errors import require
+from lmlab.registry import CALLBACK
+from lmlab.track.base import SafeTracker, scalars
+
+
+@CALLBACK.register("wandb")
+class WandBLogger(SafeTracker):
+    """Logs step metrics (train/...), evaluations (val/loss) and the run config to W&B."""
+
+    name = "wandb"
+
+    def __init__(self, project: str = "lmlab", config: dict | None = None, **init_kwargs: Any) -> None:
+        super().__init__()
+        self.project, self.config, self.init_kwargs = project, config or {}, init_kwargs
+        self.run = None
+
+    def start(self, trainer: Any) -> None:
+        """Open the W&B run."""
+        wandb = require("wandb", "track")
+        self.run = wandb.init(project=self.project, config=self.config, **self.init_kwargs)
+
+    def log_step(self, trainer: Any, metrics: dict) -> None:
+        """Scalar metrics against the step (tokens, FLOPs and wall-clock are logged as metrics too)."""
+        self.run.log({f"train/{k}": v for k, v in scalars(metrics).items()}, step=trainer.step)
+
+    def log_eval(self, trainer: Any, metrics: dict) -> None:
+        """The validation loss."""
+        self.run.log({"val/loss": metrics["val_loss"], "val/tokens": metrics["tokens"]}, step=trainer.step)
+
+    def finish(self, trainer: Any) -> None:
+        """Finish the run."""
+        self.run.finish()

@@ -1,0 +1,206 @@
+"""Trackers and compare, read back through the tools' own readers."""
+
+import json
+import struct
+from html.parser import HTMLParser
+
+import pytest
+
+from lmlab.config import resolve_config
+from lmlab.errors import CheckpointError
+from lmlab.track import compare
+from lmlab.track.base import SafeTracker
+from lmlab.track.plots import html_report, plot_curves
+from lmlab.track.run_dir import RunDir
+from lmlab.trainer.run import train_from_config
+
+
+def _train(tmp_path, corpus_file, tag="t", **train):
+    cfg = resolve_config(
+        cli={
+            "data": {"name": f"file:{corpus_file}"},
+            "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 32},
+            "train": {
+                "batch_size": 4,
+                "max_steps": 6,
+                "eval_interval": 3,
+                "eval_iters": 2,
+                "log_interval": 1,
+                "save_dir": str(tmp_path),
+                "run_tag": tag,
+                "sample_tokens": 0,
+                "progress": False,
+                **train,
+            },
+            "track": {"tensorboard": True, "hist_interval": 2},
+        },
+        environ={},
+    )
+    return train_from_config(cfg, quiet=True)
+
+
+def test_tensorboard_and_jsonl_read_back(tmp_path, corpus_file):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = _train(tmp_path, corpus_file)
+    acc = EventAccumulator(str(result.run.logs / "tensorboard"), size_guidance={"histograms": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in (
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "train/mfu",
+        "val/loss",
+        "val/loss_by_tokens",
+        "val/loss_by_gflops",
+    ):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 7))
+    assert [e.step for e in acc.Scalars("val/loss_by_tokens")] == [3 * 4 * 32, 6 * 4 * 32]
+    assert (
+        "params/blocks.0.ffn.fc.weight" in tags["histograms"] and "grads/blocks.0.ffn.fc.weight" in tags["histograms"]
+    )
+    assert [e.step for e in acc.Histograms("grads/tok_emb.weight")] == [2, 4, 6]
+    lines = [json.loads(x) for x in (result.run.logs / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in lines if r["split"] == "val"]
+    assert val[-1]["val_loss"] == pytest.approx(acc.Scalars("val/loss")[-1].value, rel=1e-6)
+    assert all({"step", "tokens", "flops", "wall"} <= set(r) for r in lines if r["split"] == "train")
+    meta = result.run.meta
+    for name in ("full_config.json", "git.txt", "git.diff", "env.txt", "pip_freeze.txt", "data.json", "params.json"):
+        assert (meta / name).is_file(), name
+    assert "torch==" in (meta / "pip_freeze.txt").read_text()
+    assert json.loads((meta / "data.json").read_text())["n_tokens"] > 0
+
+
+def test_broken_tracker_warns_once_and_training_finishes(tmp_path, corpus_file, capsys):
+    class Broken(SafeTracker):
+        name = "broken"
+
+        def log_step(self, trainer, metrics):
+            raise RuntimeError("disk full")
+
+    result = train_from_config(
+        resolve_config(
+            cli={
+                "data": {"name": f"file:{corpus_file}"},
+                "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 32},
+                "train": {
+                    "batch_size": 4,
+                    "max_steps": 5,
+                    "save_dir": str(tmp_path),
+                    "sample_tokens": 0,
+                    "progress": False,
+                },
+            },
+            environ={},
+        ),
+        callbacks=[Broken()],
+        quiet=True,
+    )
+    err = capsys.readouterr().err
+    assert err.count("broken tracker disabled: RuntimeError: disk full") == 1
+    assert (result.run.checkpoints / "step_00000005" / "model.safetensors").is_file()
+
+
+def _synthetic_run(root, name, batch, seq, arch_dim, vals):
+    """A run directory with a config and hand-written metrics."""
+    run = RunDir.create(root, name)
+    cfg = resolve_config(
+        cli={"model": {"d_model": arch_dim, "max_seq_len": seq}, "train": {"batch_size": batch}}, environ={}
+    )
+    cfg.save(run.config_path)
+    tokens_per_step = batch * seq
+    lines = []
+    for step, loss in vals:
+        lines.append(
+            {
+                "split": "train",
+                "step": step,
+                "tokens": step * tokens_per_step,
+                "flops": step * tokens_per_step * 1000.0 * arch_dim,
+                "wall": step * 0.5,
+                "loss": loss,
+                "tokens_per_s": 100.0,
+                "mfu": 0.1,
+                "peak_mem": 2**20,
+            }
+        )
+        lines.append(
+            {
+                "split": "val",
+                "step": step,
+                "tokens": step * tokens_per_step,
+                "flops": step * tokens_per_step * 1000.0 * arch_dim,
+                "val_loss": loss,
+            }
+        )
+    (run.logs / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    return run.path
+
+
+def test_compare_aligns_runs_on_tokens_and_flops(tmp_path):
+    a = _synthetic_run(tmp_path, "small", batch=4, seq=32, arch_dim=64, vals=[(10, 3.0), (20, 2.5), (30, 2.2)])
+    b = _synthetic_run(tmp_path, "big", batch=8, seq=32, arch_dim=128, vals=[(5, 2.9), (10, 2.4), (15, 2.1)])
+    sa, sb = compare.compare([a, b])[::-1]  # ranked: b (2.1) first
+    assert sb.best_val == 2.1 and sa.final_val == 2.2
+    assert sa.curve("tokens")[0] == [1280, 2560, 3840] and sb.curve("tokens")[0] == [1280, 2560, 3840]
+    assert sa.curve("step")[0] == [10, 20, 30] and sb.curve("step")[0] == [5, 10, 15]
+    assert sb.curve("flops")[0] == [x * 1000.0 * 128 for x in (1280, 2560, 3840)]
+    assert sa.curve("wall")[0] == [5.0, 10.0, 15.0]
+    d = compare.diff(sa, sb, "tokens")
+    assert d["config"]["model.d_model"] == (64, 128) and d["config"]["train.batch_size"] == (4, 8)
+    assert [round(r["b_minus_a"], 6) for r in d["aligned"]] == [-0.1, -0.1, -0.1]  # same tokens, b is 0.1 lower
+
+
+def test_html_report_and_pngs(tmp_path):
+    a = _synthetic_run(tmp_path, "a", 4, 32, 64, [(10, 3.0), (20, 2.5)])
+    b = _synthetic_run(tmp_path, "b", 8, 32, 64, [(10, 2.8), (20, 2.6)])
+    summaries = compare.compare([a, b])
+    pngs = plot_curves(summaries, tmp_path / "out")
+    for p in pngs.values():
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 100 and height > 100
+    report = html_report(summaries, pngs, tmp_path / "out" / "report.html")
+
+    class Parse(HTMLParser):
+        imgs, cells, in_td = [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.imgs.append(dict(attrs)["src"])
+            self.in_td = tag == "td"
+
+        def handle_data(self, data):
+            if self.in_td:
+                self.cells.append(data)
+
+    parser = Parse()
+    parser.feed(report.read_text())
+    assert len(parser.imgs) == 4 and all(s.startswith("data:image/png;base64,") for s in parser.imgs)
+    assert parser.cells[:2] == ["1", summaries[0].name] and "2.5000" in parser.cells
+
+
+def test_bad_runs_are_reported(tmp_path):
+    with pytest.raises(CheckpointError, match="no runs given"):
+        compare.compare([])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        compare.load_summary(tmp_path / "missing")
+    partial = RunDir.create(tmp_path, "p")
+    resolve_config(environ={}).save(partial.config_path)
+    with pytest.raises(CheckpointError, match=r"is partial \(missing logs/metrics.jsonl\)"):
+        compare.load_summary(partial.path)
+    old = RunDir.create(tmp_path, "old")
+    old.config_path.write_text(json.dumps({"model": {"n_embd_old": 3}}))
+    (old.logs / "metrics.jsonl").write_text("")
+    with pytest.raises(CheckpointError, match="older or different schema"):
+        compare.load_summary(old.path)
+
+
+def test_interpolate():
+    assert compare.interpolate([0, 10, 20], [1.0, 2.0, 4.0], 15) == 3.0
+    assert compare.interpolate([0, 10], [1.0, 2.0], 0) == 1.0
+    assert compare.interpolate([0, 10], [1.0, 2.0], 11) is None
