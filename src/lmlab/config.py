@@ -277,6 +277,7 @@ class TrainConfig(Section):
     seq_len: int | None = Field(None, ge=1, description="training context; default model.max_seq_len")
     grad_accum: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    max_time: float | None = Field(None, gt=0, description="stop after this many seconds of training (a time budget)")
     epochs: float | None = Field(None, gt=0)
     lr: float = Field(1e-3, gt=0)
     min_lr: float | None = Field(None, ge=0, description="cosine floor; default lr/10")

@@ -204,3 +204,12 @@ def test_interpolate():
     assert compare.interpolate([0, 10, 20], [1.0, 2.0, 4.0], 15) == 3.0
     assert compare.interpolate([0, 10], [1.0, 2.0], 0) == 1.0
     assert compare.interpolate([0, 10], [1.0, 2.0], 11) is None
+
+
+def test_latest_skips_runs_killed_before_their_config_was_written(tmp_path):
+    done = RunDir.create(tmp_path, "k")
+    resolve_config(environ={}).save(done.config_path)
+    RunDir.create(tmp_path, "k")  # killed during set-up: no meta/full_config.json
+    assert RunDir.latest(tmp_path, "k").path == done.path
+    with pytest.raises(CheckpointError, match=r"is partial \(missing meta/full_config.json\)"):
+        RunDir(tmp_path / sorted(p.name for p in tmp_path.iterdir())[-1]).config()

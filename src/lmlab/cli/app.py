@@ -241,7 +241,49 @@ def compare_cmd(
     click.echo(f"plots: {', '.join(str(p) for p in pngs.values())}\nreport: {report}")
 
 
+@user_errors
+def _ablate(base: str, swap: tuple[str, ...], seeds: int, match: str, out: str, **params) -> None:
+    from rich.console import Console
+
+    from lmlab.track.ablate import markdown_table, run_ablation
+
+    params.pop("preset", None)
+    params.pop("config", None)
+    report = run_ablation(base, list(swap), seeds=seeds, match=match, overrides=collect_overrides(params), save_dir=out)
+    Console(width=200).print(markdown_table(report))
+    from lmlab.track import compare
+    from lmlab.track.plots import html_report, plot_curves
+
+    summaries = compare.compare([r for row in report["rows"] for r in row["runs"]])
+    pngs = plot_curves(summaries, Path(out) / "plots")
+    click.echo(f"table: {Path(out) / 'ablation.md'}\nreport: {html_report(summaries, pngs, Path(out) / 'report.html')}")
+
+
+ablate_command = click.Command(
+    "ablate",
+    callback=_ablate,
+    params=[
+        click.Option(["--base"], required=True, help="base preset, e.g. gpt2"),
+        click.Option(["--swap"], multiple=True, required=True, help="field=value, repeatable (pos=rope, ffn=swiglu)"),
+        click.Option(["--seeds"], type=int, default=3, show_default=True, help="seeds per variant (>= 2)"),
+        click.Option(
+            ["--match"],
+            type=click.Choice(["tokens", "time", "params", "flops"]),
+            default="tokens",
+            show_default=True,
+            help="what the variants share",
+        ),
+        click.Option(["--out"], default="runs/ablate", show_default=True, help="where runs and the report go"),
+        *COMMON,
+        *schema_options(),
+    ],
+    help="Each swap alone and all together vs the base, over seeds: mean +- 95% CI, difference, Welch p. "
+    "Runs at laptop scale (4L-4H-128D, context 128, batch 16) unless flags say otherwise.",
+)
+
+
 cli.add_command(train_command)
+cli.add_command(ablate_command)
 cli.add_command(arch_command)
 
 

@@ -85,6 +85,7 @@ class RunDir:
         """The full resolved config the run was trained with (an unreadable or older one is reported by path)."""
         from lmlab.errors import ConfigError
 
+        self.require("meta/full_config.json")
         try:
             return RunConfig.load(self.config_path)
         except ConfigError as exc:
@@ -98,7 +99,6 @@ class RunDir:
 
     def write_meta(self, cfg: RunConfig, extra: dict | None = None) -> None:
         """Write full_config.json, git.txt, env.txt, notes.md and any extra JSON files."""
-        cfg.save(self.config_path)
         (self.meta / "git.txt").write_text(git_info())
         (self.meta / "git.diff").write_text(_git("diff", "HEAD"))
         (self.meta / "env.txt").write_text(env_info())
@@ -108,17 +108,23 @@ class RunDir:
             notes.write_text(f"# {self.path.name}\n\n")
         for name, data in (extra or {}).items():
             (self.meta / name).write_text(json.dumps(data, indent=2))
+        # The config goes last and atomically: its presence marks the run directory as complete.
+        tmp = self.config_path.with_suffix(".tmp")
+        cfg.save(tmp)
+        tmp.replace(self.config_path)
 
     @staticmethod
     def latest(root: str | Path, tag: str | None = None) -> RunDir | None:
-        """The most recent run under `root` (optionally with this tag)."""
+        """The most recent complete run under `root` (optionally with this tag)."""
         root = Path(root)
         if not root.is_dir():
             return None
         runs = sorted(
             (m.group(1), int(m.group(2)), p)
             for p in root.iterdir()
-            if (m := RUN_RE.match(p.name)) and (tag is None or (m.group(3) or "") == tag)
+            if (m := RUN_RE.match(p.name))
+            and (tag is None or (m.group(3) or "") == tag)
+            and (p / "meta" / "full_config.json").is_file()  # skip runs killed before they were set up
         )
         return RunDir(runs[-1][2]) if runs else None
 

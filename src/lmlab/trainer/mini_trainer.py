@@ -106,6 +106,7 @@ class MiniTrainer:
         ac_every: int = 2,
         nonfinite: str = "skip",
         peak_flops_override: float | None = None,
+        max_time: float | None = None,
     ) -> None:
         if train_loader is None:
             raise ValueError("train_loader is required")
@@ -150,6 +151,7 @@ class MiniTrainer:
         self.resumed_from: Path | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.peak = peak_flops(self.device, self.precision, override=peak_flops_override)
+        self.max_time = max_time
         self.loss_meter = AverageMeter()
         self.throughput = ThroughputMeter()
 
@@ -404,7 +406,9 @@ class MiniTrainer:
                 metrics["tokens_per_expert"] = stats  # MoE load, per layer, for the last micro-batch
             for cb in self.callbacks:
                 cb.on_batch_end(self, metrics)
-            last = self.step == self.total_steps
+            if self.max_time is not None and metrics["wall"] >= self.max_time:
+                self.should_stop = f"time budget of {self.max_time:g} s reached at step {self.step}"
+            last = self.step == self.total_steps or bool(self.should_stop)
             if self.val_loader is not None and (self.step % self.eval_interval == 0 or last):
                 val = self.evaluate()
                 self.last_val = val["val_loss"]

@@ -105,8 +105,8 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         if main:
             parts = params_by_component(model_cfg)
             params = {"total": sum(parts.values()), "by_component": parts}
-            run.write_meta(cfg, {"data.json": splits.meta, "params.json": params})
             save_tokenizer(tokenizer, run.tokenizer)
+            run.write_meta(cfg, {"data.json": splits.meta, "params.json": params})  # last: marks the run complete
         resume = None
     else:
         check_same_architecture(saved, cfg, run.path)
@@ -165,6 +165,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         ac_every=tc.ac_every,
         nonfinite=tc.nonfinite,
         peak_flops_override=tc.peak_flops,
+        max_time=tc.max_time,
     )
     if main and not quiet:
         print(

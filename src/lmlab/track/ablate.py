@@ -1,0 +1,153 @@
+"""Ablations: a base config, block swaps alone and together, several seeds each, at a matched budget.
+
+Every variant is trained for N seeds; the report gives the mean final validation loss with a
+95% t confidence interval, the difference to the base and Welch's t-test p-value. Budgets:
+`tokens` (same steps x batch x context), `time` (same wall-clock seconds), `params` or `flops`
+(the variant's FFN width is re-solved so its parameter count or FLOPs/token matches the base).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmlab.config import ModelConfig, RunConfig, deep_merge, resolve_config
+from lmlab.errors import ConfigError
+from lmlab.model.cost import params_by_component
+from lmlab.model.flops import flops_per_token
+from lmlab.track import stats
+
+# Laptop scale for a study: applied under the user's own flags, so any of them can be overridden.
+STUDY_DEFAULTS: dict[str, Any] = {
+    "model": {"n_layer": 4, "n_head": 4, "d_model": 128, "max_seq_len": 128, "dropout": 0.0},
+    "train": {"batch_size": 16, "eval_iters": 50, "sample_tokens": 0, "progress": False},
+}
+
+
+@dataclass
+class Variant:
+    """One arm of the study."""
+
+    name: str
+    swaps: dict[str, Any]
+    config: ModelConfig | None = None
+    losses: list[float] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+
+
+def parse_swaps(swaps: list[str]) -> list[Variant]:
+    """base, each `field=value` swap alone, and (with two or more) all of them together."""
+    parsed = []
+    for s in swaps:
+        if "=" not in s:
+            raise ConfigError(f"ablate --swap: '{s}' is not field=value (e.g. pos=rope)")
+        key, value = s.split("=", 1)
+        parsed.append((key.strip(), value.strip()))
+    variants = [Variant("base", {})] + [Variant(f"{k}={v}", {k: v}) for k, v in parsed]
+    if len(parsed) > 1:
+        variants.append(Variant("all", dict(parsed)))
+    return variants
+
+
+def _cost(cfg: ModelConfig, match: str, seq_len: int) -> float:
+    return sum(params_by_component(cfg).values()) if match == "params" else flops_per_token(cfg, seq_len)
+
+
+def match_width(base: ModelConfig, variant: ModelConfig, match: str, seq_len: int) -> ModelConfig:
+    """The variant with d_ff re-solved (multiple of 8) so its params or FLOPs/token match the base's."""
+    if match not in ("params", "flops"):
+        return variant
+    target = _cost(base, match, seq_len)
+    lo, hi = (variant.model_copy(update={"d_ff": w}) for w in (8, 16))
+    slope = (_cost(hi, match, seq_len) - _cost(lo, match, seq_len)) / 8  # cost is linear in d_ff
+    width = (target - _cost(lo, match, seq_len)) / slope + 8 if slope else variant.d_ff
+    width = max(8, 8 * round(width / 8))
+    return variant.model_copy(update={"d_ff": width})
+
+
+def run_ablation(
+    base: str,
+    swaps: list[str],
+    *,
+    seeds: int = 3,
+    match: str = "tokens",
+    overrides: dict[str, Any] | None = None,
+    save_dir: str | Path = "runs/ablate",
+    train_fn=None,
+) -> dict:
+    """Train every variant for `seeds` seeds and return the table as a dict (also written to save_dir)."""
+    from lmlab.trainer.run import train_from_config
+
+    train_fn = train_fn or train_from_config
+    if seeds < 2:
+        raise ConfigError("ablate --seeds: at least 2 seeds are needed for confidence intervals; allowed: >= 2")
+    if match not in ("tokens", "time", "params", "flops"):
+        raise ConfigError(f"ablate --match: '{match}'; allowed: tokens, time, params, flops")
+    layered = deep_merge(STUDY_DEFAULTS, overrides or {})
+    base_cfg = resolve_config(preset=base, cli=layered)
+    variants = parse_swaps(swaps)
+    # Validate every arm (unknown block, illegal combination) before training any of them.
+    configs = [resolve_config(preset=base, cli=deep_merge(layered, {"model": v.swaps})) for v in variants]
+    base_time = None
+    for v, cfg in zip(variants, configs, strict=True):
+        model = match_width(base_cfg.model, cfg.model, match, cfg.seq_len)
+        for seed in range(seeds):
+            train = {"seed": base_cfg.train.seed + seed, "save_dir": str(save_dir), "run_tag": f"{v.name}-s{seed}"}
+            if match == "time" and base_time is not None:
+                train.update({"max_time": base_time, "max_steps": 10**9})
+            run_cfg = RunConfig.model_validate(
+                deep_merge(cfg.model_dump(), {"model": model.model_dump(), "train": train})
+            )
+            result = train_fn(run_cfg, quiet=True)
+            v.losses.append(float(result.metrics["val_loss"]))
+            v.config = result.run.config().model  # as trained: vocabulary from the tokenizer
+            v.runs.append(str(result.run.path))
+            if match == "time" and v.name == "base" and seed == 0:
+                base_time = float(result.metrics["wall"])
+    base_losses = variants[0].losses
+    rows = []
+    for v in variants:
+        s = stats.summarize(v.losses)
+        diff, t, p = stats.welch(base_losses, v.losses) if v.name != "base" else (0.0, 0.0, 1.0)
+        rows.append(
+            {
+                "variant": v.name,
+                "arch": v.config.arch_name(),
+                "params": sum(params_by_component(v.config).values()),
+                "flops_per_token": flops_per_token(v.config, base_cfg.seq_len),
+                "seeds": s.n,
+                "mean": s.mean,
+                "ci95": s.ci95,
+                "diff_vs_base": diff,
+                "t": t,
+                "p": p,
+                "losses": v.losses,
+                "runs": v.runs,
+            }
+        )
+    report = {"base": base, "swaps": swaps, "match": match, "seeds": seeds, "rows": rows}
+    out = Path(save_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(report, indent=2))
+    (out / "ablation.md").write_text(markdown_table(report))
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    """The study as a Markdown table (mean +- 95% CI, difference to base, Welch p)."""
+    lines = [
+        f"Base `{report['base']}`, {report['seeds']} seeds per variant, budget matched on {report['match']}.",
+        "",
+        "| variant | arch | params | FLOPs/token | final val loss (mean ± 95% CI) | Δ vs base | p (Welch) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["rows"]:
+        delta = "" if r["variant"] == "base" else f"{r['diff_vs_base']:+.4f}"
+        p = "" if r["variant"] == "base" else f"{r['p']:.3g}"
+        lines.append(
+            f"| {r['variant']} | {r['arch']} | {r['params']:,} | {r['flops_per_token']:,} | "
+            f"{r['mean']:.4f} ± {r['ci95']:.4f} | {delta} | {p} |"
+        )
+    return "\n".join(lines) + "\n"

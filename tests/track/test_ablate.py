@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from lmlab.config import ModelConfig
+from lmlab.errors import ConfigError
+from lmlab.model.cost import params_by_component
+from lmlab.model.flops import flops_per_token
+from lmlab.track.ablate import match_width, parse_swaps, run_ablation
+
+
+def test_parse_swaps():
+    names = [v.name for v in parse_swaps(["pos=rope", "norm=rmsnorm"])]
+    assert names == ["base", "pos=rope", "norm=rmsnorm", "all"]
+    assert parse_swaps(["ffn=swiglu"])[-1].swaps == {"ffn": "swiglu"}
+    with pytest.raises(ConfigError, match="not field=value"):
+        parse_swaps(["rope"])
+
+
+@pytest.mark.parametrize("match", ["params", "flops"])
+def test_match_width_hits_the_base_budget(match):
+    base = ModelConfig.from_preset("gpt2", n_layer=2, d_model=64, n_head=4, vocab_size=100, max_seq_len=64)
+    variant = base.model_copy(update={"ffn": "swiglu", "d_ff": 256})
+    matched = match_width(base, variant, match, 64)
+    cost = (lambda c: sum(params_by_component(c).values())) if match == "params" else (lambda c: flops_per_token(c, 64))
+    assert matched.d_ff % 8 == 0 and matched.d_ff != 256
+    per_width = abs(cost(matched.model_copy(update={"d_ff": matched.d_ff + 8})) - cost(matched))
+    assert abs(cost(matched) - cost(base)) <= per_width / 2 + 1  # the nearest multiple of 8
+
+
+def test_ablation_end_to_end_small(tmp_path, corpus_file):
+    report = run_ablation(
+        "gpt2",
+        ["pos=rope", "norm=rmsnorm"],
+        seeds=2,
+        save_dir=tmp_path,
+        overrides={
+            "data": {"name": f"file:{corpus_file}"},
+            "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 32},
+            "train": {"max_steps": 8, "eval_iters": 2, "batch_size": 4},
+        },
+    )
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == ["base", "pos=rope", "norm=rmsnorm", "all"]
+    assert rows["all"]["arch"] == "1L-2H-32D-RoPE-RMS-GELU-PreNorm"
+    assert all(len(r["losses"]) == 2 and r["ci95"] > 0 for r in rows.values())
+    assert rows["pos=rope"]["diff_vs_base"] == pytest.approx(rows["pos=rope"]["mean"] - rows["base"]["mean"])
+    assert 0 <= rows["pos=rope"]["p"] <= 1
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["rows"][0]["runs"] and (tmp_path / "ablation.md").read_text().count("\n| ") == 6
+
+
+def test_ablation_refuses_bad_settings(tmp_path):
+    with pytest.raises(ConfigError, match="at least 2 seeds"):
+        run_ablation("gpt2", ["pos=rope"], seeds=1, save_dir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown position 'ropee'"):
+        run_ablation("gpt2", ["pos=ropee"], seeds=2, save_dir=tmp_path)
