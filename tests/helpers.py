@@ -56,3 +56,28 @@ def legal_grid(preset: str = "llama", **axes) -> list[tuple]:
             continue
         out.append(values)
     return out
+
+
+def small_train_args(
+    corpus_file, *, layers: int = 2, dim: int = 32, heads: int = 2, seq_len: int = 32, **extra
+) -> list:
+    """`lmlab train` flags for a small, quiet run on a test corpus; shortcuts as `max_steps=5`, fields as `train__x=v`."""
+    args = [
+        "--data",
+        f"file:{corpus_file}",
+        "--layers",
+        str(layers),
+        "--dim",
+        str(dim),
+        "--heads",
+        str(heads),
+        "--seq-len",
+        str(seq_len),
+        "--train.sample_tokens",
+        "0",
+        "--no-progress",
+    ]
+    for key, value in extra.items():
+        flag = key.replace("__", ".") if "__" in key else key.replace("_", "-")  # train__eval_iters, max_steps
+        args += [f"--{flag}", str(value)]
+    return args

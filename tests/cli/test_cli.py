@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import small_train_args
+
 BIN = Path(sys.executable).parent
 
 
@@ -122,26 +124,11 @@ def test_seed_style_command_then_eval_generate_and_arch(tmp_path):
 @pytest.mark.slow
 def test_killed_training_resumes_from_last_checkpoint(tmp_path, corpus_file):
     common = [
-        "--data",
-        f"file:{corpus_file}",
-        "--layers",
-        "2",
-        "--dim",
-        "64",
-        "--seq-len",
-        "32",
-        "--batch",
-        "8",
+        *small_train_args(corpus_file, dim=64, batch=8, train__ckpt_interval=5, train__eval_iters=2),
         "--save-dir",
         str(tmp_path),
         "--run-tag",
         "k",
-        "--train.ckpt_interval",
-        "5",
-        "--train.eval_iters",
-        "2",
-        "--train.sample_tokens",
-        "0",
     ]
     cmd = [str(BIN / "lmlab"), "train", *common, "--max-steps", "100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

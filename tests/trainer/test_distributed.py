@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import small_train_args
+
 BIN = Path(sys.executable).parent
 
 
@@ -19,29 +21,9 @@ def _losses(root: Path) -> list[tuple[str, int, float]]:
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_equal_one_with_double_batch(strategy, tmp_path, corpus_file):
     common = [
-        "--data",
-        f"file:{corpus_file}",
-        "--layers",
-        "2",
-        "--dim",
-        "32",
-        "--heads",
-        "2",
-        "--seq-len",
-        "32",
-        "--max-steps",
-        "10",
-        "--train.log_interval",
-        "1",
-        "--train.eval_interval",
-        "5",
-        "--train.eval_iters",
-        "2",
-        "--train.sample_tokens",
-        "0",
-        "--no-progress",
-        "--dropout",
-        "0",
+        *small_train_args(
+            corpus_file, max_steps=10, dropout=0, train__log_interval=1, train__eval_interval=5, train__eval_iters=2
+        ),
     ]
     single = subprocess.run(
         [str(BIN / "lmlab"), "train", *common, "--batch", "8", "--save-dir", str(tmp_path / "one")],

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lmlab.trainer import checkpoint as ckpt
+from tests.helpers import small_train_args
 
 BIN = Path(sys.executable).parent
 
@@ -19,33 +20,17 @@ BIN = Path(sys.executable).parent
 @pytest.mark.slow
 def test_ten_kills_then_resume_equals_uninterrupted(tmp_path, corpus_file):
     common = [
-        "--data",
-        f"file:{corpus_file}",
-        "--layers",
-        "2",
-        "--dim",
-        "48",
-        "--heads",
-        "2",
-        "--seq-len",
-        "32",
-        "--batch",
-        "8",
-        "--max-steps",
-        "60",
-        "--dropout",
-        "0.1",
-        "--train.ckpt_interval",
-        "1",
-        "--train.eval_interval",
-        "20",
-        "--train.eval_iters",
-        "2",
-        "--train.sample_tokens",
-        "0",
-        "--no-progress",
-        "--train.keep_last",
-        "2",
+        *small_train_args(
+            corpus_file,
+            dim=48,
+            batch=8,
+            max_steps=60,
+            dropout=0.1,
+            train__ckpt_interval=1,
+            train__eval_interval=20,
+            train__eval_iters=2,
+            train__keep_last=2,
+        ),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads in every process: same float reductions
     ref = subprocess.run(
