@@ -44,6 +44,11 @@ def test_ablation_end_to_end_small(tmp_path, corpus_file):
     assert list(rows) == ["base", "pos=rope", "norm=rmsnorm", "all"]
     assert rows["all"]["arch"] == "1L-2H-32D-RoPE-RMS-GELU-PreNorm"
     assert all(len(r["losses"]) == 2 and r["ci95"] > 0 for r in rows.values())
+    from lmlab.track.jsonl import read_metrics
+
+    first = rows["base"]["runs"][0]
+    evals = [r["step"] for r in read_metrics(f"{first}/logs/metrics.jsonl") if r["split"] == "val"]
+    assert evals == [1, 2, 3, 4, 5, 6, 7, 8]  # max_steps // 10 -> every step for an 8-step study
     assert rows["pos=rope"]["diff_vs_base"] == pytest.approx(rows["pos=rope"]["mean"] - rows["base"]["mean"])
     assert 0 <= rows["pos=rope"]["p"] <= 1
     saved = json.loads((tmp_path / "ablation.json").read_text())

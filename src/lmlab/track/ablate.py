@@ -87,6 +87,10 @@ def run_ablation(
         raise ConfigError(f"ablate --match: '{match}'; allowed: tokens, time, params, flops")
     layered = deep_merge(STUDY_DEFAULTS, overrides or {})
     base_cfg = resolve_config(preset=base, cli=layered)
+    if "eval_interval" not in (overrides or {}).get("train", {}) and base_cfg.train.max_steps:
+        # Ten evaluations per run, so the report has curves and not just end points.
+        layered = deep_merge(layered, {"train": {"eval_interval": max(1, base_cfg.train.max_steps // 10)}})
+        base_cfg = resolve_config(preset=base, cli=layered)
     variants = parse_swaps(swaps)
     # Validate every arm (unknown block, illegal combination) before training any of them.
     configs = [resolve_config(preset=base, cli=deep_merge(layered, {"model": v.swaps})) for v in variants]

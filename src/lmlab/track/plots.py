@@ -23,12 +23,27 @@ def plot_curves(summaries: list[RunSummary], out_dir: str | Path) -> dict[str, P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
+    # Runs of one architecture (e.g. the seeds of an ablation arm) share a colour and one legend entry.
+    archs = list(dict.fromkeys(s.arch for s in summaries))
+    many = len(archs) < len(summaries)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis in AXES:
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        labelled = set()
         for s in summaries:
             xs, ys = s.curve(axis)
             if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, label=f"{s.name} ({s.arch})")
+                label = s.arch if many else f"{s.name} ({s.arch})"
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="o",
+                    markersize=3,
+                    color=colours[archs.index(s.arch) % len(colours)],
+                    alpha=0.8,
+                    label=None if (many and s.arch in labelled) else label,
+                )
+                labelled.add(s.arch)
         ax.set_xlabel(LABELS[axis])
         ax.set_ylabel("validation loss (nats/token)")
         if axis == "flops":
