@@ -15,7 +15,7 @@ from lmlab.track.run_dir import RunDir
 from lmlab.trainer.run import train_from_config
 
 
-def _train(tmp_path, corpus_file, tag="t", **train):
+def _train(tmp_path, corpus_file, tag="t", *, callbacks=(), tensorboard=True, **train):
     cfg = resolve_config(
         cli={
             "data": {"name": f"file:{corpus_file}"},
@@ -32,11 +32,11 @@ def _train(tmp_path, corpus_file, tag="t", **train):
                 "progress": False,
                 **train,
             },
-            "track": {"tensorboard": True, "hist_interval": 2},
+            "track": {"tensorboard": tensorboard, "hist_interval": 2},
         },
         environ={},
     )
-    return train_from_config(cfg, quiet=True)
+    return train_from_config(cfg, callbacks=callbacks, quiet=True)
 
 
 def test_tensorboard_and_jsonl_read_back(tmp_path, corpus_file):
@@ -81,24 +81,7 @@ def test_broken_tracker_warns_once_and_training_finishes(tmp_path, corpus_file, 
         def log_step(self, trainer, metrics):
             raise RuntimeError("disk full")
 
-    result = train_from_config(
-        resolve_config(
-            cli={
-                "data": {"name": f"file:{corpus_file}"},
-                "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 32},
-                "train": {
-                    "batch_size": 4,
-                    "max_steps": 5,
-                    "save_dir": str(tmp_path),
-                    "sample_tokens": 0,
-                    "progress": False,
-                },
-            },
-            environ={},
-        ),
-        callbacks=[Broken()],
-        quiet=True,
-    )
+    result = _train(tmp_path, corpus_file, callbacks=[Broken()], tensorboard=False, max_steps=5)
     err = capsys.readouterr().err
     assert err.count("broken tracker disabled: RuntimeError: disk full") == 1
     assert (result.run.checkpoints / "step_00000005" / "model.safetensors").is_file()

@@ -27,8 +27,3 @@ class SlidingWindowAttention(SDPA):
         flops = super().flops_per_token(cfg, seq_len)
         flops["attn_scores"] = 2 * 2 * min(seq_len, cfg.window) * cfg.n_head * cfg.head_dim
         return flops
-
-    @classmethod
-    def kv_bytes_per_token(cls, cfg: ModelConfig, bytes_per_value: int = 2) -> int:
-        """Same per-token size as dense attention; the cache just never holds more than `window` tokens."""
-        return super().kv_bytes_per_token(cfg, bytes_per_value)

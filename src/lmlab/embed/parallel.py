@@ -68,6 +68,7 @@ class _ShardedEmbedding(nn.Module):
     def __init__(self, cfg: ModelConfig, dim: int) -> None:
         super().__init__()
         self.rank, self.world = _world()
+        self.dim = dim  # 0: rows of the vocabulary, 1: columns of the embedding
         full = (cfg.vocab_size, cfg.d_model)
         self.start, self.end = shard_range(full[dim], self.rank, self.world)
         shape = list(full)
@@ -76,10 +77,10 @@ class _ShardedEmbedding(nn.Module):
             raise ValueError("model.tie_weights: a sharded embedding cannot be tied to the full output head; set false")
         self.weight = nn.Parameter(torch.empty(*shape))
 
-    def load_full(self, weight: Tensor, dim: int) -> None:
+    def load_full(self, weight: Tensor) -> None:
         """Copy this rank's slice of a full (vocab, d_model) table."""
         with torch.no_grad():
-            self.weight.copy_(weight.narrow(dim, self.start, self.end - self.start))
+            self.weight.copy_(weight.narrow(self.dim, self.start, self.end - self.start))
 
 
 @EMBED.register(
@@ -104,10 +105,6 @@ class VocabParallelEmbedding(_ShardedEmbedding):
         out = out.masked_fill(outside[..., None], 0.0)
         return _ReduceFromRanks.apply(out)
 
-    def load_full(self, weight: Tensor) -> None:
-        """Copy this rank's rows of a full table."""
-        super().load_full(weight, 0)
-
 
 @EMBED.register(
     "column_parallel",
@@ -130,7 +127,3 @@ class ColumnParallelEmbedding(_ShardedEmbedding):
         if self.world == 1:
             return out
         return _GatherFromRanks.apply(out, self.rank, self.world)
-
-    def load_full(self, weight: Tensor) -> None:
-        """Copy this rank's columns of a full table."""
-        super().load_full(weight, 1)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError, require
 from lmlab.model.transformer import CausalLM, build_model
+from lmlab.trainer.checkpoint import load_weights
 
 _GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -132,15 +132,8 @@ def from_hf(hf_model: Any) -> CausalLM:
                 ours[f"blocks.{i}.attn.qkv.bias"] = torch.cat([sd[n] for n in _qkv_names(i, "bias")])
     ours["lm_head.weight"] = sd.get("lm_head.weight", ours["tok_emb.weight"])
     model = build_model(cfg)
-    _load_exact(model, ours)
+    load_weights(model, ours, f"{family} conversion")
     return model.to(next(iter(sd.values())).dtype)
-
-
-def _load_exact(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_weights)]
-    if missing or unexpected:
-        raise ConfigError(f"weights: conversion left missing={missing} unexpected={unexpected}")
 
 
 def target_family(cfg: ModelConfig) -> str:

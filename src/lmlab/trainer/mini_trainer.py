@@ -312,13 +312,10 @@ class MiniTrainer:
             except StopIteration:
                 break
             with self.autocast():
-                losses.append(float(self.loss_fn(self._forward_model(), _to_device(batch, self.device))))
+                losses.append(float(self.loss_fn(self.model, _to_device(batch, self.device))))
         self.model.train()
         val = dist.all_reduce_mean(sum(losses) / max(1, len(losses)))
         return {"step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen, "val_loss": val}
-
-    def _forward_model(self) -> nn.Module:
-        return self.model
 
     def _loss(self, batch: Any) -> torch.Tensor:
         with self.autocast():
