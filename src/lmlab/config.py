@@ -327,8 +327,9 @@ class TrackConfig(Section):
 
     tensorboard: bool = Field(False, description="write logs/tensorboard event files (extra [track])")
     wandb: bool = Field(False, description="log to Weights & Biases; set WANDB_MODE=offline to stay local")
+    aim: bool = Field(False, description="write an Aim repo under logs/aim (extra [track])")
     hist_interval: int = Field(100, ge=1, description="steps between parameter/gradient histograms")
-    project: str = Field("lmlab", description="project name for W&B")
+    project: str = Field("lmlab", description="project name for W&B, experiment name for Aim")
 
     @classmethod
     def _section_name(cls) -> str:
@@ -393,6 +394,34 @@ def canonicalize(section: str, data: dict[str, Any]) -> dict[str, Any]:
         if name in out:  # dict keys are unique, so a repeat means an alias and its canonical name
             raise ConfigError(f"{section}.{name}: given twice (as '{key}' and '{name}')")
         out[name] = value
+    return out
+
+
+def field_path(name: str) -> tuple[str, ...]:
+    """`train.lr` -> ("train", "lr"); a bare name (`lr`, `d_model`, `n_embd`) is looked up across sections."""
+    parts = tuple(name.strip().split("."))
+    if parts[0] in SECTIONS:
+        if len(parts) < 2:
+            raise ConfigError(
+                f"{name}: name a field of the section, e.g. {parts[0]}.{next(iter(SECTIONS[parts[0]].model_fields))}"
+            )
+        return (parts[0], ALIASES.get(parts[0], {}).get(parts[1], parts[1]), *parts[2:])
+    owners = [sec for sec, cls in SECTIONS.items() if ALIASES.get(sec, {}).get(parts[0], parts[0]) in cls.model_fields]
+    if len(owners) != 1:
+        known = sorted({f for cls in SECTIONS.values() for f in cls.model_fields})
+        close = difflib.get_close_matches(parts[0], known, n=1)
+        why = f"in {' and '.join(owners)}; write section.field" if owners else "unknown field"
+        hint = f"; did you mean '{close[0]}'?" if close and not owners else ""
+        raise ConfigError(f"{name}: {why}{hint}; sections: {', '.join(SECTIONS)}")
+    sec = owners[0]
+    return (sec, ALIASES.get(sec, {}).get(parts[0], parts[0]), *parts[1:])
+
+
+def nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """{"a": {"b": value}} from ("a", "b")."""
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
     return out
 
 

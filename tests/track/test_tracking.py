@@ -2,6 +2,8 @@
 
 import json
 import struct
+import subprocess
+import sys
 from html.parser import HTMLParser
 
 import pytest
@@ -15,7 +17,7 @@ from lmlab.track.run_dir import RunDir
 from lmlab.trainer.run import train_from_config
 
 
-def _train(tmp_path, corpus_file, tag="t", *, callbacks=(), tensorboard=True, **train):
+def _train(tmp_path, corpus_file, tag="t", *, callbacks=(), tensorboard=True, aim=False, **train):
     cfg = resolve_config(
         cli={
             "data": {"name": f"file:{corpus_file}"},
@@ -32,7 +34,7 @@ def _train(tmp_path, corpus_file, tag="t", *, callbacks=(), tensorboard=True, **
                 "progress": False,
                 **train,
             },
-            "track": {"tensorboard": tensorboard, "hist_interval": 2},
+            "track": {"tensorboard": tensorboard, "aim": aim, "hist_interval": 2},
         },
         environ={},
     )
@@ -72,6 +74,55 @@ def test_tensorboard_and_jsonl_read_back(tmp_path, corpus_file):
         assert (meta / name).is_file(), name
     assert "torch==" in (meta / "pip_freeze.txt").read_text()
     assert json.loads((meta / "data.json").read_text())["n_tokens"] > 0
+
+
+AIM_READER = """
+import json, sys
+import aim
+from aim.storage.context import Context
+from aim.sdk.index_manager import RepoIndexManager
+
+repo = aim.Repo(sys.argv[1])
+indexer = RepoIndexManager(repo)
+for run_hash in repo.list_all_runs():
+    indexer.index(run_hash)  # finish indexing before reading, as `aim up` would
+repo = aim.Repo(sys.argv[1])
+(run,) = [repo.get_run(h) for h in repo.list_all_runs()]
+out = {"hparams": run["hparams"], "git": run["git"], "name": run.name, "experiment": run.experiment, "metrics": {}}
+for m in run.metrics():
+    steps, (values, _epochs, _times) = m.data.items_list()
+    out["metrics"][m.name + ":" + m.context.to_dict()["subset"]] = [steps, values]
+for kind in ("param", "grad"):
+    seq = run.get_distribution_sequence("tok_emb.weight", Context({"kind": kind}))
+    steps, (dists, _e, _t) = seq.data.items_list()
+    out[kind] = [steps, [int(d.to_np_histogram()[0].sum()) for d in dists]]
+print(json.dumps(out))
+"""
+
+
+def test_aim_repo_read_back_through_aim_sdk(tmp_path, corpus_file):
+    pytest.importorskip("aim")
+    result = _train(tmp_path, corpus_file, tensorboard=False, aim=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", AIM_READER, str(result.run.logs / "aim")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["name"] == result.run.path.name and out["experiment"] == "lmlab"
+    assert out["hparams"]["model"]["d_model"] == 32 and out["hparams"]["train"]["max_steps"] == 6
+    assert "commit" in out["git"]
+    steps, losses = out["metrics"]["loss:train"]
+    assert steps == list(range(1, 7)) and all(x > 0 for x in losses)
+    lines = [json.loads(x) for x in (result.run.logs / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in lines if r["split"] == "val"]
+    assert out["metrics"]["loss:val"] == [[3, 6], [pytest.approx(r["val_loss"], rel=1e-6) for r in val]]
+    assert out["metrics"]["tokens:val"][1] == [3 * 4 * 32, 6 * 4 * 32]
+    for key in ("lr:train", "grad_norm:train", "tokens_per_s:train", "flops:train", "wall:train"):
+        assert out["metrics"][key][0] == list(range(1, 7)), key
+    vocab = result.run.config().model.vocab_size
+    for kind in ("param", "grad"):
+        assert out[kind][0] == [2, 4, 6]
+        assert out[kind][1] == [vocab * 32] * 3  # every element of the weight lands in one bin
 
 
 def test_broken_tracker_warns_once_and_training_finishes(tmp_path, corpus_file, capsys):
@@ -196,3 +247,11 @@ def test_latest_skips_runs_killed_before_their_config_was_written(tmp_path):
     assert RunDir.latest(tmp_path, "k").path == done.path
     with pytest.raises(CheckpointError, match=r"is partial \(missing meta/full_config.json\)"):
         RunDir(tmp_path / sorted(p.name for p in tmp_path.iterdir())[-1]).config()
+
+
+def test_missing_tracker_package_disables_it_and_training_finishes(tmp_path, corpus_file, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "aim", None)  # import aim -> ImportError, as if not installed
+    result = _train(tmp_path, corpus_file, tensorboard=False, aim=True, max_steps=4)
+    err = capsys.readouterr().err
+    assert err.count("aim tracker disabled") == 1 and 'pip install "lmlab[track]"' in err
+    assert (result.run.checkpoints / "step_00000004" / "model.safetensors").is_file()

@@ -251,12 +251,17 @@ def _ablate(base: str, swap: tuple[str, ...], seeds: int, match: str, out: str, 
     params.pop("config", None)
     report = run_ablation(base, list(swap), seeds=seeds, match=match, overrides=collect_overrides(params), save_dir=out)
     Console(width=200).print(markdown_table(report))
+    _study_report([r for row in report["rows"] for r in row["runs"]], Path(out), "ablation.md")
+
+
+def _study_report(runs: list[str], out: Path, table: str) -> None:
+    """The compare report (PNGs + HTML) over a study's runs."""
     from lmlab.track import compare
     from lmlab.track.plots import html_report, plot_curves
 
-    summaries = compare.compare([r for row in report["rows"] for r in row["runs"]])
-    pngs = plot_curves(summaries, Path(out) / "plots")
-    click.echo(f"table: {Path(out) / 'ablation.md'}\nreport: {html_report(summaries, pngs, Path(out) / 'report.html')}")
+    summaries = compare.compare(runs)
+    pngs = plot_curves(summaries, out / "plots")
+    click.echo(f"table: {out / table}\nreport: {html_report(summaries, pngs, out / 'report.html')}")
 
 
 ablate_command = click.Command(
@@ -282,8 +287,73 @@ ablate_command = click.Command(
 )
 
 
+@user_errors
+def _sweep(param: tuple[str, ...], sampler: str, trials: int | None, metric: str, out: str, **params) -> None:
+    from rich.console import Console
+
+    from lmlab.track.sweep import markdown_table, run_sweep
+
+    preset = params.pop("preset", None)
+    params.pop("config", None)
+    report = run_sweep(
+        preset,
+        list(param),
+        sampler=sampler,
+        trials=trials,
+        metric=metric,
+        overrides=collect_overrides(params),
+        save_dir=out,
+    )
+    Console(width=200).print(markdown_table(report))
+    _study_report([t["run"] for t in report["trials"]], Path(out), "sweep.md")
+
+
+sweep_command = click.Command(
+    "sweep",
+    callback=_sweep,
+    params=[
+        click.Option(
+            ["--param"],
+            multiple=True,
+            required=True,
+            help="FIELD=SPEC, repeatable: a,b,c | float:LO:HI | logfloat:LO:HI | int:LO:HI | logint:LO:HI",
+        ),
+        click.Option(["--sampler"], type=click.Choice(["grid", "random", "tpe"]), default="tpe", show_default=True),
+        click.Option(["--trials"], type=int, default=None, help="number of trials (grid: default the full grid)"),
+        click.Option(["--metric"], default="val_loss", show_default=True, help="final metric to minimise"),
+        click.Option(["--out"], default="runs/sweep", show_default=True, help="where trial runs and the report go"),
+        *COMMON,
+        *schema_options(),
+    ],
+    help="Hyperparameter search with Optuna over any config field; each trial is a run directory, "
+    "results in sweep.md and the compare report.",
+)
+
+
+@cli.command("replay")
+@click.argument("run")
+@click.option("--steps", type=int, default=20, show_default=True, help="compare the losses logged up to this step")
+@click.option("--rtol", type=float, default=1e-5, show_default=True, help="relative tolerance per loss")
+@click.option("--out", default=None, help="keep the replayed run here (default: a temporary folder)")
+@user_errors
+def replay_cmd(run: str, steps: int, rtol: float, out: str | None) -> None:
+    """Re-run RUN from its recorded config and data fingerprint; check its first losses match."""
+    from lmlab.track.replay import replay
+
+    result = replay(run, steps=steps, rtol=rtol, save_dir=out)
+    for r in result["rows"]:
+        click.echo(
+            f"step {r['step']:>6}  recorded {r['recorded']:.6f}  replayed {r['replayed']:.6f}  diff {r['diff']:+.2e}"
+        )
+    if not result["ok"]:
+        click.echo(f"error: {result['message']}", err=True)
+        sys.exit(1)
+    click.echo(result["message"])
+
+
 cli.add_command(train_command)
 cli.add_command(ablate_command)
+cli.add_command(sweep_command)
 cli.add_command(arch_command)
 
 

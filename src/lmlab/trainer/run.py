@@ -20,6 +20,7 @@ from lmlab.errors import CheckpointError
 from lmlab.model.cost import params_by_component
 from lmlab.model.transformer import build_model
 from lmlab.registry import TOKENIZER
+from lmlab.track.aim import AimTracker
 from lmlab.track.jsonl import JSONLLogger
 from lmlab.track.run_dir import RunDir
 from lmlab.track.tensorboard import TensorBoardTracker
@@ -134,6 +135,17 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
             cbs.append(ProgressBar(tc.log_interval))
         if cfg.track.tensorboard:
             cbs.append(TensorBoardTracker(run.logs / "tensorboard", cfg.track.hist_interval))
+        if cfg.track.aim:
+            cbs.append(
+                AimTracker(
+                    run.logs / "aim",
+                    experiment=cfg.track.project,
+                    run_name=run.path.name,
+                    hparams=cfg.model_dump(mode="json"),
+                    meta_dir=run.meta,
+                    hist_interval=cfg.track.hist_interval,
+                )
+            )
         if cfg.track.wandb:
             cbs.append(
                 WandBLogger(cfg.track.project, cfg.model_dump(mode="json"), name=run.path.name, dir=str(run.logs))

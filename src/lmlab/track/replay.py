@@ -1,0 +1,80 @@
+"""Replay: re-run a run from its recorded config and data fingerprint and check its first losses match."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lmlab.data.sources import load_corpus
+from lmlab.errors import CheckpointError, DataError
+from lmlab.track.jsonl import read_metrics
+from lmlab.track.run_dir import RunDir
+from lmlab.trainer.callbacks import Callback
+
+
+class _StopAt(Callback):
+    """Records each step's loss and stops the trainer after `last`."""
+
+    def __init__(self, last: int) -> None:
+        self.last, self.losses = last, {}
+
+    def on_batch_end(self, trainer: Any, metrics: dict) -> None:
+        self.losses[trainer.step] = float(metrics["loss"])
+        if trainer.step >= self.last:
+            trainer.should_stop = f"replay reached step {self.last}"
+
+
+def replay(
+    run: str | Path, *, steps: int = 20, rtol: float = 1e-5, save_dir: str | Path | None = None, train_fn=None
+) -> dict:
+    """Retrain `run` up to `steps` and compare the losses it logged there; `ok` says whether all match."""
+    from lmlab.trainer.run import train_from_config
+
+    train_fn = train_fn or train_from_config
+    src = RunDir.open(run)
+    cfg = src.config()
+    src.require("meta/data.json", "logs/metrics.jsonl")
+    recorded_data = json.loads((src.meta / "data.json").read_text())
+    corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
+    if corpus.sha256 != recorded_data.get("corpus_sha256"):
+        raise DataError(
+            f"replay: corpus '{cfg.data.name}' is not the one {src.path} trained on "
+            f"(sha256 {recorded_data.get('corpus_sha256', '?')[:12]}... recorded, {corpus.sha256[:12]}... now)"
+        )
+    recorded = {
+        r["step"]: float(r["loss"])
+        for r in read_metrics(src.logs / "metrics.jsonl")
+        if r.get("split") == "train" and r.get("step", math.inf) <= steps
+    }
+    if not recorded:
+        raise CheckpointError(f"replay: {src.path / 'logs/metrics.jsonl'} has no training loss up to step {steps}")
+    stopper = _StopAt(max(recorded))
+    with tempfile.TemporaryDirectory(prefix="lmlab-replay-") as tmp:
+        train = {
+            "save_dir": str(save_dir or tmp),
+            "run_tag": "replay",
+            "resume": None,
+            "sample_tokens": 0,
+            "progress": False,
+        }
+        again = cfg.model_validate(cfg.model_dump() | {"train": cfg.train.model_dump() | train})
+        result = train_fn(again, callbacks=[stopper], quiet=True)
+        replay_data = json.loads((result.run.meta / "data.json").read_text())
+        replay_path = str(result.run.path) if save_dir else None
+    changed = sorted(k for k in recorded_data if replay_data.get(k) != recorded_data[k])
+    rows = []
+    for step, loss in sorted(recorded.items()):
+        again_loss = stopper.losses.get(step, math.nan)
+        rows.append({"step": step, "recorded": loss, "replayed": again_loss, "diff": again_loss - loss})
+    bad = [r for r in rows if not math.isclose(r["replayed"], r["recorded"], rel_tol=rtol, abs_tol=0.0)]
+    worst = max(abs(r["diff"]) for r in rows)
+    if changed:
+        message = f"data fingerprint differs from {src.path} in: {', '.join(changed)}"
+    elif bad:
+        message = f"losses differ from step {bad[0]['step']} on ({len(bad)} of {len(rows)} beyond rtol {rtol:g})"
+    else:
+        message = f"replay OK: {len(rows)} losses up to step {rows[-1]['step']} match (max |diff| {worst:.2e})"
+    return {"ok": not changed and not bad, "message": message, "rows": rows, "run": replay_path}
