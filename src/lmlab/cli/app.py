@@ -12,6 +12,7 @@ import click
 from lmlab import __version__
 from lmlab.cli.schema_flags import collect_overrides, schema_options
 from lmlab.errors import LmlabError
+from lmlab.reference.cli import reference_group
 
 
 def user_errors(fn):
@@ -352,6 +353,7 @@ def replay_cmd(run: str, steps: int, rtol: float, out: str | None) -> None:
 
 
 cli.add_command(train_command)
+cli.add_command(reference_group)
 cli.add_command(ablate_command)
 cli.add_command(sweep_command)
 cli.add_command(arch_command)
