@@ -125,8 +125,13 @@ class MoEConfig(BaseModel):
 class ModelConfig(Section):
     """Architecture of a decoder-only language model."""
 
-    arch: Literal["decoder"] = "decoder"
-    vocab_size: int = Field(256, ge=2)
+    arch: Literal["decoder", "seq2seq"] = Field(
+        "decoder", description="decoder: causal LM; seq2seq: encoder-decoder (translation, synthetic tasks)"
+    )
+    vocab_size: int = Field(256, ge=2, description="(target) vocabulary size; set from the tokenizer when training")
+    src_vocab_size: int | None = Field(None, ge=2, description="seq2seq: source vocabulary size; default vocab_size")
+    n_enc_layer: int | None = Field(None, ge=1, description="seq2seq: encoder layers; default n_layer")
+    share_embeddings: bool = Field(False, description="seq2seq: encoder and decoder share one embedding table")
     max_seq_len: int = Field(256, ge=1)
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
@@ -177,6 +182,16 @@ class ModelConfig(Section):
             )
         if self.d_ff is None:
             setattr_raw(self, "d_ff", default_d_ff(self))
+        if self.arch == "seq2seq":
+            if self.n_enc_layer is None:
+                setattr_raw(self, "n_enc_layer", self.n_layer)
+            if self.src_vocab_size is None:
+                setattr_raw(self, "src_vocab_size", self.vocab_size)
+            if self.share_embeddings and self.src_vocab_size != self.vocab_size:
+                raise ValueError(
+                    f"model.share_embeddings: needs one vocabulary, but src_vocab_size={self.src_vocab_size} "
+                    f"!= vocab_size={self.vocab_size}; allowed: false, or equal sizes"
+                )
         check_combinations(self)
         return self
 
@@ -195,7 +210,8 @@ class ModelConfig(Section):
         """Short architecture name, e.g. ``4L-4H-128D-RoPE-RMS-SwiGLU-PreNorm``."""
         from lmlab.registry import ATTN, FFN, NORM, POS
 
-        parts = [f"{self.n_layer}L", f"{self.n_head}H"]
+        depth = f"{self.n_enc_layer}E{self.n_layer}D" if self.arch == "seq2seq" else f"{self.n_layer}L"
+        parts = [depth, f"{self.n_head}H"]
         if self.n_kv_head != self.n_head:
             parts.append(f"{self.n_kv_head}KV")
         parts.append(f"{self.d_model}D")
@@ -238,6 +254,12 @@ def check_combinations(cfg: ModelConfig) -> None:
 
     for field_name, reg in BLOCK_REGISTRIES.items():
         entry = reg.entry(getattr(cfg, field_name))
+        if cfg.arch == "seq2seq" and field_name in ("attn", "pos") and not entry.caps.get("seq2seq"):
+            able = [e.name for e in reg.entries() if e.caps.get("seq2seq")]
+            raise ValueError(
+                f"model.{field_name}: {reg.kind} '{entry.name}' has no encoder-decoder role; "
+                f"allowed with arch=seq2seq: {', '.join(able)}"
+            )
         for required in entry.caps.get("requires", []):
             if getattr(cfg, required) is None:
                 raise ValueError(f"model.{required}: required by {reg.kind} '{entry.name}'; set it to a positive value")

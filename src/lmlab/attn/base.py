@@ -22,25 +22,38 @@ def visible(q_pos: Tensor, k_pos: Tensor, window: int | None = None) -> Tensor:
     return ok
 
 
+def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, 1, 1, Tk) additive mask from a (B, Tk) validity mask: -inf on padded keys, 0 elsewhere."""
+    zeros = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    return zeros.masked_fill(~valid.bool(), float("-inf"))[:, None, None, :]
+
+
 def attention_mask(
-    pos: PosContext, k_pos: Tensor, window: int | None, dtype: torch.dtype, k_first: int | None = None
+    pos: PosContext,
+    k_pos: Tensor,
+    window: int | None,
+    dtype: torch.dtype,
+    k_first: int | None = None,
+    key_mask: Tensor | None = None,
 ) -> tuple[Tensor | None, bool]:
     """An additive float mask (nh or 1, Tq, Tk), or (None, is_causal) when the plain causal kernel suffices.
 
     `k_first` is the absolute position of the first key (a plain int, so no device sync is needed);
-    default: keys start with the queries.
+    default: keys start with the queries. `key_mask` (B, 1, 1, Tk), from `key_padding_mask`, also
+    hides padded keys; the result is then (B, 1, Tq, Tk).
     """
     q_pos = pos.q_pos
     bias = pos.bias(q_pos, k_pos)
     span = pos.offset + pos.T - (pos.offset if k_first is None else k_first)  # widest query-key distance
-    if bias is None and (window is None or window >= span):
+    if bias is None and key_mask is None and (window is None or window >= span):
         if len(k_pos) == len(q_pos):
             return None, len(q_pos) > 1  # keys are exactly the queries: standard causal mask
         if len(q_pos) == 1:
             return None, False  # one new token sees every cached key
     mask = torch.zeros(len(q_pos), len(k_pos), device=k_pos.device, dtype=dtype)
     mask = mask.masked_fill(~visible(q_pos, k_pos, window), float("-inf"))
-    return (mask if bias is None else mask + bias.to(dtype)), False
+    mask = mask if bias is None else mask + bias.to(dtype)
+    return (mask if key_mask is None else mask + key_mask), False
 
 
 def masked_scores(scores: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
@@ -64,8 +77,14 @@ class CausalSelfAttention(nn.Module):
         self.proj.residual_projection = True  # scaled init, GPT-2 §2.3
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor, *, pos: PosContext, cache=None) -> Tensor:
-        """x (B, T, C) -> (B, T, C); with a cache, x holds the new tokens only."""
+    def forward(
+        self, x: Tensor, *, pos: PosContext, cache=None, key_mask: Tensor | None = None, causal: bool = True
+    ) -> Tensor:
+        """x (B, T, C) -> (B, T, C); with a cache, x holds the new tokens only.
+
+        `key_mask` (B, 1, 1, Tk) hides padded keys; `causal=False` lets every query see every
+        unpadded key (an encoder's bidirectional self-attention).
+        """
         B, T, _ = x.shape
         hs = self.head_dim
         q, k, v = self.qkv(x).split([self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=-1)
@@ -79,7 +98,10 @@ class CausalSelfAttention(nn.Module):
             k, v, k_pos = cache.update(k, v)  # (B, nkv, Tk, hs)
         else:
             k_pos = pos.q_pos
-        mask, is_causal = attention_mask(pos, k_pos, self.window, q.dtype, k_first)
+        if causal:
+            mask, is_causal = attention_mask(pos, k_pos, self.window, q.dtype, k_first, key_mask)
+        else:
+            mask, is_causal = key_mask, False
         y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * hs))
 

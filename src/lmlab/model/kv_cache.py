@@ -41,6 +41,10 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end], torch.arange(end, device=k.device)
 
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (beam search: each surviving beam takes its parent's cache)."""
+        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
 
 class WindowKVCache:
     """Only the last `window - 1` tokens' keys/values survive an update: memory is O(window), not O(T).
@@ -74,3 +78,8 @@ class WindowKVCache:
         self.k, self.v, self.pos = k_all[:, :, -keep:], v_all[:, :, -keep:], pos[-keep:]
         self.length += T
         return k_all, v_all, pos
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (beam search)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)

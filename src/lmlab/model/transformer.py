@@ -23,6 +23,18 @@ class CausalLMOutput:
     aux_loss: Tensor | None = None
 
 
+def init_weights(module: nn.Module, cfg: ModelConfig, embeddings: tuple[nn.Module, ...] = ()) -> None:
+    """GPT-2 init: N(0, init_std); residual projections scaled by 1/sqrt(2 n_layer) (GPT-2 §2.3)."""
+    std = cfg.init_std
+    if isinstance(module, nn.Linear):
+        scale = 1 / math.sqrt(2 * cfg.n_layer) if getattr(module, "residual_projection", False) else 1.0
+        nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding) or any(module is e for e in embeddings):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
 class CausalLM(nn.Module):
     """Embedding -> positions -> n_layer Blocks -> final norm (pre-norm only) -> LM head."""
 
@@ -40,20 +52,9 @@ class CausalLM(nn.Module):
         # Post-norm already normalises each block's output, as in the original Transformer.
         self.norm_f = norm_cls(cfg) if cfg.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self.apply(lambda m: init_weights(m, cfg, embeddings=(self.tok_emb,)))
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2 init: N(0, 0.02); residual projections scaled by 1/sqrt(2 n_layer) (GPT-2 §2.3).
-        std = self.config.init_std
-        if isinstance(module, nn.Linear):
-            scale = 1 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_projection", False) else 1.0
-            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding) or module is getattr(self, "tok_emb", None):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(
         self, input_ids: Tensor, targets: Tensor | None = None, *, cache: list | None = None, last_only: bool = False
@@ -128,6 +129,10 @@ def build_transformer(
     )
 
 
-def build_model(cfg: ModelConfig) -> CausalLM:
-    """The model a config describes."""
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model a config describes: a CausalLM, or a Seq2Seq when `cfg.arch == "seq2seq"`."""
+    if cfg.arch == "seq2seq":
+        from lmlab.model.seq2seq import build_seq2seq
+
+        return build_seq2seq(cfg)
     return build_transformer(cfg)

@@ -10,7 +10,12 @@ from lmlab.pos.base import PositionScheme
 from lmlab.registry import POS
 
 
-@POS.register("learned", tags=("absolute",), caps={"short": "Learned"}, paper="Radford et al. 2018/2019 (GPT, GPT-2)")
+@POS.register(
+    "learned",
+    tags=("absolute",),
+    caps={"short": "Learned", "seq2seq": True},
+    paper="Radford et al. 2018/2019 (GPT, GPT-2)",
+)
 class LearnedPositions(PositionScheme):
     """A (max_seq_len, d_model) table; positions beyond max_seq_len are an error."""
 

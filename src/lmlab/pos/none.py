@@ -4,6 +4,8 @@ from lmlab.pos.base import PositionScheme
 from lmlab.registry import POS
 
 
-@POS.register("none", tags=("relative",), caps={"short": "NoPE"}, paper="Haviv et al. 2022, arXiv:2203.16634")
+@POS.register(
+    "none", tags=("relative",), caps={"short": "NoPE", "seq2seq": True}, paper="Haviv et al. 2022, arXiv:2203.16634"
+)
 class NoPositions(PositionScheme):
     """Adds nothing; attention sees only token content and the causal mask."""

@@ -10,7 +10,12 @@ from lmlab.pos.base import PosContext, PositionScheme
 from lmlab.registry import POS
 
 
-@POS.register("rope", tags=("relative", "rotary"), caps={"short": "RoPE"}, paper="Su et al. 2021, arXiv:2104.09864")
+@POS.register(
+    "rope",
+    tags=("relative", "rotary"),
+    caps={"short": "RoPE", "seq2seq": True},
+    paper="Su et al. 2021, arXiv:2104.09864",
+)
 class RotaryPositions(PositionScheme):
     """Rotates pairs (i, i + rot/2) by angle pos * theta^(-2i/rot); `rope.fraction` of each head rotates."""
 
