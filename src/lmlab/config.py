@@ -278,7 +278,9 @@ def check_combinations(cfg: ModelConfig) -> None:
 class DataConfig(Section):
     """Where the text comes from and how it becomes tokens."""
 
-    name: str = Field("pystdlib", description="pystdlib | shakespeare | file:PATH")
+    name: str = Field(
+        "pystdlib", description="pystdlib | shakespeare | file:PATH; seq2seq: pairs:enfr | pairs:PATH | task:NAME[:N]"
+    )
     tokenizer: str = "char"
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     max_chars: int | None = Field(None, ge=1, description="truncate the corpus to this many characters")
@@ -370,6 +372,16 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross(self) -> RunConfig:
+        pairs = self.data.name.startswith(("pairs:", "task:"))
+        if self.model.arch == "seq2seq" and not pairs:
+            raise ValueError(
+                f"data.name: '{self.data.name}' is a text corpus, but model.arch=seq2seq trains on pairs; "
+                "allowed: pairs:enfr, pairs:PATH, task:copy|reverse|sort|add[:N]"
+            )
+        if self.model.arch == "decoder" and pairs:
+            raise ValueError(
+                f"data.name: '{self.data.name}' holds sentence pairs; set model.arch=seq2seq to train on them"
+            )
         seq = self.train.seq_len
         if seq is not None and seq > self.model.max_seq_len:
             raise ValueError(

@@ -159,6 +159,27 @@ def generate_cmd(
         click.echo(loaded.tokenizer.decode(out[0].tolist()))
 
 
+@cli.command("translate")
+@click.option("--run", "run", required=True, help="run directory of an encoder-decoder (arch=seq2seq) run")
+@click.argument("sentences", nargs=-1, required=True)
+@click.option("--beam", default=1, show_default=True, help="beam size (1 = greedy)")
+@click.option("--alpha", default=0.6, show_default=True, help="length penalty exponent ((5 + len) / 6) ** alpha")
+@click.option("--max-len", type=int, default=None, help="most output tokens (default: the model's context - 1)")
+@click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda")
+@user_errors
+def translate_cmd(
+    run: str, sentences: tuple[str, ...], beam: int, alpha: float, max_len: int | None, device: str
+) -> None:
+    """Translate sentences with a trained encoder-decoder run (unknown words become <unk>)."""
+    from lmlab.infer.load import load_run
+    from lmlab.infer.translate import translate
+    from lmlab.utils.hardware import resolve_device
+
+    loaded = load_run(run, device=resolve_device(device))
+    for out in translate(loaded, list(sentences), beam=beam, alpha=alpha, max_len=max_len):
+        click.echo(out)
+
+
 @cli.command("list")
 @click.argument("kind", required=False, type=click.Choice(["attn", "ffn", "norm", "pos", "embed", "presets"]))
 @user_errors

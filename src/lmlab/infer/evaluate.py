@@ -20,6 +20,12 @@ def evaluate_run(path: str | Path, *, iters: int = 50, batch_size: int | None = 
     dev = resolve_device(device)
     loaded = load_run(path, device=dev)
     cfg = loaded.config
+    if cfg.model.arch == "seq2seq":
+        from lmlab.infer.translate import evaluate_seq2seq
+
+        result = evaluate_seq2seq(loaded, batch_size=batch_size or cfg.train.batch_size)
+        (loaded.run.eval / "eval.json").write_text(json.dumps(result, indent=2))
+        return result
     corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
     splits = prepare_tokens(corpus, loaded.tokenizer, cache_dir(cfg.data.cache_dir), cfg.data.val_fraction)
     loader = RandomWindowLoader(splits.val, batch_size or cfg.train.batch_size, cfg.seq_len, seed=0)

@@ -10,7 +10,7 @@ import torch
 from lmlab.config import RunConfig
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer
 from lmlab.errors import CheckpointError
-from lmlab.model.transformer import CausalLM, build_model
+from lmlab.model.transformer import build_model
 from lmlab.track.run_dir import RunDir
 from lmlab.trainer import checkpoint as ckpt
 
@@ -21,9 +21,10 @@ class LoadedRun:
 
     run: RunDir
     config: RunConfig
-    model: CausalLM
-    tokenizer: BaseTokenizer
+    model: torch.nn.Module  # CausalLM or Seq2Seq
+    tokenizer: BaseTokenizer  # the target side of an encoder-decoder run
     weights: Path
+    src_tokenizer: BaseTokenizer | None = None  # encoder-decoder runs only
 
 
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None) -> LoadedRun:
@@ -45,4 +46,5 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint
             )
         weights = latest / "model.safetensors"
     ckpt.load_weights(model, ckpt.read_weights(weights), weights)
-    return LoadedRun(run, cfg, model.to(device).eval(), load_tokenizer(run.tokenizer), weights)
+    src_tok = load_tokenizer(run.src_tokenizer) if cfg.model.arch == "seq2seq" else None
+    return LoadedRun(run, cfg, model.to(device).eval(), load_tokenizer(run.tokenizer), weights, src_tok)

@@ -38,11 +38,16 @@ def replay(
     cfg = src.config()
     src.require("meta/data.json", "logs/metrics.jsonl")
     recorded_data = json.loads((src.meta / "data.json").read_text())
-    corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
-    if corpus.sha256 != recorded_data.get("corpus_sha256"):
+    if cfg.model.arch == "seq2seq":
+        from lmlab.data.pairs import pairs_sha256, read_source
+
+        sha = pairs_sha256(read_source(cfg.data.name))
+    else:
+        sha = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir).sha256
+    if sha != recorded_data.get("corpus_sha256"):
         raise DataError(
             f"replay: corpus '{cfg.data.name}' is not the one {src.path} trained on "
-            f"(sha256 {recorded_data.get('corpus_sha256', '?')[:12]}... recorded, {corpus.sha256[:12]}... now)"
+            f"(sha256 {recorded_data.get('corpus_sha256', '?')[:12]}... recorded, {sha[:12]}... now)"
         )
     recorded = {
         r["step"]: float(r["loss"])

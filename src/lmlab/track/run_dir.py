@@ -44,6 +44,11 @@ class RunDir:
         return self.path / "artifacts" / "tokenizer.json"
 
     @property
+    def src_tokenizer(self) -> Path:
+        """Source-side tokenizer of an encoder-decoder run (the target side is `tokenizer`)."""
+        return self.path / "artifacts" / "src_tokenizer.json"
+
+    @property
     def eval(self) -> Path:
         return self.path / "eval"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from lmlab.track.tensorboard import TensorBoardTracker
 from lmlab.track.wandb import WandBLogger
 from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
 from lmlab.trainer.checkpoint import load_weights, write_weights
-from lmlab.trainer.mini_trainer import MiniTrainer
+from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
 from lmlab.trainer.optim import configure_optimizer
 from lmlab.trainer.schedules import warmup_cosine_scheduler
 from lmlab.utils import dist
@@ -64,7 +64,9 @@ def _resume_target(cfg: RunConfig) -> RunDir | None:
 def check_same_architecture(saved: RunConfig, current: RunConfig, where: Path) -> None:
     """Refuse to resume into a run whose model differs, naming the mismatched fields."""
     a, b = saved.model.model_dump(), current.model.model_dump()
-    diff = [f"{k} ({a[k]!r} in run, {b[k]!r} now)" for k in a if a[k] != b[k] and k != "vocab_size"]
+    diff = [
+        f"{k} ({a[k]!r} in run, {b[k]!r} now)" for k in a if a[k] != b[k] and k not in ("vocab_size", "src_vocab_size")
+    ]
     if diff:
         raise CheckpointError(f"resume: {where} has a different architecture: model." + ", model.".join(diff))
 
@@ -84,30 +86,109 @@ def sample_text(model, tokenizer: BaseTokenizer, *, n: int, tokens: int, seed: i
     return out
 
 
+@dataclass
+class _Task:
+    """What differs between a language-model run and an encoder-decoder run."""
+
+    cfg: RunConfig  # with the vocabulary sizes filled in from the tokenizer(s)
+    meta: dict  # meta/data.json: the data fingerprint
+    summary: str
+    save_tokenizers: Callable[[RunDir], None]
+    loaders: Callable[[int, int], tuple]
+    sample: Callable[[torch.nn.Module], list[str]]
+    loss_fn: Callable = causal_lm_loss
+
+
+def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
+    tc = cfg.train
+    corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
+    tokenizer = (
+        load_tokenizer(run.tokenizer) if run is not None else TOKENIZER.get(cfg.data.tokenizer).train(corpus.text)
+    )
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size})})
+    splits = prepare_tokens(corpus, tokenizer, cache_dir(cfg.data.cache_dir), cfg.data.val_fraction)
+    seq_len = cfg.seq_len
+
+    def loaders(rank: int, world: int) -> tuple:
+        if cfg.data.sampling == "sequential":
+            train = SequentialLoader(splits.train, tc.batch_size, seq_len, rank=rank, world=world)
+        else:
+            train = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world)
+        val = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1, rank=rank, world=world)
+        return train, val
+
+    return _Task(
+        cfg,
+        splits.meta,
+        f"{splits.meta['n_train']:,} train tokens",
+        lambda r: save_tokenizer(tokenizer, r.tokenizer),
+        loaders,
+        lambda m: sample_text(m, tokenizer, n=tc.num_samples, tokens=tc.sample_tokens, seed=tc.seed),
+    )
+
+
+def _seq2seq_task(cfg: RunConfig, run: RunDir | None) -> _Task:
+    from lmlab.data.pairs import PairLoader, prepare_pairs, to_torch
+    from lmlab.infer.translate import greedy_decode
+    from lmlab.model.seq2seq import seq2seq_loss
+    from lmlab.reference.data.datasets import make_batch
+
+    tc = cfg.train
+    saved = (load_tokenizer(run.src_tokenizer), load_tokenizer(run.tokenizer)) if run is not None else None
+    data = prepare_pairs(cfg, saved)
+    sizes = {"vocab_size": data.tgt.vocab_size, "src_vocab_size": data.src.vocab_size}
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=sizes)})
+
+    def save(r: RunDir) -> None:
+        save_tokenizer(data.src, r.src_tokenizer)
+        save_tokenizer(data.tgt, r.tokenizer)
+
+    def loaders(rank: int, world: int) -> tuple:
+        if world > 1:
+            raise CheckpointError("train: arch=seq2seq runs in one process; distributed pair batches are not supported")
+        val = PairLoader(data.val, tc.batch_size, shuffle=False, restart=True)
+        return PairLoader(data.train, tc.batch_size, seed=tc.seed), val
+
+    def sample(model: torch.nn.Module) -> list[str]:
+        pairs = data.val_pairs[: tc.num_samples]
+        if not pairs or not tc.sample_tokens:
+            return []
+        device = next(model.parameters()).device
+        batch = to_torch(make_batch(data.val[: len(pairs)]))
+        hyps = greedy_decode(
+            model, batch["X_ids"].to(device), batch["M_src"].to(device), max_len=cfg.model.max_seq_len - 1
+        )
+        return [f"{s}\n-> {data.tgt.decode(h)}\n(reference: {t})" for (s, t), h in zip(pairs, hyps, strict=True)]
+
+    summary = f"{data.meta['n_train']:,} train pairs, vocab {data.src.vocab_size} -> {data.tgt.vocab_size}"
+    return _Task(cfg, data.meta, summary, save, loaders, sample, seq2seq_loss)
+
+
+def _param_counts(model_cfg) -> dict:
+    if model_cfg.arch == "seq2seq":
+        with torch.device("meta"):
+            return {"total": build_model(model_cfg).num_params()}
+    parts = params_by_component(model_cfg)
+    return {"total": sum(parts.values()), "by_component": parts}
+
+
 def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), quiet: bool = False) -> TrainResult:
     """Train the model `cfg` describes on its corpus, leaving a complete run directory."""
     tc = cfg.train
     dist.init_distributed()
     main = dist.is_main()
     seed_everything(tc.seed)  # identical on every rank: FSDP shards each rank's own initialisation
-    corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
     run = _resume_target(cfg)
-    if run is not None:
-        saved = run.config()
-        tokenizer = load_tokenizer(run.tokenizer)
-    else:
-        tokenizer = TOKENIZER.get(cfg.data.tokenizer).train(corpus.text)
-    model_cfg = cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
-    cfg = cfg.model_copy(update={"model": model_cfg})
-    splits = prepare_tokens(corpus, tokenizer, cache_dir(cfg.data.cache_dir), cfg.data.val_fraction)
+    saved = run.config() if run is not None else None
+    task = _seq2seq_task(cfg, run) if cfg.model.arch == "seq2seq" else _lm_task(cfg, run)
+    cfg, model_cfg = task.cfg, task.cfg.model
     if run is None:
         run = RunDir.create(tc.save_dir, tc.run_tag) if main else None
         run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
         if main:
-            parts = params_by_component(model_cfg)
-            params = {"total": sum(parts.values()), "by_component": parts}
-            save_tokenizer(tokenizer, run.tokenizer)
-            run.write_meta(cfg, {"data.json": splits.meta, "params.json": params})  # last: marks the run complete
+            task.save_tokenizers(run)
+            params = _param_counts(model_cfg)
+            run.write_meta(cfg, {"data.json": task.meta, "params.json": params})  # last: marks the run complete
         resume = None
     else:
         check_same_architecture(saved, cfg, run.path)
@@ -116,13 +197,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     model = build_model(model_cfg)
     seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
     optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
-    seq_len = cfg.seq_len
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if cfg.data.sampling == "sequential":
-        train_loader = SequentialLoader(splits.train, tc.batch_size, seq_len, rank=rank, world=world)
-    else:
-        train_loader = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world)
-    val_loader = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1, rank=rank, world=world)
+    train_loader, val_loader = task.loaders(dist.get_rank(), dist.get_world_size())
     total = MiniTrainer.plan_steps(len(train_loader), tc.grad_accum, epochs=tc.epochs, max_steps=tc.max_steps)
     min_ratio = (tc.min_lr if tc.min_lr is not None else tc.lr / 10) / tc.lr
     scheduler = warmup_cosine_scheduler(
@@ -155,6 +230,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     trainer = MiniTrainer(
         model,
         optimizer,
+        loss_fn=task.loss_fn,
         train_loader=train_loader,
         val_loader=val_loader,
         epochs=tc.epochs,
@@ -182,7 +258,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     if main and not quiet:
         print(
             f"run {run.path} | {model_cfg.arch_name()} | {model.num_params():,} params | "
-            f"{splits.meta['n_train']:,} train tokens | device {trainer.device} {trainer.precision}"
+            f"{task.summary} | device {trainer.device} {trainer.precision}"
         )
     metrics = trainer.train()
     if metrics.get("stopped") and main:
@@ -195,7 +271,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     if trainer.strategy == "fsdp":  # sample from an unsharded copy: rank 0 alone cannot run a sharded forward
         model = build_model(model_cfg).to(trainer.device)
         load_weights(model, {k: v.to(trainer.device) for k, v in final_weights.items()}, run.export)
-    samples = sample_text(model, tokenizer, n=tc.num_samples, tokens=tc.sample_tokens, seed=tc.seed)
+    samples = task.sample(model)
     if samples:
         (run.eval / "samples.txt").write_text("\n\n-----\n\n".join(samples))
     (run.eval / "final_metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -193,7 +193,9 @@ class Seq2Seq(Module):
         for _ in range(max_len):
             valid = np.ones_like(Y, dtype=bool)
             logits = self.decoder.forward(Y, memory, decoder_mask(valid), src_blocked)
-            nxt = np.where(done, PAD_ID, logits[:, -1].argmax(-1)).astype(np.int32)
+            last = logits[:, -1].copy()
+            last[:, [PAD_ID, BOS_ID]] = -np.inf  # input markers, never outputs
+            nxt = np.where(done, PAD_ID, last.argmax(-1)).astype(np.int32)
             Y = np.concatenate([Y, nxt[:, None]], axis=1)
             done |= nxt == EOS_ID
             if done.all():

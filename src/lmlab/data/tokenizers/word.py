@@ -1,0 +1,57 @@
+"""Word tokenizer: the NumPy reference's word vocabulary behind the `BaseTokenizer` protocol.
+
+Specials `<pad>=0, <bos>=1, <eos>=2, <unk>=3`; text is NFKC-normalised, lower-cased and split
+into words and single punctuation marks (see `lmlab.reference.data.tokenization`), so
+`decode(encode(s))` equals `s` up to that normalisation. Unknown words encode to `<unk>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from lmlab.errors import DataError
+from lmlab.reference.data.tokenization import Vocab, build_vocab
+from lmlab.registry import TOKENIZER
+
+
+@TOKENIZER.register("word", tags=("normalising", "specials"))
+class WordTokenizer:
+    """Most frequent words first after the four specials."""
+
+    name = "word"
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.vocab = vocab
+
+    @classmethod
+    def train(cls, text: str, min_freq: int = 1) -> WordTokenizer:
+        """The vocabulary of every word in `text` seen at least `min_freq` times."""
+        if not text.strip():
+            raise DataError("tokenizer: cannot build a word vocabulary from empty text")
+        return cls(build_vocab(text.splitlines(), min_freq))
+
+    @property
+    def vocab_size(self) -> int:
+        """Words plus the four specials."""
+        return len(self.vocab)
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        """Word ids; unknown words become <unk>."""
+        return self.vocab.encode(text, bos=bos, eos=eos)
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of the ids, specials dropped, stopping at <eos>."""
+        return self.vocab.decode(ids)
+
+    def to_dict(self) -> dict:
+        """The words in id order (specials included)."""
+        return {"itos": self.vocab.itos}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WordTokenizer:
+        """Inverse of `to_dict`."""
+        return cls(Vocab(data["itos"][4:]))
+
+    def fingerprint(self) -> str:
+        """Hash of the vocabulary."""
+        return hashlib.sha256("\n".join(self.vocab.itos).encode("utf-8", "surrogatepass")).hexdigest()[:16]

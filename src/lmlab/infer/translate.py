@@ -1,0 +1,179 @@
+"""Decoding for encoder-decoder models: batched greedy and beam search, both KV-cached.
+
+The encoder runs once; every decoder layer's cross-attention keys/values are computed once
+from its output, and decoder self-attention keeps a KV cache, so each step costs one token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lmlab.reference.data.tokenization import BOS_ID, EOS_ID, PAD_ID
+
+
+def _start(model, src_ids: Tensor, src_valid: Tensor | None, max_len: int):
+    if src_valid is None:
+        src_valid = src_ids != PAD_ID
+    memory, src_mask = model.encode(src_ids, src_valid)
+    return model.cross_kv(memory), src_mask, model.new_cache(src_ids.shape[0], max_len + 1)
+
+
+@torch.no_grad()
+def greedy_decode(
+    model, src_ids: Tensor, src_valid: Tensor | None = None, *, max_len: int = 64, use_cache: bool = True
+) -> list[list[int]]:
+    """The most likely token at each step, from <bos> until <eos> (kept) or max_len tokens, per source row."""
+    model.eval()
+    kv, src_mask, cache = _start(model, src_ids, src_valid, max_len)
+    B = src_ids.shape[0]
+    ys = torch.full((B, 1), BOS_ID, dtype=torch.long, device=src_ids.device)
+    done = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
+    for _ in range(max_len):
+        if use_cache:
+            logits = model.decode(ys[:, -1:], kv, src_mask, cache=cache)
+        else:
+            logits = model.decode(ys, kv, src_mask, last_only=True)
+        nxt = _allowed(logits[:, -1]).argmax(-1).masked_fill(done, PAD_ID)
+        ys = torch.cat([ys, nxt[:, None]], dim=1)
+        done |= nxt == EOS_ID
+        if bool(done.all()):
+            break
+    return [_trim(row) for row in ys[:, 1:].tolist()]
+
+
+def _allowed(logits: Tensor) -> Tensor:
+    """Never emit <pad> or <bos>: they are input markers, not outputs."""
+    logits = logits.clone()
+    logits[:, [PAD_ID, BOS_ID]] = float("-inf")
+    return logits
+
+
+def _trim(row: list[int]) -> list[int]:
+    return row[: row.index(EOS_ID) + 1] if EOS_ID in row else [t for t in row if t != PAD_ID]
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's ((5 + length) / 6) ** alpha (Wu et al. 2016); alpha = 0 ranks by total log-probability."""
+    return ((5 + length) / 6) ** alpha
+
+
+@torch.no_grad()
+def beam_search(model, src_ids: Tensor, *, beam: int = 4, max_len: int = 64, alpha: float = 0.6) -> list[list[int]]:
+    """Beam search per source row: `beam` hypotheses, finished ones ranked by log p / length_penalty."""
+    model.eval()
+    return [_beam_one(model, src_ids[i : i + 1], beam, max_len, alpha) for i in range(src_ids.shape[0])]
+
+
+def _beam_one(model, src: Tensor, beam: int, max_len: int, alpha: float) -> list[int]:
+    src = src[:, : int((src != PAD_ID).sum())] if bool((src != PAD_ID).any()) else src
+    kv, src_mask, cache = _start(model, src.expand(beam, -1), None, max_len)
+    device = src.device
+    scores = torch.full((beam,), float("-inf"), device=device)
+    scores[0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
+    seqs = [[BOS_ID] for _ in range(beam)]
+    finished: list[tuple[float, list[int]]] = []
+    last = torch.full((beam, 1), BOS_ID, dtype=torch.long, device=device)
+    for step in range(1, max_len + 1):
+        logp = _allowed(model.decode(last, kv, src_mask, cache=cache)[:, -1].float()).log_softmax(-1)
+        cand = (scores[:, None] + logp).flatten()
+        top, idx = cand.topk(min(2 * beam, cand.numel()))
+        V = logp.shape[-1]
+        keep_parent, keep_tok, keep_score = [], [], []
+        for s, i in zip(top.tolist(), idx.tolist(), strict=True):
+            parent, tok = divmod(i, V)
+            if s == float("-inf"):
+                break
+            if tok == EOS_ID:
+                finished.append((s / length_penalty(step, alpha), [*seqs[parent][1:], EOS_ID]))
+            else:
+                keep_parent.append(parent)
+                keep_tok.append(tok)
+                keep_score.append(s)
+            if len(keep_tok) == beam:
+                break
+        if len(finished) >= beam or not keep_tok:
+            break
+        while len(keep_tok) < beam:  # fewer live candidates than beams: pad with dead ones
+            keep_parent.append(keep_parent[0])
+            keep_tok.append(keep_tok[0])
+            keep_score.append(float("-inf"))
+        parents = torch.tensor(keep_parent, device=device)
+        for c in cache:
+            c.reorder(parents)
+        seqs = [seqs[p] + [t] for p, t in zip(keep_parent, keep_tok, strict=True)]
+        scores = torch.tensor(keep_score, device=device)
+        last = torch.tensor(keep_tok, device=device)[:, None]
+    if not finished:  # nothing ended within max_len: rank the live hypotheses instead
+        finished = [(float(s) / length_penalty(len(q) - 1, alpha), q[1:]) for s, q in zip(scores, seqs, strict=True)]
+    return max(finished, key=lambda f: f[0])[1]
+
+
+def translate(
+    loaded, sentences: list[str], *, beam: int = 1, alpha: float = 0.6, max_len: int | None = None
+) -> list[str]:
+    """Translations of `sentences` by a loaded seq2seq run (greedy for beam 1); unknown words become <unk>."""
+    from lmlab.data.pairs import to_torch
+    from lmlab.reference.data.datasets import make_batch
+
+    if loaded.src_tokenizer is None:
+        from lmlab.errors import ConfigError
+
+        raise ConfigError(f"translate: {loaded.run.path} is a decoder-only run; allowed: runs with model.arch=seq2seq")
+    limit = loaded.config.model.max_seq_len - 1
+    max_len = min(max_len or limit, limit)
+    src = [loaded.src_tokenizer.encode(s, eos=True)[-limit:] for s in sentences]
+    batch = to_torch(make_batch([(s, []) for s in src]))
+    device = next(loaded.model.parameters()).device
+    ids, valid = batch["X_ids"].to(device), batch["M_src"].to(device)
+    hyps = (
+        greedy_decode(loaded.model, ids, valid, max_len=max_len)
+        if beam == 1
+        else beam_search(loaded.model, ids, beam=beam, max_len=max_len, alpha=alpha)
+    )
+    return [loaded.tokenizer.decode(h) for h in hyps]
+
+
+@torch.no_grad()
+def evaluate_seq2seq(loaded, *, beam: int = 1, batch_size: int = 64) -> dict:
+    """On the run's validation pairs: loss, token accuracy on non-pad positions, exact match and BLEU."""
+    from lmlab.data.pairs import PairLoader, prepare_pairs
+    from lmlab.model.seq2seq import seq2seq_loss
+    from lmlab.reference.train.metrics import bleu, token_accuracy
+
+    data = prepare_pairs(loaded.config, (loaded.src_tokenizer, loaded.tokenizer))
+    device = next(loaded.model.parameters()).device
+    loss_sum = acc_sum = n_tok = 0.0
+    exact = 0
+    hyps_text = []
+    for batch in PairLoader(data.val, batch_size, shuffle=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        n = float(batch["M_tgt"].sum())
+        logits = loaded.model(batch["X_ids"], batch["Y_in"], batch["M_src"], batch["M_tgt"]).logits
+        loss_sum += float(seq2seq_loss(loaded.model, batch)) * n
+        acc_sum += (
+            token_accuracy(logits.argmax(-1).cpu().numpy(), batch["Y_out"].cpu().numpy(), batch["M_tgt"].cpu().numpy())
+            * n
+        )
+        n_tok += n
+        max_len = loaded.config.model.max_seq_len - 1
+        hyps = (
+            greedy_decode(loaded.model, batch["X_ids"], batch["M_src"], max_len=max_len)
+            if beam == 1
+            else beam_search(loaded.model, batch["X_ids"], beam=beam, max_len=max_len)
+        )
+        refs = [row[: int(m.sum())].tolist() for row, m in zip(batch["Y_out"], batch["M_tgt"], strict=True)]
+        exact += sum(h == r for h, r in zip(hyps, refs, strict=True))
+        hyps_text += [loaded.tokenizer.decode(h) for h in hyps]
+    refs_text = [loaded.tokenizer.decode(loaded.tokenizer.encode(t)) for _, t in data.val_pairs]
+    score, impl = bleu(hyps_text, refs_text)
+    return {
+        "run": str(loaded.run.path),
+        "val_pairs": len(data.val),
+        "val_loss": loss_sum / n_tok,
+        "token_accuracy": acc_sum / n_tok,
+        "exact_match": exact / len(data.val),
+        "bleu": score,
+        "bleu_impl": impl,
+        "beam": beam,
+    }
