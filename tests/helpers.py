@@ -81,3 +81,10 @@ def small_train_args(
         flag = key.replace("__", ".") if "__" in key else key.replace("_", "-")  # train__eval_iters, max_steps
         args += [f"--{flag}", str(value)]
     return args
+
+
+def decoder_presets() -> list[str]:
+    """Presets of decoder-only language models (seq2seq presets have no causal-LM FLOPs contract)."""
+    from lmlab.config import list_presets, load_preset
+
+    return [p for p in list_presets() if load_preset(p).get("model", {}).get("arch", "decoder") == "decoder"]

@@ -38,7 +38,10 @@ def test_help_is_fast_and_imports_no_torch():
             ["--attn", "Linformer", "--layers", "2"],
             "unknown attention 'Linformer'; known: mha, mla, native_sparse, sdpa",
         ),
-        (["--preset", "nope"], "unknown preset 'nope'; known: deepseek, gpt2, hybrid, llama, mistral, mpt, team, tiny"),
+        (
+            ["--preset", "nope"],
+            "unknown preset 'nope'; known: deepseek, gpt2, hybrid, llama, mistral, mpt, seq2seq, team, tiny",
+        ),
         (
             ["--ffn", "swishglu"],
             "unknown feed-forward 'swishglu'; known: gated_mlp, geglu, mlp, moe, swiglu; did you mean 'swiglu'?",

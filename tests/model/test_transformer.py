@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from lmlab.config import ModelConfig, list_presets
+from lmlab.config import ModelConfig
 from lmlab.model.transformer import build_model, build_transformer
 from lmlab.registry import ATTN, NORM, POS
 from tests.conftest import tiny_cfg
-from tests.helpers import SMALL_SPARSE, counted_flops, legal_grid
+from tests.helpers import SMALL_SPARSE, counted_flops, decoder_presets, legal_grid
 
 GRID = legal_grid(attn=ATTN.names(), pos=POS.names(), norm_position=["pre", "post"])
 
@@ -109,7 +109,7 @@ def test_loss_is_cross_entropy_and_near_log_vocab_at_init():
     )
 
 
-@pytest.mark.parametrize("preset", list_presets())
+@pytest.mark.parametrize("preset", decoder_presets())
 def test_flops_per_token_match_flop_counter(preset):
     cfg = ModelConfig.from_preset(preset, n_layer=2, d_model=64, n_head=4, vocab_size=100, max_seq_len=128)
     model = build_model(cfg)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.config import ModelConfig, list_presets
+from lmlab.config import ModelConfig
 from lmlab.data.datasets import RandomWindowLoader
 from lmlab.model.transformer import build_model
 from lmlab.track.wandb import WandBLogger
@@ -18,7 +18,7 @@ from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
 from lmlab.trainer.optim import configure_optimizer
 from lmlab.utils.meters import AverageMeter, ThroughputMeter
 from tests.conftest import tiny_cfg
-from tests.helpers import counted_flops
+from tests.helpers import counted_flops, decoder_presets
 
 
 def _tokens(n=4000, vocab=61, seed=0):
@@ -35,7 +35,7 @@ def _trainer(model=None, **kw):
     )
 
 
-@pytest.mark.parametrize("preset", list_presets())
+@pytest.mark.parametrize("preset", decoder_presets())
 def test_step_flops_match_flop_counter(preset):
     cfg = ModelConfig.from_preset(preset, n_layer=2, d_model=64, n_head=4, vocab_size=100, max_seq_len=64)
     model = build_model(cfg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -10,23 +9,10 @@ from pathlib import Path
 import click
 
 from lmlab import __version__
+from lmlab.cli.errors import user_errors
 from lmlab.cli.schema_flags import collect_overrides, schema_options
 from lmlab.errors import LmlabError
 from lmlab.reference.cli import reference_group
-
-
-def user_errors(fn):
-    """Turn user errors into one line on stderr and exit code 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LmlabError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 def _resolve(params: dict):
@@ -225,7 +211,6 @@ def compare_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from lmlab.errors import LmlabError
     from lmlab.track import compare
 
     paths = list(runs) + ([str(p) for p in compare.find_runs(root, latest)] if latest else [])

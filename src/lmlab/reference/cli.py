@@ -12,6 +12,7 @@ import click
 import numpy as np
 import yaml
 
+from lmlab.cli.errors import user_errors
 from lmlab.errors import ConfigError, LmlabError
 from lmlab.reference.data.datasets import encode_pairs, load_examples, load_pairs, make_batch, save_examples
 from lmlab.reference.data.tokenization import Vocab, build_vocabs
@@ -104,21 +105,6 @@ def translate(config: str | Path, sentences: list[str], max_len: int = 40) -> li
     return [tgt.decode(ids) for ids in model.greedy_decode(b["X_ids"], b["M_src"], max_len=max_len)]
 
 
-def _errors(fn):
-    import functools
-    import sys
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LmlabError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
-
-
 @click.group("reference")
 def reference_group() -> None:
     """The NumPy-only encoder-decoder with hand-written backprop (no torch)."""
@@ -129,7 +115,7 @@ CONFIG = click.option("--config", required=True, help="experiments/configs/tiny_
 
 @reference_group.command("prepare")
 @CONFIG
-@_errors
+@user_errors
 def prepare_cmd(config: str) -> None:
     """Build vocabularies and tokenised pairs."""
     out = prepare(config)
@@ -138,7 +124,7 @@ def prepare_cmd(config: str) -> None:
 
 @reference_group.command("train")
 @CONFIG
-@_errors
+@user_errors
 def train_cmd(config: str) -> None:
     """Train and save checkpoint.npz."""
     last = train_from_config(config)
@@ -148,7 +134,7 @@ def train_cmd(config: str) -> None:
 @reference_group.command("translate")
 @CONFIG
 @click.argument("sentences", nargs=-1, required=True)
-@_errors
+@user_errors
 def translate_cmd(config: str, sentences: tuple[str, ...]) -> None:
     """Translate sentences with the trained checkpoint."""
     for s, t in zip(sentences, translate(config, list(sentences)), strict=True):
