@@ -48,7 +48,7 @@ def test_help_is_fast_and_imports_no_torch():
         ),
         (
             ["--model.n_layr", "2"],
-            "No such option '--model.n_layr'. (Did you mean one of: '--model.n_head', '--model.n_layer'",
+            "No such option '--model.n_layr'. (Did you mean one of: '--model.n_enc_layer', '--model.n_head', '--model.n_layer'",
         ),
         (["--dim", "130", "--heads", "4"], "model.d_model: 130 is not divisible by n_head=4"),
         (
