@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmlab.errors import ConfigError
 
@@ -233,11 +233,11 @@ def setattr_raw(model: BaseModel, name: str, value: Any) -> None:
     object.__setattr__(model, name, value)
 
 
-def _lookup(reg, field_name: str, value: str) -> str:
+def _lookup(reg, field_name: str, value: str, section: str = "model") -> str:
     try:
         return reg.canonical(value)
     except ConfigError as exc:
-        raise ValueError(f"model.{field_name}: {exc}") from None
+        raise ValueError(f"{section}.{field_name}: {exc}") from None
 
 
 def default_d_ff(cfg: ModelConfig) -> int:
@@ -281,13 +281,28 @@ class DataConfig(Section):
     name: str = Field(
         "pystdlib", description="pystdlib | shakespeare | file:PATH; seq2seq: pairs:enfr | pairs:PATH | task:NAME[:N]"
     )
-    tokenizer: str = "char"
+    tokenizer: str = Field("char", description="char | byte | word | bpe | hf:PATH_OR_NAME | tiktoken:NAME")
+    vocab_size: int | None = Field(None, ge=2, description="bpe: vocabulary size to learn (default 2048)")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     max_chars: int | None = Field(None, ge=1, description="truncate the corpus to this many characters")
     cache_dir: str | None = Field(None, description="token cache; default $LMLAB_CACHE_DIR or ~/.cache/lmlab")
     sampling: Literal["random", "sequential"] = Field(
         "random", description="random windows (nanoGPT) or each token once per epoch, streamed in order"
     )
+    align_bos: bool = Field(False, description="random sampling: every window starts at a document start")
+    workers: int | None = Field(None, ge=1, description="tokenisation processes; default one per CPU core")
+    errors: Literal["strict", "replace"] = Field(
+        "strict", description="non-UTF-8 bytes: strict reports file and offset, replace substitutes U+FFFD"
+    )
+    token_dtype: Literal["auto", "uint16", "uint32"] = Field("auto", description="storage of token ids on disk")
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _known_tokenizer(cls, value: str) -> str:
+        from lmlab.registry import TOKENIZER
+
+        name, sep, arg = value.partition(":")
+        return _lookup(TOKENIZER, "tokenizer", name, section="data") + sep + arg
 
     @classmethod
     def _section_name(cls) -> str:

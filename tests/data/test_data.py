@@ -82,9 +82,9 @@ def test_tokens_are_cached_and_split(tmp_path, small_text):
     assert len(splits.val) == int(len(small_text) * 0.1)
     assert tok.decode(splits.train[:50].tolist()) == small_text[:50]
     folder = next((tmp_path / "tokens").iterdir())
-    mtime = (folder / "train.bin").stat().st_mtime_ns
+    mtime = (folder / "shard_00000.bin").stat().st_mtime_ns
     prepare_tokens(corpus, tok, tmp_path, 0.1)
-    assert (folder / "train.bin").stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert (folder / "shard_00000.bin").stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert splits.train.dtype == np.uint16 and token_dtype(70_000) == np.uint32
 
 

@@ -145,6 +145,52 @@ def generate_cmd(
         click.echo(loaded.tokenizer.decode(out[0].tolist()))
 
 
+@user_errors
+def _prepare(**params) -> None:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lmlab.data.datasets import prepare_data
+
+    data = _resolve(params).data
+    console = Console(width=120)
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("tokenising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("shards", total=None)
+        _, tokenizer, splits = prepare_data(
+            data, on_piece=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    m = splits.meta
+    rows = [
+        (
+            "corpus",
+            f"{m['corpus']} ({m['documents']:,} document(s), {m['n_chars']:,} chars, {m['n_bytes'] / 1e6:.1f} MB)",
+        ),
+        ("tokenizer", f"{data.tokenizer} ({tokenizer.vocab_size:,} ids, fingerprint {m['tokenizer']})"),
+        ("tokens", f"{m['n_tokens']:,} ({m['n_train']:,} train / {m['n_val']:,} val), {m['dtype']}"),
+        ("chars per token", f"{m['n_chars'] / m['n_tokens']:.3f}"),
+        ("shards", f"{m['cache']} ({'reused' if m['reused'] else 'built'})"),
+        (
+            "throughput",
+            f"{m['mb_per_s']:.2f} MB/s over {m['processes']} process(es) when built; this call {time.perf_counter() - t0:.1f} s",
+        ),
+    ]
+    for k, v in rows:
+        console.print(f"[bold]{k:>16}[/bold]  {v}")
+
+
+prepare_command = click.Command(
+    "prepare",
+    callback=_prepare,
+    params=[*COMMON, *schema_options(("data",))],
+    help="Tokenise a corpus ahead of training (in parallel, into the shard cache) and print its statistics.",
+)
+
+
 @cli.command("translate")
 @click.option("--run", "run", required=True, help="run directory of an encoder-decoder (arch=seq2seq) run")
 @click.argument("sentences", nargs=-1, required=True)
@@ -362,6 +408,7 @@ cli.add_command(train_command)
 cli.add_command(reference_group)
 cli.add_command(ablate_command)
 cli.add_command(sweep_command)
+cli.add_command(prepare_command)
 cli.add_command(arch_command)
 
 

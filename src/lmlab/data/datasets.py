@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmlab.data.shards import PIECE_CHARS, ShardedTokens, build_shards, publish, split_pieces
 from lmlab.data.sources import Corpus
 from lmlab.data.tokenizers.base import BaseTokenizer
 from lmlab.errors import DataError
@@ -35,40 +36,119 @@ def token_dtype(vocab_size: int) -> np.dtype:
     raise DataError(f"tokenizer: vocabulary of {vocab_size} ids does not fit uint32 token storage")
 
 
-def prepare_tokens(corpus: Corpus, tokenizer: BaseTokenizer, cache: Path, val_fraction: float) -> TokenSplits:
-    """Tokenise `corpus` into cache/tokens/<key>/{train,val}.bin once; later calls reuse the files."""
-    key = hashlib.sha256(f"{corpus.sha256}:{tokenizer.fingerprint()}:{val_fraction}".encode()).hexdigest()[:20]
+def prepare_tokens(
+    corpus: Corpus,
+    tokenizer: BaseTokenizer,
+    cache: Path,
+    val_fraction: float,
+    *,
+    workers: int | None = None,
+    dtype: str = "auto",
+    on_piece=None,
+) -> TokenSplits:
+    """Tokenise `corpus` once into cache/tokens/<key>/shard_*.bin (in parallel); later calls reuse the shards.
+
+    The key covers the corpus content, the tokenizer fingerprint, the split and the dtype, so a
+    changed source or tokenizer builds anew. The last `val_fraction` of the tokens is validation.
+    """
+    store = resolve_dtype(dtype, tokenizer.vocab_size)
+    key_text = f"v2:{corpus.sha256}:{tokenizer.fingerprint()}:{val_fraction}:{store.name}"
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
     folder = cache / "tokens" / key
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        ids = np.asarray(tokenizer.encode(corpus.text), dtype=token_dtype(tokenizer.vocab_size))
-        n_val = max(1, int(len(ids) * val_fraction))
-        meta = {
-            "corpus": corpus.name,
-            "corpus_sha256": corpus.sha256,
-            "tokenizer": tokenizer.fingerprint(),
-            "dtype": ids.dtype.name,
-            "n_tokens": len(ids),
-            "n_train": int(len(ids) - n_val),
-            "n_val": n_val,
-            "n_chars": len(corpus.text),
-        }
+    reused = (folder / "manifest.json").is_file()
+    if not reused:
+        workers = max(1, workers or os.cpu_count() or 1)
+        # Four pieces per worker balance the load; pieces stay between 256 KB and 4 MB of text.
+        size = min(PIECE_CHARS, max(1 << 18, len(corpus.text) // (4 * workers)))
+        pieces = split_pieces(corpus.text, corpus.documents, size)
+        workers = min(workers, len(pieces))
         # Build beside the target and rename, so a killed build never leaves a half-written cache.
         tmp = folder.with_name(f".{key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        ids[: meta["n_train"]].tofile(tmp / "train.bin")
-        ids[meta["n_train"] :].tofile(tmp / "val.bin")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process built it first
+        stats = build_shards(
+            tmp, pieces, tokenizer, store, workers=workers, is_documents=corpus.documents is not None, on_piece=on_piece
+        )
+        n = sum(stats["counts"])
+        if n < 2:
             shutil.rmtree(tmp, ignore_errors=True)
-    meta = json.loads(meta_path.read_text())
-    dtype = np.dtype(meta["dtype"])
-    train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
-    val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
-    return TokenSplits(train=train, val=val, meta=meta)
+            raise DataError(f"data: corpus '{corpus.name}' tokenises to {n} tokens; it needs at least 2")
+        n_val = max(1, int(n * val_fraction))
+        tokens = ShardedTokens([tmp / f"shard_{i:05d}.bin" for i in range(len(pieces))], stats["counts"], store)
+        val_chars = len(tokenizer.decode(tokens[n - n_val :].tolist()))
+        n_bytes = len(corpus.text.encode("utf-8", "surrogatepass"))
+        manifest = {
+            "format": 2,
+            "corpus": corpus.name,
+            "corpus_sha256": corpus.sha256,
+            "sources": corpus.sources or [],
+            "documents": len(corpus.documents) if corpus.documents is not None else 1,
+            "tokenizer": tokenizer.fingerprint(),
+            "tokenizer_name": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": getattr(tokenizer, "eos_id", None),
+            "dtype": store.name,
+            "n_tokens": n,
+            "n_train": n - n_val,
+            "n_val": n_val,
+            "n_chars": len(corpus.text),
+            "n_bytes": n_bytes,
+            "val_chars": val_chars,
+            "shards": [{"file": f"shard_{i:05d}.bin", "tokens": c} for i, c in enumerate(stats["counts"])],
+            "workers": workers,
+            "processes": stats["processes"],
+            "build_seconds": stats["seconds"],
+            "mb_per_s": n_bytes / 1e6 / max(stats["seconds"], 1e-9),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        publish(tmp, folder)
+    tokens, manifest = ShardedTokens.open(folder)
+    meta = {k: v for k, v in manifest.items() if k != "shards"} | {"cache": str(folder), "reused": reused}
+    n_train = manifest["n_train"]
+    return TokenSplits(train=tokens[:n_train], val=tokens[n_train:], meta=meta)
+
+
+def prepare_data(data, tokenizer: BaseTokenizer | None = None, *, on_piece=None):
+    """Corpus, tokenizer (trained unless given) and token splits for a `DataConfig`: the text data module."""
+    from lmlab.data.sources import cache_dir, load_corpus
+    from lmlab.data.tokenizers.base import build_tokenizer
+
+    corpus = load_corpus(data.name, max_chars=data.max_chars, cache=data.cache_dir, errors=data.errors)
+    tokenizer = tokenizer or build_tokenizer(data.tokenizer, corpus.text, vocab_size=data.vocab_size)
+    splits = prepare_tokens(
+        corpus,
+        tokenizer,
+        cache_dir(data.cache_dir),
+        data.val_fraction,
+        workers=data.workers,
+        dtype=data.token_dtype,
+        on_piece=on_piece,
+    )
+    return corpus, tokenizer, splits
+
+
+def document_starts(tokens, tokenizer: BaseTokenizer) -> np.ndarray:
+    """Positions right after each EOS (and 0): where documents begin, for BOS-aligned sampling."""
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is None:
+        raise DataError(
+            f"data.align_bos: tokenizer '{tokenizer.name}' has no document separator; allowed with: byte, word, bpe, hf:, tiktoken:"
+        )
+    ids = np.asarray(tokens)
+    return np.concatenate([[0], np.flatnonzero(ids == eos) + 1]).astype(np.int64)
+
+
+def resolve_dtype(dtype: str, vocab_size: int) -> np.dtype:
+    """`auto` -> the narrowest dtype for the vocabulary; an explicit dtype too narrow for it is an error."""
+    if dtype == "auto":
+        return token_dtype(vocab_size)
+    store = np.dtype(dtype)
+    if vocab_size > np.iinfo(store).max + 1:
+        raise DataError(
+            f"data.token_dtype: {dtype} holds ids below {np.iinfo(store).max + 1:,}, but the tokenizer has "
+            f"{vocab_size:,}; allowed: auto, uint32"
+        )
+    return store
 
 
 class RandomWindowLoader:
@@ -79,7 +159,15 @@ class RandomWindowLoader:
     """
 
     def __init__(
-        self, tokens: np.ndarray, batch_size: int, seq_len: int, *, seed: int = 0, rank: int = 0, world: int = 1
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        starts: np.ndarray | None = None,
     ) -> None:
         if len(tokens) <= seq_len + 1:
             raise DataError(
@@ -93,6 +181,10 @@ class RandomWindowLoader:
         self.generator = torch.Generator().manual_seed(seed)
         self.consumed = 0  # batches drawn in the current epoch
         self._offsets = np.arange(seq_len + 1)
+        # With `starts` (document starts), windows begin only there: BOS-aligned sampling.
+        self.starts = None if starts is None else starts[starts < len(tokens) - seq_len - 1]
+        if self.starts is not None and not len(self.starts):
+            raise DataError(f"data.align_bos: no document starts at least {seq_len + 1} tokens before the end")
 
     def __len__(self) -> int:
         return max(1, (len(self.tokens) - 1) // (self.batch_size * self.world * self.seq_len))
@@ -105,10 +197,11 @@ class RandomWindowLoader:
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch (x, y), each (B, T) int64."""
-        starts = torch.randint(
-            len(self.tokens) - self.seq_len - 1, (self.batch_size * self.world,), generator=self.generator
-        )[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self._offsets].astype(np.int64))
+        span = len(self.tokens) - self.seq_len - 1 if self.starts is None else len(self.starts)
+        draw = torch.randint(span, (self.batch_size * self.world,), generator=self.generator)
+        draw = draw[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].numpy()
+        starts = draw if self.starts is None else self.starts[draw]
+        window = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
         return window[:, :-1], window[:, 1:]
 
     def state_dict(self) -> dict:

@@ -1,4 +1,5 @@
-"""Corpora by name: `pystdlib` (offline built-in), `shakespeare` (cached download), `file:PATH`."""
+"""Corpora by name: `pystdlib` (offline built-in), `shakespeare` (cached download), `file:PATH`,
+`dir:PATH[:GLOB]` (every matching file a document), `hf:DATASET[:config][:split]` (HF `datasets`)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ from lmlab.errors import DataError
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 PYSTDLIB_DEFAULT_CHARS = 4_000_000
-KNOWN = "pystdlib, shakespeare, file:PATH"
+KNOWN = "pystdlib, shakespeare, file:PATH, dir:PATH[:GLOB], hf:DATASET[:config][:split]"
 
 
 @dataclass
 class Corpus:
-    """Text plus where it came from."""
+    """Text plus where it came from; `documents` (when there are several) are separated by EOS ids."""
 
     name: str
     text: str
     sha256: str
+    documents: list[str] | None = None  # None: `text` is one document
+    sources: list[dict] | None = None  # per-file path, size and sha256 (the data fingerprint)
 
 
 def cache_dir(override: str | None = None) -> Path:
@@ -38,15 +41,55 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_text_file(path: Path) -> str:
-    """UTF-8 text of a file; invalid bytes are reported with their offset."""
+def read_text_file(path: Path, errors: str = "strict") -> str:
+    """UTF-8 text of a file; invalid bytes are reported with file and offset, or replaced (errors="replace")."""
     if not path.is_file():
         raise DataError(f"data: file not found: {path}")
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8", errors)
     except UnicodeDecodeError as exc:
-        raise DataError(f"data: {path} is not UTF-8 at byte offset {exc.start}") from None
+        raise DataError(
+            f"data: {path} is not UTF-8 at byte offset {exc.start} (byte 0x{raw[exc.start]:02x}); "
+            "fix the file or set data.errors=replace to substitute U+FFFD"
+        ) from None
+
+
+def _file_record(path: Path) -> dict:
+    raw = path.read_bytes()
+    return {"path": str(path), "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def dir_documents(spec: str, errors: str = "strict") -> tuple[list[str], list[dict]]:
+    """`PATH[:GLOB]` -> the text of every matching file (default `**/*.txt`), in sorted path order."""
+    root, _, pattern = spec.partition(":")
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise DataError(f"data: directory not found: {root_path}")
+    files = sorted(p for p in root_path.glob(pattern or "**/*.txt") if p.is_file())
+    if not files:
+        raise DataError(f"data: no files match {pattern or '**/*.txt'} under {root_path}")
+    return [read_text_file(f, errors) for f in files], [_file_record(f) for f in files]
+
+
+def hf_documents(spec: str) -> list[str]:
+    """`DATASET[:config][:split]` through HF `datasets` (a name downloads; a local path loads offline)."""
+    from lmlab.errors import require
+
+    datasets = require("datasets", "data")
+    name, config, split = ([*spec.split(":"), None, None])[:3]
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split or "train")
+    except Exception as exc:
+        raise DataError(f"data: hf:{spec} could not be loaded: {str(exc).splitlines()[0]}") from None
+    column = (
+        "text"
+        if "text" in ds.column_names
+        else next((c for c in ds.column_names if ds.features[c].dtype == "string"), None)
+    )
+    if column is None:
+        raise DataError(f"data: hf:{spec} has no text column; columns: {', '.join(ds.column_names)}")
+    return [t for t in ds[column] if t]
 
 
 def pystdlib_text(max_chars: int) -> str:
@@ -97,10 +140,21 @@ def _checked(raw: bytes, where: str) -> str:
     return raw.decode("utf-8")
 
 
-def load_corpus(name: str, *, max_chars: int | None = None, cache: str | None = None) -> Corpus:
+def load_corpus(name: str, *, max_chars: int | None = None, cache: str | None = None, errors: str = "strict") -> Corpus:
     """The corpus called `name`, optionally truncated to `max_chars` characters."""
+    documents, records = None, None
     if name.startswith("file:"):
-        text = read_text_file(Path(name[5:]).expanduser())
+        path = Path(name[5:]).expanduser()
+        text = read_text_file(path, errors)
+        records = [_file_record(path)]
+    elif name.startswith(("dir:", "hf:")):
+        if name.startswith("dir:"):
+            documents, records = dir_documents(name[4:], errors)
+        else:
+            documents = hf_documents(name[3:])
+        if max_chars:
+            documents = _truncate(documents, max_chars)
+        text = "\n".join(documents)
     elif name == "pystdlib":
         text = pystdlib_text(max_chars or PYSTDLIB_DEFAULT_CHARS)
     elif name == "shakespeare":
@@ -111,4 +165,15 @@ def load_corpus(name: str, *, max_chars: int | None = None, cache: str | None = 
         text = text[:max_chars]
     if not text:
         raise DataError(f"data: corpus '{name}' is empty")
-    return Corpus(name=name, text=text, sha256=_digest(text))
+    digest = _digest(text) if documents is None else _digest("\x1e".join(documents))
+    return Corpus(name=name, text=text, sha256=digest, documents=documents, sources=records)
+
+
+def _truncate(documents: list[str], max_chars: int) -> list[str]:
+    out, total = [], 0
+    for d in documents:
+        if total >= max_chars:
+            break
+        out.append(d[: max_chars - total])
+        total += len(out[-1])
+    return out

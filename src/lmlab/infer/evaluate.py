@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.data.datasets import RandomWindowLoader, prepare_tokens
-from lmlab.data.sources import cache_dir, load_corpus
+from lmlab.data.datasets import RandomWindowLoader, prepare_data
 from lmlab.infer.load import load_run
 from lmlab.utils.hardware import resolve_device
 
@@ -26,8 +25,7 @@ def evaluate_run(path: str | Path, *, iters: int = 50, batch_size: int | None = 
         result = evaluate_seq2seq(loaded, batch_size=batch_size or cfg.train.batch_size)
         (loaded.run.eval / "eval.json").write_text(json.dumps(result, indent=2))
         return result
-    corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
-    splits = prepare_tokens(corpus, loaded.tokenizer, cache_dir(cfg.data.cache_dir), cfg.data.val_fraction)
+    _, _, splits = prepare_data(cfg.data, loaded.tokenizer)
     loader = RandomWindowLoader(splits.val, batch_size or cfg.train.batch_size, cfg.seq_len, seed=0)
     losses = []
     for _ in range(iters):
@@ -39,6 +37,8 @@ def evaluate_run(path: str | Path, *, iters: int = 50, batch_size: int | None = 
         "weights": str(loaded.weights),
         "val_loss": loss,
         "bits_per_token": loss / math.log(2),
+        # Comparable across tokenizers: the same text's information per character.
+        "bits_per_char": loss / math.log(2) * splits.meta["n_val"] / splits.meta["val_chars"],
         "perplexity": math.exp(loss),
         "batches": iters,
     }

@@ -13,13 +13,11 @@ import numpy as np
 import torch
 
 from lmlab.config import RunConfig
-from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, prepare_tokens
-from lmlab.data.sources import cache_dir, load_corpus
+from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
 from lmlab.errors import CheckpointError
 from lmlab.model.cost import params_by_component
 from lmlab.model.transformer import build_model
-from lmlab.registry import TOKENIZER
 from lmlab.track.aim import AimTracker
 from lmlab.track.jsonl import JSONLLogger
 from lmlab.track.run_dir import RunDir
@@ -101,19 +99,18 @@ class _Task:
 
 def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     tc = cfg.train
-    corpus = load_corpus(cfg.data.name, max_chars=cfg.data.max_chars, cache=cfg.data.cache_dir)
-    tokenizer = (
-        load_tokenizer(run.tokenizer) if run is not None else TOKENIZER.get(cfg.data.tokenizer).train(corpus.text)
-    )
+    _corpus, tokenizer, splits = prepare_data(cfg.data, load_tokenizer(run.tokenizer) if run is not None else None)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size})})
-    splits = prepare_tokens(corpus, tokenizer, cache_dir(cfg.data.cache_dir), cfg.data.val_fraction)
     seq_len = cfg.seq_len
 
     def loaders(rank: int, world: int) -> tuple:
         if cfg.data.sampling == "sequential":
             train = SequentialLoader(splits.train, tc.batch_size, seq_len, rank=rank, world=world)
         else:
-            train = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world)
+            starts = document_starts(splits.train, tokenizer) if cfg.data.align_bos else None
+            train = RandomWindowLoader(
+                splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world, starts=starts
+            )
         val = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1, rank=rank, world=world)
         return train, val
 

@@ -51,3 +51,14 @@ def load_tokenizer(path: str | Path) -> BaseTokenizer:
         raise CheckpointError(f"tokenizer: {path} is missing")
     data = json.loads(path.read_text())
     return TOKENIZER.get(data.pop("name")).from_dict(data)
+
+
+def build_tokenizer(spec: str, text: str, *, vocab_size: int | None = None) -> BaseTokenizer:
+    """The tokenizer `data.tokenizer` names, trained on `text` where it learns (`bpe`, `char`, `word`).
+
+    `NAME:ARG` passes ARG as the source: `hf:./dir`, `hf:gpt2`, `tiktoken:gpt2`.
+    """
+    from lmlab.registry import TOKENIZER
+
+    name, _, arg = spec.partition(":")
+    return TOKENIZER.get(name).train(text, vocab_size=vocab_size, source=arg or None)

@@ -13,13 +13,15 @@ class CharTokenizer:
     """ids are positions in the sorted character set; unseen characters are an error naming them."""
 
     name = "char"
+    eos_id = None  # no separator id: documents are simply concatenated
+    bos_id = None
 
     def __init__(self, chars: list[str]) -> None:
         self.chars = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def train(cls, text: str) -> CharTokenizer:
+    def train(cls, text: str, **_: object) -> CharTokenizer:
         """The tokenizer whose vocabulary is the set of characters in `text`."""
         if not text:
             raise DataError("tokenizer: cannot build a character vocabulary from empty text")

@@ -19,12 +19,14 @@ class WordTokenizer:
     """Most frequent words first after the four specials."""
 
     name = "word"
+    eos_id = 2
+    bos_id = 1
 
     def __init__(self, vocab: Vocab) -> None:
         self.vocab = vocab
 
     @classmethod
-    def train(cls, text: str, min_freq: int = 1) -> WordTokenizer:
+    def train(cls, text: str, min_freq: int = 1, **_: object) -> WordTokenizer:
         """The vocabulary of every word in `text` seen at least `min_freq` times."""
         if not text.strip():
             raise DataError("tokenizer: cannot build a word vocabulary from empty text")
