@@ -60,3 +60,36 @@ def test_stop_tokens_end_generation():
     first = (free[0, 3:] == stop_id).nonzero()[0].item() + 3
     assert stopped.shape[1] == first + 1 and int(stopped[0, -1]) == stop_id
     assert torch.equal(stopped[0], free[0, : first + 1])
+
+
+def test_min_p_keeps_tokens_near_the_top():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = filter_logits(logits, min_p=0.3) > float("-inf")  # threshold 0.3 * 0.5 = 0.15
+    assert kept.tolist() == [[True, True, True, False]]
+
+
+def test_repetition_penalty_matches_the_ctrl_rule():
+    from lmlab.infer.generate import apply_repetition_penalty
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    out = apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]
+    model = build_model(tiny_cfg("llama"))
+    prompt = torch.randint(0, 61, (1, 4))
+    plain = generate(model, prompt, 40, temperature=0)[0, 4:].tolist()
+    penalised = generate(model, prompt, 40, temperature=0, repetition_penalty=5.0)[0, 4:].tolist()
+    assert len(set(penalised)) > len(set(plain))  # a strong penalty spreads the choices
+
+
+def test_logprobs_are_the_models_log_probabilities_and_streaming_matches():
+    from lmlab.infer.generate import iter_generate
+
+    torch.manual_seed(1)
+    model = build_model(tiny_cfg("gpt2")).eval()
+    prompt = torch.randint(0, 61, (2, 5))
+    ids, logprobs = generate(model, prompt, 6, temperature=0.9, seed=4, return_logprobs=True)
+    full = model(ids).logits.log_softmax(-1)
+    expected = full[:, 4:-1].gather(-1, ids[:, 5:, None])[..., 0]
+    torch.testing.assert_close(logprobs, expected, rtol=1e-4, atol=1e-5)
+    streamed = torch.cat([t for t, _ in iter_generate(model, prompt, 6, temperature=0.9, seed=4)], dim=1)
+    assert torch.equal(streamed, ids[:, 5:])

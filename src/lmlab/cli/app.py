@@ -212,6 +212,43 @@ def translate_cmd(
         click.echo(out)
 
 
+@cli.command("serve")
+@click.option("--run", "runs", multiple=True, help="run directory to serve (repeat for several models)")
+@click.option("--compare", nargs=2, default=None, help="RUN_A RUN_B: serve both and add POST /v1/compare")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option(
+    "--api-key-env",
+    default="LMLAB_API_KEY",
+    show_default=True,
+    help="env var holding the bearer token (unset: no auth)",
+)
+@click.option("--max-tokens", default=512, show_default=True, help="largest max_tokens a request may ask for")
+@click.option("--max-concurrent", default=64, show_default=True, help="requests in flight before 429")
+@click.option("--max-body-kb", default=1024, show_default=True, help="largest request body")
+@click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda")
+@user_errors
+def serve_cmd(runs, compare, host, port, api_key_env, max_tokens, max_concurrent, max_body_kb, device) -> None:
+    """Serve trained runs over an OpenAI-compatible HTTP API (extra [serve])."""
+    import os
+
+    from lmlab.errors import ConfigError
+    from lmlab.infer.load import load_run
+    from lmlab.serve.app import Limits, serve
+    from lmlab.utils.hardware import resolve_device
+
+    paths = list(runs) + list(compare or [])
+    if not paths:
+        raise ConfigError("serve: give --run DIR (or --compare RUN_A RUN_B)")
+    dev = resolve_device(device)
+    loaded = {}
+    for p in paths:
+        name = Path(p).name
+        loaded[name if name not in loaded else f"{name}-{len(loaded)}"] = load_run(p, device=dev)
+    limits = Limits(max_tokens=max_tokens, max_body_bytes=max_body_kb * 1024, max_concurrent=max_concurrent)
+    serve(loaded, host=host, port=port, limits=limits, api_key=os.environ.get(api_key_env) or None)
+
+
 @cli.command("list")
 @click.argument("kind", required=False, type=click.Choice(["attn", "ffn", "norm", "pos", "embed", "presets"]))
 @user_errors

@@ -1,16 +1,20 @@
-"""Autoregressive sampling with a KV cache: temperature, top-k, top-p and stop tokens."""
+"""Autoregressive sampling with a KV cache: temperature, top-k, top-p, min-p, repetition penalty, stop tokens,
+per-token log-probabilities, and token-by-token streaming (`iter_generate`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 
-def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None) -> Tensor:
-    """Set to -inf every logit outside the top-k and outside the smallest set with mass >= top_p."""
+def filter_logits(
+    logits: Tensor, *, top_k: int | None = None, top_p: float | None = None, min_p: float | None = None
+) -> Tensor:
+    """Set to -inf every logit outside the top-k, outside the smallest set with mass >= top_p, and (min-p,
+    Nguyen et al. 2024) every token whose probability is below min_p times the most likely one's."""
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -21,7 +25,20 @@ def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | No
         drop_sorted = (cum - F.softmax(sorted_logits, dim=-1)) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
+    if min_p is not None and 0 < min_p <= 1:
+        probs = F.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, float("-inf"))
     return logits
+
+
+def apply_repetition_penalty(logits: Tensor, context: Tensor, penalty: float) -> Tensor:
+    """CTRL's penalty (Keskar et al. 2019): every token already in the context has its logit divided by
+    `penalty` if positive, multiplied if negative."""
+    if penalty == 1.0:
+        return logits
+    seen = torch.gather(logits, -1, context)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(-1, context, seen)
 
 
 def sample_next(
@@ -30,17 +47,18 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Next token ids (B, 1) from last-position logits (B, V); temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
+    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 
 @torch.no_grad()
-def generate(
+def iter_generate(
     model,
     input_ids: Tensor,
     max_new_tokens: int,
@@ -48,12 +66,15 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
     stop: Sequence[int] | None = None,
     use_cache: bool = True,
     seed: int | None = None,
-) -> Tensor:
-    """Extend input_ids (B, T) by up to max_new_tokens; a row that emits a stop id is padded with it.
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (next ids (B, 1), their log-probabilities (B,) under the model) one step at a time.
 
+    A row that emits a stop id keeps emitting it; iteration ends when every row has stopped.
     Past max_seq_len the context slides, so each step re-reads the last max_seq_len tokens; the
     cached and uncached paths give the same tokens in every case.
     """
@@ -66,21 +87,47 @@ def generate(
     stop_ids = torch.tensor(list(stop or []), device=input_ids.device, dtype=input_ids.dtype)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     ids, cache = input_ids, None
-    for _ in range(max_new_tokens):
-        if use_cache and ids.shape[1] <= max_len:
-            if cache is None:
-                cache = model.new_cache(ids.shape[0], max_len)
-                logits = model(ids, cache=cache, last_only=True).logits
+    try:
+        for _ in range(max_new_tokens):
+            if use_cache and ids.shape[1] <= max_len:
+                if cache is None:
+                    cache = model.new_cache(ids.shape[0], max_len)
+                    logits = model(ids, cache=cache, last_only=True).logits
+                else:
+                    logits = model(ids[:, -1:], cache=cache, last_only=True).logits
             else:
-                logits = model(ids[:, -1:], cache=cache, last_only=True).logits
-        else:
-            logits = model(ids[:, -max_len:], last_only=True).logits
-        nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-        if len(stop_ids):
-            nxt = torch.where(done[:, None], stop_ids[0], nxt)
-            done |= torch.isin(nxt[:, 0], stop_ids)
-        ids = torch.cat([ids, nxt], dim=1)
-        if len(stop_ids) and bool(done.all()):
-            break
-    model.train(was_training)
+                logits = model(ids[:, -max_len:], last_only=True).logits
+            last = logits[:, -1].float()
+            logp = last.log_softmax(-1)
+            last = apply_repetition_penalty(last, ids, repetition_penalty)
+            nxt = sample_next(last, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator)
+            if len(stop_ids):
+                nxt = torch.where(done[:, None], stop_ids[0], nxt)
+                done |= torch.isin(nxt[:, 0], stop_ids)
+            ids = torch.cat([ids, nxt], dim=1)
+            yield nxt, logp.gather(-1, nxt)[:, 0]
+            if len(stop_ids) and bool(done.all()):
+                break
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    *,
+    return_logprobs: bool = False,
+    **options,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Extend input_ids (B, T) by up to max_new_tokens (options as `iter_generate`); with `return_logprobs`,
+    also the (B, new) log-probabilities of the chosen tokens."""
+    steps = list(iter_generate(model, input_ids, max_new_tokens, **options))
+    if not steps:
+        empty = input_ids.new_zeros(input_ids.shape[0], 0)
+        return (input_ids, empty.float()) if return_logprobs else input_ids
+    ids = torch.cat([input_ids, *(t for t, _ in steps)], dim=1)
+    if return_logprobs:
+        return ids, torch.stack([lp for _, lp in steps], dim=1)
     return ids

@@ -1,0 +1,1 @@
+"""HTTP serving of trained runs: an OpenAI-compatible FastAPI app (`lmlab serve`)."""

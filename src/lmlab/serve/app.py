@@ -1,0 +1,396 @@
+"""OpenAI-compatible completions and chat over HTTP for one or more trained runs.
+
+Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions` (streaming as server-sent
+events, `logprobs`), `POST /v1/chat/completions` (a plain "role: content" template), and with
+two runs `POST /v1/compare` (both models, same prompt and seed). Requests are served
+concurrently: every decoding step takes the model's lock for one token, so requests interleave
+token by token (a fair queue). Limits: body size, prompt length (the context), `max_tokens` and
+concurrent requests, each a 4xx in OpenAI's error format. Bearer auth when `api_key` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, Field, ValidationError
+
+from lmlab.errors import require
+
+try:  # FastAPI resolves handler annotations by name in this module's globals
+    from fastapi import Request
+except ImportError:  # the [serve] extra is missing: create_app says so through `require`
+    Request = None
+
+
+@dataclass
+class Limits:
+    """What one request may ask for."""
+
+    max_tokens: int = 512
+    max_body_bytes: int = 1 << 20
+    max_concurrent: int = 64
+
+
+@dataclass
+class Served:
+    """A loaded run under a model name, with the lock that serialises its decoding steps."""
+
+    name: str
+    loaded: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class CompletionRequest(BaseModel):
+    """The subset of OpenAI's completion request lmlab honours (plus top_k, min_p, repetition_penalty)."""
+
+    model: str | None = None
+    prompt: str
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    n: Literal[1] = 1
+    user: str | None = None
+
+
+class ChatMessage(BaseModel):
+    """One chat turn."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(CompletionRequest):
+    """Chat: messages instead of a prompt."""
+
+    prompt: str = ""
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """The plain template: one "role: content" line per turn, then "assistant:" to continue."""
+    return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's format with an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def _stop_list(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+class Decoder:
+    """Streams text for one request: tokens in, new text out, holding back partial characters and stop strings."""
+
+    def __init__(self, tokenizer, stops: list[str]) -> None:
+        self.tok, self.stops, self.ids, self.sent, self.stopped = tokenizer, stops, [], "", False
+
+    def push(self, token: int) -> str:
+        """Add a token; return the text that is now safe to send."""
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        for s in self.stops:
+            if s and s in text:
+                text, self.stopped = text[: text.index(s)], True
+        if not self.stopped:
+            if text.endswith("\ufffd"):
+                return ""  # a multi-byte character is not complete yet
+            hold = max((len(s) - 1 for s in self.stops if s), default=0)
+            safe = len(text)
+            for k in range(hold, 0, -1):  # keep back a tail that could still become a stop string
+                if any(s.startswith(text[-k:]) for s in self.stops):
+                    safe = len(text) - k
+                    break
+            text = text[:safe]
+        new, self.sent = text[len(self.sent) :], text if len(text) >= len(self.sent) else self.sent
+        return new
+
+    def flush(self) -> str:
+        """Whatever was held back, at the end of generation."""
+        text = self.tok.decode(self.ids)
+        for s in self.stops:
+            if s and s in text:
+                text = text[: text.index(s)]
+        new, self.sent = text[len(self.sent) :], text
+        return new
+
+
+def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: str | None = None):
+    """The FastAPI app serving `runs` ({model name: LoadedRun})."""
+    fastapi = require("fastapi", "serve")
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+
+    limits = limits or Limits()
+    served = {name: Served(name, loaded) for name, loaded in runs.items()}
+    state = {"active": 0}
+    app = fastapi.FastAPI(title="lmlab", version="1")
+
+    def error(exc: APIError) -> JSONResponse:
+        body = {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": None}}
+        return JSONResponse(body, status_code=exc.status)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_, exc: APIError):
+        return error(exc)
+
+    @app.middleware("http")
+    async def guard(request, call_next):
+        wrong_key = request.headers.get("authorization", "") != f"Bearer {api_key}"
+        if api_key and request.url.path.startswith("/v1") and wrong_key:
+            message = "missing or wrong API key (Authorization: Bearer ...)"
+            return error(APIError(401, message, kind="authentication_error"))
+        length = request.headers.get("content-length")
+        if length and int(length) > limits.max_body_bytes:
+            return error(APIError(413, f"request body of {length} bytes exceeds {limits.max_body_bytes}"))
+        return await call_next(request)
+
+    async def parse(request, cls: type[BaseModel]) -> BaseModel:
+        raw = await request.body()
+        if len(raw) > limits.max_body_bytes:
+            raise APIError(413, f"request body of {len(raw)} bytes exceeds {limits.max_body_bytes}")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise APIError(400, f"request body is not UTF-8 (byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise APIError(400, f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"])
+            raise APIError(400, f"{param}: {first['msg']}", param=param) from None
+
+    def pick(req: CompletionRequest) -> Served:
+        if req.model is None and len(served) == 1:
+            return next(iter(served.values()))
+        if req.model not in served:
+            raise APIError(
+                404,
+                f"model '{req.model}' is not served; available: {', '.join(served)}",
+                param="model",
+                kind="not_found_error",
+            )
+        return served[req.model]
+
+    def encode(s: Served, prompt: str, max_tokens: int) -> torch.Tensor:
+        if max_tokens > limits.max_tokens:
+            raise APIError(
+                400, f"max_tokens: {max_tokens} exceeds the limit of {limits.max_tokens}", param="max_tokens"
+            )
+        try:
+            ids = s.loaded.tokenizer.encode(prompt)
+        except Exception as exc:
+            raise APIError(400, f"prompt: cannot be encoded by this model's tokenizer: {exc}", param="prompt") from None
+        context = s.loaded.config.model.max_seq_len
+        if len(ids) > context:
+            raise APIError(400, f"prompt: {len(ids)} tokens exceeds the context of {context}", param="prompt")
+        if not ids:
+            raise APIError(400, "prompt: empty prompt", param="prompt")
+        return torch.tensor([ids])
+
+    async def tokens(s: Served, ids: torch.Tensor, req: CompletionRequest) -> AsyncIterator[tuple[int, float]]:
+        """Decode token by token, taking the model lock per step so concurrent requests interleave."""
+        from lmlab.infer.generate import iter_generate
+
+        options = {
+            "temperature": req.temperature,
+            "top_k": req.top_k,
+            "top_p": req.top_p if req.top_p < 1 else None,
+            "min_p": req.min_p,
+            "repetition_penalty": req.repetition_penalty,
+            "seed": req.seed,
+        }
+        it = iter_generate(s.loaded.model, ids.to(next(s.loaded.model.parameters()).device), req.max_tokens, **options)
+
+        def step():
+            with s.lock:
+                return next(it, None)
+
+        while True:
+            out = await run_in_threadpool(step)
+            if out is None:
+                return
+            tok, lp = out
+            yield int(tok[0, 0]), float(lp[0])
+
+    async def complete(s: Served, prompt: str, req: CompletionRequest) -> tuple[str, list, str]:
+        ids = encode(s, prompt, req.max_tokens)
+        dec = Decoder(s.loaded.tokenizer, _stop_list(req.stop))
+        text, logprobs, finish = "", [], "length"
+        async for tok, lp in tokens(s, ids, req):
+            text += dec.push(tok)
+            logprobs.append(lp)
+            if dec.stopped:
+                finish = "stop"
+                break
+        if not dec.stopped:
+            text += dec.flush()
+        return text, logprobs, finish
+
+    class Slot:
+        async def __aenter__(self):
+            if state["active"] >= limits.max_concurrent:
+                raise APIError(
+                    429,
+                    f"too many concurrent requests (limit {limits.max_concurrent}); retry later",
+                    kind="rate_limit_error",
+                )
+            state["active"] += 1
+
+        async def __aexit__(self, *exc):
+            state["active"] -= 1
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": list(served), "active_requests": state["active"]}
+
+    @app.get("/v1/models")
+    async def models():
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": n,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "lmlab",
+                    "arch": s.loaded.config.model.arch_name(),
+                }
+                for n, s in served.items()
+            ],
+        }
+
+    def sse(obj: dict) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    async def run_completion(request, chat: bool):
+        req = await parse(request, ChatRequest if chat else CompletionRequest)
+        s = pick(req)
+        prompt = chat_prompt(req.messages) if chat else req.prompt
+        if chat:
+            req.stop = [*_stop_list(req.stop), "\nuser:", "\nsystem:"]
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        obj = "chat.completion" if chat else "text_completion"
+        if not req.stream:
+            async with Slot():
+                text, logprobs, finish = await complete(s, prompt, req)
+            usage = {"prompt_tokens": len(s.loaded.tokenizer.encode(prompt)), "completion_tokens": len(logprobs)}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            if chat:
+                choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            else:
+                lp = {"token_logprobs": logprobs} if req.logprobs is not None else None
+                choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
+            return {"id": rid, "object": obj, "created": created, "model": s.name, "choices": [choice], "usage": usage}
+        ids = encode(s, prompt, req.max_tokens)  # errors before the stream opens are plain 4xx
+        slot = Slot()
+        await slot.__aenter__()
+
+        async def events():
+            try:
+                dec = Decoder(s.loaded.tokenizer, _stop_list(req.stop))
+                finish = "length"
+                chunk_obj = "chat.completion.chunk" if chat else "text_completion"
+                async for tok, lp in tokens(s, ids, req):
+                    piece = dec.push(tok)
+                    if piece:
+                        yield sse(
+                            _chunk(
+                                rid,
+                                chunk_obj,
+                                created,
+                                s.name,
+                                piece,
+                                None,
+                                chat,
+                                lp if req.logprobs is not None else None,
+                            )
+                        )
+                    if dec.stopped:
+                        finish = "stop"
+                        break
+                if not dec.stopped and (rest := dec.flush()):
+                    yield sse(_chunk(rid, chunk_obj, created, s.name, rest, None, chat, None))
+                yield sse(_chunk(rid, chunk_obj, created, s.name, "", finish, chat, None))
+                yield "data: [DONE]\n\n"
+            finally:
+                await slot.__aexit__()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await run_completion(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await run_completion(request, chat=True)
+
+    if len(served) == 2:
+
+        @app.post("/v1/compare")
+        async def compare(request: Request):
+            req = await parse(request, CompletionRequest)
+            if req.seed is None:
+                req.seed = 0  # the point of an A/B is the same randomness on both sides
+            out = {}
+            async with Slot():
+                for name, s in served.items():
+                    text, logprobs, finish = await complete(s, req.prompt, req)
+                    out[name] = {
+                        "text": text,
+                        "finish_reason": finish,
+                        "mean_logprob": sum(logprobs) / max(1, len(logprobs)),
+                    }
+            return {"prompt": req.prompt, "seed": req.seed, "results": out}
+
+    return app
+
+
+def _chunk(rid, obj, created, model, text, finish, chat, logprob) -> dict:
+    if chat:
+        choice = {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
+    else:
+        lp = {"token_logprobs": [logprob]} if logprob is not None else None
+        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+
+
+def serve(
+    runs: dict[str, Any],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    api_key: str | None = None,
+) -> None:
+    """Run the app under uvicorn; SIGINT/SIGTERM stop accepting and let in-flight requests finish (30 s)."""
+    uvicorn = require("uvicorn", "serve")
+    uvicorn.run(
+        create_app(runs, limits=limits, api_key=api_key),
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=30,
+        log_level="info",
+    )

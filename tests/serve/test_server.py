@@ -1,0 +1,129 @@
+"""The OpenAI-compatible server, driven by the official `openai` client and raw HTTP on 127.0.0.1."""
+
+import concurrent.futures
+import socket
+import threading
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lmlab.cli.app import cli
+from lmlab.infer.load import load_run
+from lmlab.track.run_dir import RunDir
+from tests.helpers import small_train_args
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from lmlab.serve.app import Limits, create_app
+
+    root = tmp_path_factory.mktemp("serve")
+    corpus = root / "corpus.txt"
+    corpus.write_text("user: the quick brown fox\nassistant: jumps over the lazy dog.\n" * 200)
+    args = ["train", *small_train_args(corpus, layers=1, max_steps=20, batch=4, save_dir=root / "runs")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    loaded = load_run(RunDir.latest(root / "runs").path)
+    app = create_app(
+        {"tiny": loaded}, limits=Limits(max_tokens=64, max_body_bytes=4096, max_concurrent=16), api_key=KEY
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", loaded
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_openai_client_completes_and_streams(server):
+    url, loaded = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    out = client.completions.create(model="tiny", prompt="the quick", max_tokens=12, temperature=0.8, seed=5)
+    ids = torch.tensor([loaded.tokenizer.encode("the quick")])
+    expected = loaded.model.generate(ids, 12, temperature=0.8, seed=5)[0, ids.shape[1] :].tolist()
+    assert out.choices[0].text == loaded.tokenizer.decode(expected)  # the same sampler as `lmlab generate`
+    assert out.usage.completion_tokens == 12 and out.choices[0].finish_reason == "length"
+    pieces = list(
+        client.completions.create(model="tiny", prompt="the quick", max_tokens=12, temperature=0.8, seed=5, stream=True)
+    )
+    assert "".join(p.choices[0].text for p in pieces) == out.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "length"
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "the"}], max_tokens=8)
+    assert chat.choices[0].message.role == "assistant" and isinstance(chat.choices[0].message.content, str)
+
+
+def test_logprobs_and_stop_strings(server):
+    url, _loaded = server
+    r = httpx.post(
+        f"{url}/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"prompt": "the lazy", "max_tokens": 10, "temperature": 0, "logprobs": 1},
+    )
+    body = r.json()
+    lps = body["choices"][0]["logprobs"]["token_logprobs"]
+    assert r.status_code == 200 and len(lps) == 10 and all(lp <= 0 for lp in lps)
+    text = body["choices"][0]["text"]
+    stop = text[3:5]
+    r = httpx.post(
+        f"{url}/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"prompt": "the lazy", "max_tokens": 10, "temperature": 0, "stop": stop},
+    )
+    assert (
+        r.json()["choices"][0]["text"] == text[: text.index(stop)] and r.json()["choices"][0]["finish_reason"] == "stop"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "needle"),
+    [
+        (b"{not json", {}, 400, "not valid JSON"),
+        (b'{"prompt": 5}', {}, 400, "prompt"),
+        (b'{"prompt": "the", "max_tokens": -3}', {}, 400, "max_tokens"),
+        (b'{"prompt": "the", "max_tokens": 100000}', {}, 400, "exceeds the limit of 64"),
+        (b'{"prompt": "' + b"the " * 200 + b'"}', {}, 400, "exceeds the context"),
+        (b'{"prompt": "\xff\xfe"}', {}, 400, "not UTF-8"),
+        (b'{"prompt": "the", "model": "nope"}', {}, 404, "available: tiny"),
+        (b'{"prompt": "' + b"a" * 5000 + b'"}', {}, 413, "exceeds 4096"),
+        (b'{"prompt": "the"}', {"Authorization": "Bearer wrong"}, 401, "API key"),
+        (b'{"prompt": "the"}', {"Authorization": None}, 401, "API key"),
+    ],
+)
+def test_bad_requests_get_the_right_4xx_and_the_server_keeps_serving(server, content, headers, status, needle):
+    url, _ = server
+    h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    h.update(headers)
+    h = {k: v for k, v in h.items() if v is not None}
+    r = httpx.post(f"{url}/v1/completions", content=content, headers=h)
+    assert r.status_code == status and needle in r.json()["error"]["message"], r.text
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+def test_concurrent_streams_all_complete(server):
+    url, _ = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY)
+
+    def one(i):
+        stream = client.completions.create(model="tiny", prompt="the", max_tokens=16, seed=i, stream=True)
+        return "".join(p.choices[0].text for p in stream)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(one, range(8)))
+    assert len(outs) == 8 and all(isinstance(o, str) and o for o in outs)
