@@ -106,6 +106,9 @@ def eval_cmd(run: str, iters: int, batch: int | None, device: str) -> None:
 @click.option("--top-p", type=float, default=None, help="nucleus sampling mass")
 @click.option("--num-samples", default=1, show_default=True, help="independent samples")
 @click.option("--seed", default=0, show_default=True, help="sampling seed")
+@click.option("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="CTRL penalty on seen tokens")
+@click.option("--stream", is_flag=True, help="print tokens as they are generated")
 @click.option("--no-cache", is_flag=True, help="recompute the full context each step")
 @click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda")
 @user_errors
@@ -118,31 +121,38 @@ def generate_cmd(
     top_p: float | None,
     num_samples: int,
     seed: int,
+    min_p: float | None,
+    repetition_penalty: float,
+    stream: bool,
     no_cache: bool,
     device: str,
 ) -> None:
     """Sample continuations of a prompt from a trained run."""
     import torch
 
+    from lmlab.infer.generate import iter_generate
     from lmlab.infer.load import load_run
+    from lmlab.serve.app import Decoder
     from lmlab.utils.hardware import resolve_device
 
     dev = resolve_device(device)
     loaded = load_run(run, device=dev)
     ids = torch.tensor([loaded.tokenizer.encode(prompt)], device=dev)
+    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
+    options |= {"repetition_penalty": repetition_penalty, "use_cache": not no_cache}
     for i in range(num_samples):
-        out = loaded.model.generate(
-            ids,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed + i,
-            use_cache=not no_cache,
-        )
         if num_samples > 1:
             click.echo(f"--- sample {i + 1} ---")
-        click.echo(loaded.tokenizer.decode(out[0].tolist()))
+        click.echo(prompt, nl=False)
+        dec = Decoder(loaded.tokenizer, [])
+        text = ""
+        for tok, _ in iter_generate(loaded.model, ids, max_new_tokens, seed=seed + i, **options):
+            piece = dec.push(int(tok[0, 0]))
+            if stream:
+                click.echo(piece, nl=False)
+            text += piece
+        rest = dec.flush()
+        click.echo(rest if stream else text + rest)
 
 
 @user_errors
@@ -247,6 +257,19 @@ def serve_cmd(runs, compare, host, port, api_key_env, max_tokens, max_concurrent
         loaded[name if name not in loaded else f"{name}-{len(loaded)}"] = load_run(p, device=dev)
     limits = Limits(max_tokens=max_tokens, max_body_bytes=max_body_kb * 1024, max_concurrent=max_concurrent)
     serve(loaded, host=host, port=port, limits=limits, api_key=os.environ.get(api_key_env) or None)
+
+
+@cli.command("export")
+@click.option("--run", "run", required=True, help="run directory")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "hf"]), default="hf", show_default=True)
+@click.option("--out", default=None, help="output directory (default RUN/artifacts/export_FORMAT)")
+@user_errors
+def export_cmd(run: str, fmt: str, out: str | None) -> None:
+    """Export a run's weights; `hf` is loadable by transformers.AutoModelForCausalLM and parity-checked."""
+    from lmlab.export.run import export_run
+
+    report = export_run(run, fmt, out)
+    click.echo(f"exported {report['out']} ({fmt}); logit parity max |diff| {report['max_abs_logit_diff']:.2e}")
 
 
 @cli.command("list")

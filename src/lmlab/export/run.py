@@ -1,0 +1,86 @@
+"""`lmlab export`: a run's final weights as safetensors, or as a transformers directory, each verified by logits.
+
+`hf` writes what `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads (GPT-2 or Llama
+layouts), then loads it back in a separate Python process in which `import lmlab` fails, runs
+the same input through it and through lmlab, and reports the largest logit difference; the
+export only counts as done when that is within `atol`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmlab.errors import CheckpointError
+from lmlab.infer.load import load_run
+from lmlab.trainer.checkpoint import read_weights, write_weights
+
+_HF_CHECK = """
+import sys
+sys.modules["lmlab"] = None  # prove the export stands alone
+import numpy as np, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+ids = torch.from_numpy(np.load(sys.argv[2]))
+with torch.no_grad():
+    np.save(sys.argv[3], model(ids).logits.float().numpy())
+"""
+
+
+def _probe(vocab: int, context: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, min(context, 32)), generator=torch.Generator().manual_seed(0))
+
+
+def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: float = 1e-4) -> dict:
+    """Export `run` as `fmt` (safetensors | hf) into `out` (default RUN/artifacts/export_FMT); returns the parity report."""
+    if fmt not in ("safetensors", "hf"):
+        raise CheckpointError(f"export --format: '{fmt}'; allowed: safetensors, hf")
+    loaded = load_run(run)
+    model, cfg = loaded.model.float().eval(), loaded.config.model
+    out = Path(out) if out else loaded.run.path / "artifacts" / f"export_{fmt}"
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ids = _probe(cfg.vocab_size, cfg.max_seq_len)
+    with torch.no_grad():
+        ours = model(ids).logits.float().numpy()
+    if fmt == "safetensors":
+        write_weights(tmp / "model.safetensors", model.state_dict())
+        (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        shutil.copy(loaded.run.tokenizer, tmp / "tokenizer.json")
+        from lmlab.model.transformer import build_model
+        from lmlab.trainer.checkpoint import load_weights
+
+        again = build_model(cfg).eval()
+        load_weights(again, read_weights(tmp / "model.safetensors"), tmp)
+        with torch.no_grad():
+            theirs = again(ids).logits.float().numpy()
+    else:
+        from lmlab.export.hf import to_hf
+
+        to_hf(model).save_pretrained(tmp, safe_serialization=True)
+        shutil.copy(loaded.run.tokenizer, tmp / "lmlab_tokenizer.json")
+        np.save(tmp / "probe_ids.npy", ids.numpy())
+        proc = subprocess.run(
+            [sys.executable, "-c", _HF_CHECK, str(tmp), str(tmp / "probe_ids.npy"), str(tmp / "probe_logits.npy")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode:
+            raise CheckpointError(f"export: transformers could not load {tmp}: {proc.stderr.strip().splitlines()[-1]}")
+        theirs = np.load(tmp / "probe_logits.npy")
+        for f in ("probe_ids.npy", "probe_logits.npy"):
+            (tmp / f).unlink()
+    diff = float(np.abs(theirs - ours).max())
+    if not diff <= atol:
+        raise CheckpointError(f"export: logits differ by {diff:.2e} (> {atol:g}); {tmp} kept for inspection")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {"format": fmt, "out": str(out), "max_abs_logit_diff": diff, "probe_shape": list(ids.shape)}

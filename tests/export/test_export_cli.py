@@ -1,0 +1,48 @@
+"""`lmlab export` (safetensors and transformers, parity-checked) and `lmlab generate --stream`."""
+
+import pytest
+from click.testing import CliRunner
+
+from lmlab.cli.app import cli
+from lmlab.track.run_dir import RunDir
+from tests.helpers import small_train_args
+
+pytest.importorskip("transformers")
+
+
+def _run(tmp_path, corpus_file, *extra):
+    args = ["train", *small_train_args(corpus_file, layers=2, max_steps=4, batch=4, save_dir=tmp_path / "runs"), *extra]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return RunDir.latest(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_hf_export_loads_in_transformers_without_lmlab(tmp_path, corpus_file, preset):
+    run = _run(tmp_path, corpus_file, "--preset", preset, "--heads", "2")
+    result = CliRunner().invoke(
+        cli, ["export", "--run", str(run.path), "--format", "hf", "--out", str(tmp_path / "hf")]
+    )
+    assert result.exit_code == 0, result.output
+    diff = float(result.output.split("max |diff|")[1])
+    assert diff <= 1e-4
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
+    assert not (tmp_path / "hf.partial").exists()
+
+
+def test_safetensors_export_and_unmappable_architecture(tmp_path, corpus_file):
+    run = _run(tmp_path, corpus_file, "--attn", "mla")
+    ok = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "safetensors"])
+    assert ok.exit_code == 0 and "max |diff| 0.00e+00" in ok.output, ok.output
+    assert (run.path / "artifacts" / "export_safetensors" / "tokenizer.json").is_file()
+    bad = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "hf"])
+    assert bad.exit_code == 2 and "has no transformers family" in bad.output
+
+
+def test_generate_stream_prints_the_same_text(tmp_path, corpus_file):
+    run = _run(tmp_path, corpus_file)
+    base = ["generate", "--run", str(run.path), "--prompt", "the ", "--max-new-tokens", "20", "--temperature", "0.8"]
+    plain = CliRunner().invoke(cli, base)
+    streamed = CliRunner().invoke(cli, [*base, "--stream"])
+    assert plain.exit_code == 0 and streamed.exit_code == 0
+    assert plain.output == streamed.output and plain.output.startswith("the ")
