@@ -337,6 +337,10 @@ class TrainConfig(Section):
     save_dir: str = "runs"
     run_tag: str = ""
     resume: str | None = Field(None, description="auto | a run directory | a checkpoint directory")
+    init_from: str | None = Field(
+        None,
+        description="fine-tune: start from this run's weights, architecture and tokenizer (e.g. from lmlab import)",
+    )
     distributed: Literal["auto", "none", "ddp", "fsdp"] = Field(
         "auto", description="data parallelism under torchrun; auto = ddp with several processes"
     )

@@ -272,6 +272,18 @@ def export_cmd(run: str, fmt: str, out: str | None) -> None:
     click.echo(f"exported {report['out']} ({fmt}); logit parity max |diff| {report['max_abs_logit_diff']:.2e}")
 
 
+@cli.command("import")
+@click.option("--hf", "hf_dir", required=True, help="local transformers GPT-2 or Llama checkpoint directory")
+@click.option("--save-dir", default="runs", show_default=True)
+@click.option("--run-tag", default="imported", show_default=True)
+@user_errors
+def import_cmd(hf_dir: str, save_dir: str, run_tag: str) -> None:
+    """Turn a local transformers checkpoint into a run directory (fine-tune with --train.init_from RUN)."""
+    from lmlab.export.run import import_hf
+
+    click.echo(f"imported {hf_dir} -> {import_hf(hf_dir, save_dir, run_tag)}")
+
+
 @cli.command("list")
 @click.argument("kind", required=False, type=click.Choice(["attn", "ffn", "norm", "pos", "embed", "presets"]))
 @user_errors

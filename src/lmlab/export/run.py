@@ -84,3 +84,37 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return {"format": fmt, "out": str(out), "max_abs_logit_diff": diff, "probe_shape": list(ids.shape)}
+
+
+def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "imported") -> Path:
+    """A run directory holding a local transformers GPT-2 or Llama checkpoint (weights, config, tokenizer).
+
+    Fine-tune it with `lmlab train --train.init_from RUN --data ...`; generate, eval and serve read it as is.
+    """
+    from lmlab.config import RunConfig
+    from lmlab.data.tokenizers.base import build_tokenizer, save_tokenizer
+    from lmlab.errors import require
+    from lmlab.export.hf import from_hf
+    from lmlab.model.cost import params_by_component
+    from lmlab.track.run_dir import RunDir
+
+    transformers = require("transformers", "hf")
+    directory = Path(directory).expanduser()
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"import: {directory} is not a transformers checkpoint (missing config.json)")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).eval()
+    model = from_hf(hf_model).float()
+    tokenizer = build_tokenizer(f"hf:{directory}", "")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"import: the tokenizer in {directory} has {tokenizer.vocab_size} ids but the model {model.config.vocab_size}"
+        )
+    cfg = RunConfig.model_validate({"model": model.config.model_dump(), "data": {"tokenizer": f"hf:{directory}"}})
+    run = RunDir.create(save_dir, tag)
+    save_tokenizer(tokenizer, run.tokenizer)
+    write_weights(run.export / "model.safetensors", model.state_dict())
+    (run.export / "config.json").write_text(json.dumps(cfg.model.model_dump(mode="json"), indent=2))
+    parts = params_by_component(cfg.model)
+    source = {"imported_from": str(directory), "family": hf_model.config.model_type}
+    run.write_meta(cfg, {"data.json": source, "params.json": {"total": sum(parts.values()), "by_component": parts}})
+    return run.path

@@ -99,7 +99,8 @@ class _Task:
 
 def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     tc = cfg.train
-    _corpus, tokenizer, splits = prepare_data(cfg.data, load_tokenizer(run.tokenizer) if run is not None else None)
+    source = run or (RunDir.open(cfg.train.init_from) if cfg.train.init_from else None)
+    _corpus, tokenizer, splits = prepare_data(cfg.data, load_tokenizer(source.tokenizer) if source else None)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size})})
     seq_len = cfg.seq_len
 
@@ -161,6 +162,27 @@ def _seq2seq_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     return _Task(cfg, data.meta, summary, save, loaders, sample, seq2seq_loss)
 
 
+def _init_weights_from(model: torch.nn.Module, model_cfg, path: str) -> None:
+    """Load another run's final weights (fine-tuning); its architecture must be this one's."""
+    from lmlab.trainer import checkpoint as ckpt
+
+    source = RunDir.open(path)
+    theirs = source.config().model.model_dump()
+    ours = model_cfg.model_dump()
+    diff = [f"{k} ({theirs[k]!r} there, {ours[k]!r} here)" for k in ours if k != "dropout" and theirs.get(k) != ours[k]]
+    if diff:
+        raise CheckpointError(
+            f"train.init_from: {source.path} has a different architecture: model." + ", model.".join(diff)
+        )
+    weights = source.export / "model.safetensors"
+    if not weights.is_file():
+        latest = ckpt.latest_valid(source.checkpoints)
+        if latest is None:
+            raise CheckpointError(f"train.init_from: {source.path} has no weights (no export, no checkpoint)")
+        weights = latest / "model.safetensors"
+    ckpt.load_weights(model, ckpt.read_weights(weights), weights)
+
+
 def _param_counts(model_cfg) -> dict:
     if model_cfg.arch == "seq2seq":
         with torch.device("meta"):
@@ -176,6 +198,13 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     main = dist.is_main()
     seed_everything(tc.seed)  # identical on every rank: FSDP shards each rank's own initialisation
     run = _resume_target(cfg)
+    if run is None and tc.init_from:
+        # Fine-tuning continues the source's architecture and tokenizer; only dropout is this run's own.
+        source = RunDir.open(tc.init_from).config()
+        model = source.model.model_copy(update={"dropout": cfg.model.dropout})
+        cfg = cfg.model_copy(
+            update={"model": model, "data": cfg.data.model_copy(update={"tokenizer": source.data.tokenizer})}
+        )
     saved = run.config() if run is not None else None
     task = _seq2seq_task(cfg, run) if cfg.model.arch == "seq2seq" else _lm_task(cfg, run)
     cfg, model_cfg = task.cfg, task.cfg.model
@@ -192,6 +221,8 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         resume = tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
 
     model = build_model(model_cfg)
+    if tc.init_from and resume is None:
+        _init_weights_from(model, model_cfg, tc.init_from)
     seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
     optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
     train_loader, val_loader = task.loaders(dist.get_rank(), dist.get_world_size())
