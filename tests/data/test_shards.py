@@ -127,7 +127,8 @@ def test_sharded_view_gathers_across_shard_boundaries(tmp_path):
     ]
     tail = view[4:12]
     assert len(tail) == 8 and tail[np.arange(8)].tolist() == list(range(4, 12))
-    assert [len("".join(t)) for t, _ in split_pieces("ab\ncd\nef\n", None, 4)] == [3, 3, 3]
+    assert np.asarray(tail).tolist() == list(range(4, 12)) and view[6:6].tolist() == []
+    assert [len("".join(t)) for t in split_pieces("ab\ncd\nef\n", None, 4)] == [3, 3, 3]
 
 
 def test_prepare_command_prints_stats_and_reuses(tmp_path, big_text):

@@ -9,6 +9,7 @@ tokenizer finds the manifest and reuses the shards, anything else builds a new f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,21 +26,19 @@ from lmlab.errors import DataError
 PIECE_CHARS = 4_000_000  # ~4 MB of text per shard: enough pieces to keep every worker busy
 
 
-def split_pieces(
-    text: str, documents: list[str] | None, piece_chars: int = PIECE_CHARS
-) -> list[tuple[list[str], bool]]:
-    """(texts, ends_document) pieces: whole documents grouped, or one text cut after newlines."""
-    pieces: list[tuple[list[str], bool]] = []
+def split_pieces(text: str, documents: list[str] | None, piece_chars: int = PIECE_CHARS) -> list[list[str]]:
+    """Pieces of text to tokenise apart: whole documents grouped, or one text cut after newlines."""
+    pieces: list[list[str]] = []
     if documents is not None:
         group, size = [], 0
         for doc in documents:
             group.append(doc)
             size += len(doc)
             if size >= piece_chars:
-                pieces.append((group, True))
+                pieces.append(group)
                 group, size = [], 0
         if group:
-            pieces.append((group, True))
+            pieces.append(group)
         return pieces
     start = 0
     while start < len(text):
@@ -47,7 +46,7 @@ def split_pieces(
         if end < len(text):
             cut = text.rfind("\n", start, end)
             end = cut + 1 if cut > start else end
-        pieces.append(([text[start:end]], end >= len(text)))
+        pieces.append([text[start:end]])
         start = end
     return pieces
 
@@ -74,7 +73,7 @@ def _encode_piece(args: tuple) -> tuple[int, int]:
 
 def build_shards(
     folder: Path,
-    pieces: list[tuple[list[str], bool]],
+    pieces: list[list[str]],
     tokenizer,
     dtype: np.dtype,
     *,
@@ -87,24 +86,20 @@ def build_shards(
     # One-document corpora get no EOS at all: there is no boundary to mark.
     jobs = [
         (tokenizer.name, state, texts, is_documents, dtype, folder / f"shard_{i:05d}.bin")
-        for i, (texts, _) in enumerate(pieces)
+        for i, texts in enumerate(pieces)
     ]
     t0 = time.perf_counter()
     counts, pids = [], set()
-    if workers <= 1:
-        results = map(_encode_piece, jobs)
-        for i, (n, pid) in enumerate(results):
+    with contextlib.ExitStack() as stack:
+        mapper = map
+        if workers > 1:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+            mapper = stack.enter_context(pool).map
+        for i, (n, pid) in enumerate(mapper(_encode_piece, jobs)):
             counts.append(n)
             pids.add(pid)
             if on_piece:
                 on_piece(i + 1, len(jobs))
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for i, (n, pid) in enumerate(pool.map(_encode_piece, jobs)):
-                counts.append(n)
-                pids.add(pid)
-                if on_piece:
-                    on_piece(i + 1, len(jobs))
     return {"counts": counts, "seconds": time.perf_counter() - t0, "processes": len(pids)}
 
 
@@ -145,7 +140,13 @@ class ShardedTokens:
         return out.reshape(idx.shape)
 
     def __array__(self, dtype=None, copy=None):
-        out = np.concatenate([m for m in self._shards()])[self.start : self.stop] if self.paths else np.zeros(0)
+        # Only the shards the view overlaps are read.
+        parts = [
+            m[max(self.start - a, 0) : min(self.stop - a, len(m))]
+            for m, a in zip(self._shards(), self.offsets[:-1].tolist(), strict=True)
+            if a < self.stop and a + len(m) > self.start
+        ]
+        out = np.concatenate(parts) if parts else np.zeros(0, self.dtype)
         return out.astype(dtype) if dtype is not None else out
 
     def tolist(self) -> list[int]:
