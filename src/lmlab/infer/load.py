@@ -27,24 +27,27 @@ class LoadedRun:
     src_tokenizer: BaseTokenizer | None = None  # encoder-decoder runs only
 
 
+def final_weights(run: RunDir) -> Path:
+    """A run's exported final weights, or else its newest valid checkpoint's."""
+    final = run.export / "model.safetensors"
+    if final.is_file():
+        return final
+    latest = ckpt.latest_valid(run.checkpoints)
+    if latest is None:
+        raise CheckpointError(f"run: {run.path} has no weights (no artifacts/export/model.safetensors, no checkpoint)")
+    return latest / "model.safetensors"
+
+
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None) -> LoadedRun:
     """The model of a run: its exported final weights, or else its newest valid checkpoint."""
     run = RunDir.open(path)
     cfg = run.config()
     model = build_model(cfg.model)
-    final = run.export / "model.safetensors"
     if checkpoint:
         weights = Path(checkpoint) / "model.safetensors"
         ckpt.verify_checkpoint(checkpoint)
-    elif final.is_file():
-        weights = final
     else:
-        latest = ckpt.latest_valid(run.checkpoints)
-        if latest is None:
-            raise CheckpointError(
-                f"run: {run.path} has no weights (no artifacts/export/model.safetensors, no checkpoint)"
-            )
-        weights = latest / "model.safetensors"
+        weights = final_weights(run)
     ckpt.load_weights(model, ckpt.read_weights(weights), weights)
     src_tok = load_tokenizer(run.src_tokenizer) if cfg.model.arch == "seq2seq" else None
     return LoadedRun(run, cfg, model.to(device).eval(), load_tokenizer(run.tokenizer), weights, src_tok)

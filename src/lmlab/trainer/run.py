@@ -16,6 +16,7 @@ from lmlab.config import RunConfig
 from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
 from lmlab.errors import CheckpointError
+from lmlab.infer import load as run_load
 from lmlab.model.cost import params_by_component
 from lmlab.model.transformer import build_model
 from lmlab.track.aim import AimTracker
@@ -24,7 +25,7 @@ from lmlab.track.run_dir import RunDir
 from lmlab.track.tensorboard import TensorBoardTracker
 from lmlab.track.wandb import WandBLogger
 from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
-from lmlab.trainer.checkpoint import load_weights, write_weights
+from lmlab.trainer.checkpoint import load_weights, read_weights, write_weights
 from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
 from lmlab.trainer.optim import configure_optimizer
 from lmlab.trainer.schedules import warmup_cosine_scheduler
@@ -101,7 +102,9 @@ def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     tc = cfg.train
     source = run or (RunDir.open(cfg.train.init_from) if cfg.train.init_from else None)
     _corpus, tokenizer, splits = prepare_data(cfg.data, load_tokenizer(source.tokenizer) if source else None)
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size})})
+    # A saved model may have more ids than its tokenizer (a padded vocabulary): its size wins.
+    vocab = source.config().model.vocab_size if source else tokenizer.vocab_size
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": vocab})})
     seq_len = cfg.seq_len
 
     def loaders(rank: int, world: int) -> tuple:
@@ -162,27 +165,6 @@ def _seq2seq_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     return _Task(cfg, data.meta, summary, save, loaders, sample, seq2seq_loss)
 
 
-def _init_weights_from(model: torch.nn.Module, model_cfg, path: str) -> None:
-    """Load another run's final weights (fine-tuning); its architecture must be this one's."""
-    from lmlab.trainer import checkpoint as ckpt
-
-    source = RunDir.open(path)
-    theirs = source.config().model.model_dump()
-    ours = model_cfg.model_dump()
-    diff = [f"{k} ({theirs[k]!r} there, {ours[k]!r} here)" for k in ours if k != "dropout" and theirs.get(k) != ours[k]]
-    if diff:
-        raise CheckpointError(
-            f"train.init_from: {source.path} has a different architecture: model." + ", model.".join(diff)
-        )
-    weights = source.export / "model.safetensors"
-    if not weights.is_file():
-        latest = ckpt.latest_valid(source.checkpoints)
-        if latest is None:
-            raise CheckpointError(f"train.init_from: {source.path} has no weights (no export, no checkpoint)")
-        weights = latest / "model.safetensors"
-    ckpt.load_weights(model, ckpt.read_weights(weights), weights)
-
-
 def _param_counts(model_cfg) -> dict:
     if model_cfg.arch == "seq2seq":
         with torch.device("meta"):
@@ -221,8 +203,9 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         resume = tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
 
     model = build_model(model_cfg)
-    if tc.init_from and resume is None:
-        _init_weights_from(model, model_cfg, tc.init_from)
+    if tc.init_from and resume is None:  # fine-tuning: the config above is already the source's
+        weights = run_load.final_weights(RunDir.open(tc.init_from))
+        load_weights(model, read_weights(weights), weights)
     seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
     optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
     train_loader, val_loader = task.loaders(dist.get_rank(), dist.get_world_size())
