@@ -12,11 +12,16 @@ from torch import Tensor
 from lmlab.reference.data.tokenization import BOS_ID, EOS_ID, PAD_ID
 
 
-def _start(model, src_ids: Tensor, src_valid: Tensor | None, max_len: int):
+def _start(model, src_ids: Tensor, src_valid: Tensor | None, max_len: int, copies: int = 1):
+    """Encode once; cross-attention K/V and the source mask repeated `copies` times per row (beams)."""
     if src_valid is None:
         src_valid = src_ids != PAD_ID
     memory, src_mask = model.encode(src_ids, src_valid)
-    return model.cross_kv(memory), src_mask, model.new_cache(src_ids.shape[0], max_len + 1)
+    kv = model.cross_kv(memory)
+    if copies > 1:
+        kv = [(k.expand(copies, -1, -1, -1), v.expand(copies, -1, -1, -1)) for k, v in kv]
+        src_mask = src_mask.expand(copies, -1, -1, -1)
+    return kv, src_mask, model.new_cache(src_ids.shape[0] * copies, max_len + 1)
 
 
 @torch.no_grad()
@@ -67,7 +72,7 @@ def beam_search(model, src_ids: Tensor, *, beam: int = 4, max_len: int = 64, alp
 
 def _beam_one(model, src: Tensor, beam: int, max_len: int, alpha: float) -> list[int]:
     src = src[:, : int((src != PAD_ID).sum())] if bool((src != PAD_ID).any()) else src
-    kv, src_mask, cache = _start(model, src.expand(beam, -1), None, max_len)
+    kv, src_mask, cache = _start(model, src, None, max_len, copies=beam)
     device = src.device
     scores = torch.full((beam,), float("-inf"), device=device)
     scores[0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
@@ -109,6 +114,13 @@ def _beam_one(model, src: Tensor, beam: int, max_len: int, alpha: float) -> list
     return max(finished, key=lambda f: f[0])[1]
 
 
+def decode_batch(model, ids: Tensor, valid: Tensor, *, beam: int, max_len: int, alpha: float = 0.6) -> list[list[int]]:
+    """Greedy for beam 1, else beam search."""
+    if beam == 1:
+        return greedy_decode(model, ids, valid, max_len=max_len)
+    return beam_search(model, ids, beam=beam, max_len=max_len, alpha=alpha)
+
+
 def translate(
     loaded, sentences: list[str], *, beam: int = 1, alpha: float = 0.6, max_len: int | None = None
 ) -> list[str]:
@@ -126,11 +138,7 @@ def translate(
     batch = to_torch(make_batch([(s, []) for s in src]))
     device = next(loaded.model.parameters()).device
     ids, valid = batch["X_ids"].to(device), batch["M_src"].to(device)
-    hyps = (
-        greedy_decode(loaded.model, ids, valid, max_len=max_len)
-        if beam == 1
-        else beam_search(loaded.model, ids, beam=beam, max_len=max_len, alpha=alpha)
-    )
+    hyps = decode_batch(loaded.model, ids, valid, beam=beam, max_len=max_len, alpha=alpha)
     return [loaded.tokenizer.decode(h) for h in hyps]
 
 
@@ -138,7 +146,7 @@ def translate(
 def evaluate_seq2seq(loaded, *, beam: int = 1, batch_size: int = 64) -> dict:
     """On the run's validation pairs: loss, token accuracy on non-pad positions, exact match and BLEU."""
     from lmlab.data.pairs import PairLoader, prepare_pairs
-    from lmlab.model.seq2seq import seq2seq_loss
+    from lmlab.model.seq2seq import forward_batch
     from lmlab.reference.train.metrics import bleu, token_accuracy
 
     data = prepare_pairs(loaded.config, (loaded.src_tokenizer, loaded.tokenizer))
@@ -149,19 +157,16 @@ def evaluate_seq2seq(loaded, *, beam: int = 1, batch_size: int = 64) -> dict:
     for batch in PairLoader(data.val, batch_size, shuffle=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         n = float(batch["M_tgt"].sum())
-        logits = loaded.model(batch["X_ids"], batch["Y_in"], batch["M_src"], batch["M_tgt"]).logits
-        loss_sum += float(seq2seq_loss(loaded.model, batch)) * n
+        out = forward_batch(loaded.model, batch)
+        logits = out.logits
+        loss_sum += float(out.loss) * n
         acc_sum += (
             token_accuracy(logits.argmax(-1).cpu().numpy(), batch["Y_out"].cpu().numpy(), batch["M_tgt"].cpu().numpy())
             * n
         )
         n_tok += n
         max_len = loaded.config.model.max_seq_len - 1
-        hyps = (
-            greedy_decode(loaded.model, batch["X_ids"], batch["M_src"], max_len=max_len)
-            if beam == 1
-            else beam_search(loaded.model, batch["X_ids"], beam=beam, max_len=max_len)
-        )
+        hyps = decode_batch(loaded.model, batch["X_ids"], batch["M_src"], beam=beam, max_len=max_len)
         refs = [row[: int(m.sum())].tolist() for row, m in zip(batch["Y_out"], batch["M_tgt"], strict=True)]
         exact += sum(h == r for h, r in zip(hyps, refs, strict=True))
         hyps_text += [loaded.tokenizer.decode(h) for h in hyps]

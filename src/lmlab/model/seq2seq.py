@@ -201,10 +201,15 @@ class Seq2Seq(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def seq2seq_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Mean cross-entropy over unpadded target positions of a (X_ids, M_src, Y_in, Y_out, M_tgt) batch."""
+def forward_batch(model: nn.Module, batch: dict[str, Tensor]) -> Seq2SeqOutput:
+    """Teacher-forced output on a (X_ids, M_src, Y_in, Y_out, M_tgt) batch, loss over unpadded targets."""
     targets = batch["Y_out"].long().masked_fill(~batch["M_tgt"].bool(), -100)
-    out = model(batch["X_ids"].long(), batch["Y_in"].long(), batch["M_src"], batch["M_tgt"], targets=targets)
+    return model(batch["X_ids"].long(), batch["Y_in"].long(), batch["M_src"], batch["M_tgt"], targets=targets)
+
+
+def seq2seq_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Mean cross-entropy over unpadded target positions of a batch, plus any auxiliary loss."""
+    out = forward_batch(model, batch)
     return out.loss if out.aux_loss is None else out.loss + out.aux_loss
 
 
