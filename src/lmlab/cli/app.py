@@ -132,7 +132,7 @@ def generate_cmd(
 
     from lmlab.infer.generate import iter_generate
     from lmlab.infer.load import load_run
-    from lmlab.serve.app import Decoder
+    from lmlab.infer.text_stream import TextStream
     from lmlab.utils.hardware import resolve_device
 
     dev = resolve_device(device)
@@ -144,7 +144,7 @@ def generate_cmd(
         if num_samples > 1:
             click.echo(f"--- sample {i + 1} ---")
         click.echo(prompt, nl=False)
-        dec = Decoder(loaded.tokenizer, [])
+        dec = TextStream(loaded.tokenizer, [])
         text = ""
         for tok, _ in iter_generate(loaded.model, ids, max_new_tokens, seed=seed + i, **options):
             piece = dec.push(int(tok[0, 0]))

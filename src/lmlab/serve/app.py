@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, Field, ValidationError
 
 from lmlab.errors import require
+from lmlab.infer.text_stream import TextStream
 
 try:  # FastAPI resolves handler annotations by name in this module's globals
     from fastapi import Request
@@ -95,42 +96,6 @@ class APIError(Exception):
 
 def _stop_list(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
-
-
-class Decoder:
-    """Streams text for one request: tokens in, new text out, holding back partial characters and stop strings."""
-
-    def __init__(self, tokenizer, stops: list[str]) -> None:
-        self.tok, self.stops, self.ids, self.sent, self.stopped = tokenizer, stops, [], "", False
-
-    def push(self, token: int) -> str:
-        """Add a token; return the text that is now safe to send."""
-        self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        for s in self.stops:
-            if s and s in text:
-                text, self.stopped = text[: text.index(s)], True
-        if not self.stopped:
-            if text.endswith("\ufffd"):
-                return ""  # a multi-byte character is not complete yet
-            hold = max((len(s) - 1 for s in self.stops if s), default=0)
-            safe = len(text)
-            for k in range(hold, 0, -1):  # keep back a tail that could still become a stop string
-                if any(s.startswith(text[-k:]) for s in self.stops):
-                    safe = len(text) - k
-                    break
-            text = text[:safe]
-        new, self.sent = text[len(self.sent) :], text if len(text) >= len(self.sent) else self.sent
-        return new
-
-    def flush(self) -> str:
-        """Whatever was held back, at the end of generation."""
-        text = self.tok.decode(self.ids)
-        for s in self.stops:
-            if s and s in text:
-                text = text[: text.index(s)]
-        new, self.sent = text[len(self.sent) :], text
-        return new
 
 
 def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: str | None = None):
@@ -233,18 +198,23 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             tok, lp = out
             yield int(tok[0, 0]), float(lp[0])
 
-    async def complete(s: Served, prompt: str, req: CompletionRequest) -> tuple[str, list, str]:
-        ids = encode(s, prompt, req.max_tokens)
-        dec = Decoder(s.loaded.tokenizer, _stop_list(req.stop))
-        text, logprobs, finish = "", [], "length"
+    async def pieces(s: Served, ids: torch.Tensor, req: CompletionRequest):
+        """(text piece, token log-probability or None, finish reason or None), ending with a finish reason."""
+        stream = TextStream(s.loaded.tokenizer, _stop_list(req.stop))
         async for tok, lp in tokens(s, ids, req):
-            text += dec.push(tok)
-            logprobs.append(lp)
-            if dec.stopped:
-                finish = "stop"
-                break
-        if not dec.stopped:
-            text += dec.flush()
+            yield stream.push(tok), lp, None
+            if stream.stopped:
+                yield "", None, "stop"
+                return
+        yield stream.flush(), None, "length"
+
+    async def complete(s: Served, ids: torch.Tensor, req: CompletionRequest) -> tuple[str, list, str]:
+        text, logprobs, finish = "", [], "length"
+        async for piece, lp, end in pieces(s, ids, req):
+            text += piece
+            if lp is not None:
+                logprobs.append(lp)
+            finish = end or finish
         return text, logprobs, finish
 
     class Slot:
@@ -293,9 +263,10 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
         if not req.stream:
+            ids = encode(s, prompt, req.max_tokens)
             async with Slot():
-                text, logprobs, finish = await complete(s, prompt, req)
-            usage = {"prompt_tokens": len(s.loaded.tokenizer.encode(prompt)), "completion_tokens": len(logprobs)}
+                text, logprobs, finish = await complete(s, ids, req)
+            usage = {"prompt_tokens": ids.shape[1], "completion_tokens": len(logprobs)}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
@@ -309,30 +280,13 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
 
         async def events():
             try:
-                dec = Decoder(s.loaded.tokenizer, _stop_list(req.stop))
-                finish = "length"
                 chunk_obj = "chat.completion.chunk" if chat else "text_completion"
-                async for tok, lp in tokens(s, ids, req):
-                    piece = dec.push(tok)
+                async for piece, lp, finish in pieces(s, ids, req):
                     if piece:
-                        yield sse(
-                            _chunk(
-                                rid,
-                                chunk_obj,
-                                created,
-                                s.name,
-                                piece,
-                                None,
-                                chat,
-                                lp if req.logprobs is not None else None,
-                            )
-                        )
-                    if dec.stopped:
-                        finish = "stop"
-                        break
-                if not dec.stopped and (rest := dec.flush()):
-                    yield sse(_chunk(rid, chunk_obj, created, s.name, rest, None, chat, None))
-                yield sse(_chunk(rid, chunk_obj, created, s.name, "", finish, chat, None))
+                        logprob = lp if req.logprobs is not None else None
+                        yield sse(_chunk(rid, chunk_obj, created, s.name, piece, None, chat, logprob))
+                    if finish:
+                        yield sse(_chunk(rid, chunk_obj, created, s.name, "", finish, chat, None))
                 yield "data: [DONE]\n\n"
             finally:
                 await slot.__aexit__()
@@ -357,7 +311,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             out = {}
             async with Slot():
                 for name, s in served.items():
-                    text, logprobs, finish = await complete(s, req.prompt, req)
+                    text, logprobs, finish = await complete(s, encode(s, req.prompt, req.max_tokens), req)
                     out[name] = {
                         "text": text,
                         "finish_reason": finish,
