@@ -25,7 +25,7 @@ import uvicorn
 
 from lmlab.config import resolve_config
 from lmlab.infer.load import load_run
-from lmlab.serve.app import Limits, create_app
+from lmlab.infer.server import Limits, create_app
 from lmlab.trainer.run import train_from_config
 
 BAD = [

@@ -10,8 +10,9 @@ from lmlab.cli.app import cli
 from lmlab.config import ModelConfig, resolve_config
 from lmlab.data.pairs import PairLoader, read_source, to_torch
 from lmlab.errors import ConfigError
+from lmlab.infer.beam import beam_search
 from lmlab.infer.load import load_run
-from lmlab.infer.translate import beam_search, greedy_decode, translate
+from lmlab.infer.translate import greedy_decode, translate
 from lmlab.model.seq2seq import Seq2Seq
 from lmlab.model.transformer import build_model
 from lmlab.reference.data.datasets import make_batch

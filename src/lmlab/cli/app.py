@@ -244,7 +244,7 @@ def serve_cmd(runs, compare, host, port, api_key_env, max_tokens, max_concurrent
 
     from lmlab.errors import ConfigError
     from lmlab.infer.load import load_run
-    from lmlab.serve.app import Limits, serve
+    from lmlab.infer.server import Limits, serve
     from lmlab.utils.hardware import resolve_device
 
     paths = list(runs) + list(compare or [])

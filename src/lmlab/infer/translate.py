@@ -1,4 +1,4 @@
-"""Decoding for encoder-decoder models: batched greedy and beam search, both KV-cached.
+"""Decoding for encoder-decoder models: batched greedy (beam search in beam.py), translate and eval.
 
 The encoder runs once; every decoder layer's cross-attention keys/values are computed once
 from its output, and decoder self-attention keeps a KV cache, so each step costs one token.
@@ -12,7 +12,7 @@ from torch import Tensor
 from lmlab.reference.data.tokenization import BOS_ID, EOS_ID, PAD_ID
 
 
-def _start(model, src_ids: Tensor, src_valid: Tensor | None, max_len: int, copies: int = 1):
+def start_decoding(model, src_ids: Tensor, src_valid: Tensor | None, max_len: int, copies: int = 1):
     """Encode once; cross-attention K/V and the source mask repeated `copies` times per row (beams)."""
     if src_valid is None:
         src_valid = src_ids != PAD_ID
@@ -30,7 +30,7 @@ def greedy_decode(
 ) -> list[list[int]]:
     """The most likely token at each step, from <bos> until <eos> (kept) or max_len tokens, per source row."""
     model.eval()
-    kv, src_mask, cache = _start(model, src_ids, src_valid, max_len)
+    kv, src_mask, cache = start_decoding(model, src_ids, src_valid, max_len)
     B = src_ids.shape[0]
     ys = torch.full((B, 1), BOS_ID, dtype=torch.long, device=src_ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
@@ -39,7 +39,7 @@ def greedy_decode(
             logits = model.decode(ys[:, -1:], kv, src_mask, cache=cache)
         else:
             logits = model.decode(ys, kv, src_mask, last_only=True)
-        nxt = _allowed(logits[:, -1]).argmax(-1).masked_fill(done, PAD_ID)
+        nxt = suppress_markers(logits[:, -1]).argmax(-1).masked_fill(done, PAD_ID)
         ys = torch.cat([ys, nxt[:, None]], dim=1)
         done |= nxt == EOS_ID
         if bool(done.all()):
@@ -47,7 +47,7 @@ def greedy_decode(
     return [_trim(row) for row in ys[:, 1:].tolist()]
 
 
-def _allowed(logits: Tensor) -> Tensor:
+def suppress_markers(logits: Tensor) -> Tensor:
     """Never emit <pad> or <bos>: they are input markers, not outputs."""
     logits = logits.clone()
     logits[:, [PAD_ID, BOS_ID]] = float("-inf")
@@ -58,66 +58,12 @@ def _trim(row: list[int]) -> list[int]:
     return row[: row.index(EOS_ID) + 1] if EOS_ID in row else [t for t in row if t != PAD_ID]
 
 
-def length_penalty(length: int, alpha: float) -> float:
-    """GNMT's ((5 + length) / 6) ** alpha (Wu et al. 2016); alpha = 0 ranks by total log-probability."""
-    return ((5 + length) / 6) ** alpha
-
-
-@torch.no_grad()
-def beam_search(model, src_ids: Tensor, *, beam: int = 4, max_len: int = 64, alpha: float = 0.6) -> list[list[int]]:
-    """Beam search per source row: `beam` hypotheses, finished ones ranked by log p / length_penalty."""
-    model.eval()
-    return [_beam_one(model, src_ids[i : i + 1], beam, max_len, alpha) for i in range(src_ids.shape[0])]
-
-
-def _beam_one(model, src: Tensor, beam: int, max_len: int, alpha: float) -> list[int]:
-    src = src[:, : int((src != PAD_ID).sum())] if bool((src != PAD_ID).any()) else src
-    kv, src_mask, cache = _start(model, src, None, max_len, copies=beam)
-    device = src.device
-    scores = torch.full((beam,), float("-inf"), device=device)
-    scores[0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
-    seqs = [[BOS_ID] for _ in range(beam)]
-    finished: list[tuple[float, list[int]]] = []
-    last = torch.full((beam, 1), BOS_ID, dtype=torch.long, device=device)
-    for step in range(1, max_len + 1):
-        logp = _allowed(model.decode(last, kv, src_mask, cache=cache)[:, -1].float()).log_softmax(-1)
-        cand = (scores[:, None] + logp).flatten()
-        top, idx = cand.topk(min(2 * beam, cand.numel()))
-        V = logp.shape[-1]
-        keep_parent, keep_tok, keep_score = [], [], []
-        for s, i in zip(top.tolist(), idx.tolist(), strict=True):
-            parent, tok = divmod(i, V)
-            if s == float("-inf"):
-                break
-            if tok == EOS_ID:
-                finished.append((s / length_penalty(step, alpha), [*seqs[parent][1:], EOS_ID]))
-            else:
-                keep_parent.append(parent)
-                keep_tok.append(tok)
-                keep_score.append(s)
-            if len(keep_tok) == beam:
-                break
-        if len(finished) >= beam or not keep_tok:
-            break
-        while len(keep_tok) < beam:  # fewer live candidates than beams: pad with dead ones
-            keep_parent.append(keep_parent[0])
-            keep_tok.append(keep_tok[0])
-            keep_score.append(float("-inf"))
-        parents = torch.tensor(keep_parent, device=device)
-        for c in cache:
-            c.reorder(parents)
-        seqs = [seqs[p] + [t] for p, t in zip(keep_parent, keep_tok, strict=True)]
-        scores = torch.tensor(keep_score, device=device)
-        last = torch.tensor(keep_tok, device=device)[:, None]
-    if not finished:  # nothing ended within max_len: rank the live hypotheses instead
-        finished = [(float(s) / length_penalty(len(q) - 1, alpha), q[1:]) for s, q in zip(scores, seqs, strict=True)]
-    return max(finished, key=lambda f: f[0])[1]
-
-
 def decode_batch(model, ids: Tensor, valid: Tensor, *, beam: int, max_len: int, alpha: float = 0.6) -> list[list[int]]:
     """Greedy for beam 1, else beam search."""
     if beam == 1:
         return greedy_decode(model, ids, valid, max_len=max_len)
+    from lmlab.infer.beam import beam_search
+
     return beam_search(model, ids, beam=beam, max_len=max_len, alpha=alpha)
 
 

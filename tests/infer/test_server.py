@@ -24,7 +24,7 @@ KEY = "test-key"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from lmlab.serve.app import Limits, create_app
+    from lmlab.infer.server import Limits, create_app
 
     root = tmp_path_factory.mktemp("serve")
     corpus = root / "corpus.txt"

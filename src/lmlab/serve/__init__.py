@@ -1,1 +1,0 @@
-"""HTTP serving of trained runs: an OpenAI-compatible FastAPI app (`lmlab serve`)."""
