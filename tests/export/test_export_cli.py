@@ -46,3 +46,16 @@ def test_generate_stream_prints_the_same_text(tmp_path, corpus_file):
     streamed = CliRunner().invoke(cli, [*base, "--stream"])
     assert plain.exit_code == 0 and streamed.exit_code == 0
     assert plain.output == streamed.output and plain.output.startswith("the ")
+
+
+def test_generate_batches_prompts_and_each_equals_its_own_run(tmp_path, corpus_file):
+    run = _run(tmp_path, corpus_file)
+    base = ["generate", "--run", str(run.path), "--max-new-tokens", "15", "--temperature", "0.8", "--seed", "7"]
+    batched = CliRunner().invoke(cli, [*base, "--prompt", "the quick ", "--prompt", "a", "--num-samples", "2"])
+    assert batched.exit_code == 0, batched.output
+    for prompt in ("the quick ", "a"):
+        alone = CliRunner().invoke(cli, [*base, "--prompt", prompt, "--num-samples", "2"])
+        for k in (1, 2):
+            text = alone.output.split(f"--- sample {k} ---\n")[1].split("--- sample")[0]
+            assert text in batched.output, (prompt, k)
+    assert batched.output.count("--- prompt ") == 4

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lmlab.infer.generate import filter_logits, generate
+from lmlab.infer.generate import filter_logits, generate, left_pad
 from lmlab.model.transformer import build_model
 from lmlab.registry import ATTN, POS
 from tests.conftest import tiny_cfg
@@ -19,6 +19,32 @@ def test_cached_generation_equals_uncached_greedy_and_sampled(attn, pos):
         uncached = generate(model, prompt, 30, use_cache=False, **kwargs)
         assert torch.equal(cached, uncached)
         assert cached.shape == (2, 36)
+
+
+@pytest.mark.parametrize(("attn", "pos"), legal_grid(attn=ATTN.names(), pos=POS.names()))
+def test_left_padded_batch_equals_one_by_one(attn, pos):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", attn=attn, pos=pos, n_kv_head=2, max_seq_len=24, window=8, **SMALL_SPARSE))
+    prompts = [[5, 1, 7, 3, 9, 2, 4, 8, 6], [11, 12], [3, 3, 3, 4, 40]]
+    ids, pad = left_pad(prompts)
+    assert pad.tolist() == [0, 7, 4]
+    # 20 new tokens run the longest row past max_seq_len=24, so the sliding window sees padding leave.
+    for kwargs in ({"temperature": 0}, {"temperature": 1.0, "top_p": 0.9, "seed": [3, 4, 5]}):
+        batched, batched_lp = generate(model, ids, 20, pad=pad, return_logprobs=True, **kwargs)
+        for i, prompt in enumerate(prompts):
+            row_kwargs = {**kwargs, "seed": kwargs["seed"][i]} if "seed" in kwargs else kwargs
+            alone, alone_lp = generate(model, torch.tensor([prompt]), 20, return_logprobs=True, **row_kwargs)
+            assert torch.equal(batched[i, int(pad[i]) :], alone[0]), (i, kwargs)
+            torch.testing.assert_close(batched_lp[i], alone_lp[0], rtol=1e-4, atol=1e-4)
+
+
+def test_padding_is_invisible_to_the_forward():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("gpt2", max_seq_len=24)).eval()
+    short = torch.tensor([[7, 8, 9]])
+    ids, pad = left_pad([[1, 2, 3, 4, 5, 6], short[0].tolist()])
+    padded = model(ids, pad=pad).logits[1, 3:]
+    torch.testing.assert_close(padded, model(short).logits[0], rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_equals_argmax_rollout():

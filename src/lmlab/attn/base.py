@@ -28,6 +28,17 @@ def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
     return zeros.masked_fill(~valid.bool(), float("-inf"))[:, None, None, :]
 
 
+def padding_mask(pad: Tensor, q_pos: Tensor, k_pos: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, 1, Tq, Tk) additive mask hiding each row's left-padding keys (slot < pad[b]).
+
+    A padding query still sees itself, so no row of scores is all -inf: a NaN there would reach
+    real tokens through 0 * NaN in the value sum.
+    """
+    allowed = (k_pos[None, None, :] >= pad[:, None, None]) | (k_pos[None, None, :] == q_pos[None, :, None])
+    zeros = torch.zeros(allowed.shape, dtype=dtype, device=k_pos.device)
+    return zeros.masked_fill(~allowed, float("-inf"))[:, None]
+
+
 def attention_mask(
     pos: PosContext,
     k_pos: Tensor,
@@ -40,9 +51,12 @@ def attention_mask(
 
     `k_first` is the absolute position of the first key (a plain int, so no device sync is needed);
     default: keys start with the queries. `key_mask` (B, 1, 1, Tk), from `key_padding_mask`, also
-    hides padded keys; the result is then (B, 1, Tq, Tk).
+    hides padded keys, as does `pos.pad` (left-padded prompts); the result is then (B, 1, Tq, Tk).
     """
     q_pos = pos.q_pos
+    if pos.pad is not None:
+        pad_mask = padding_mask(pos.pad, q_pos, k_pos, dtype)
+        key_mask = pad_mask if key_mask is None else key_mask + pad_mask
     bias = pos.bias(q_pos, k_pos)
     span = pos.offset + pos.T - (pos.offset if k_first is None else k_first)  # widest query-key distance
     if bias is None and key_mask is None and (window is None or window >= span):

@@ -99,7 +99,9 @@ def eval_cmd(run: str, iters: int, batch: int | None, device: str) -> None:
 
 @cli.command("generate")
 @click.option("--run", "run", required=True, help="run directory")
-@click.option("--prompt", default="\n", help="text to continue")
+@click.option("--prompt", "prompts", multiple=True, help="text to continue (repeat for a batch; default a newline)")
+@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False), default=None, help="one prompt per line")
+@click.option("--batch-size", default=8, show_default=True, help="rows decoded together (left-padded)")
 @click.option("--max-new-tokens", default=200, show_default=True, help="tokens to add")
 @click.option("--temperature", default=0.8, show_default=True, help="0 = greedy")
 @click.option("--top-k", type=int, default=None, help="keep the k most likely tokens")
@@ -114,7 +116,9 @@ def eval_cmd(run: str, iters: int, batch: int | None, device: str) -> None:
 @user_errors
 def generate_cmd(
     run: str,
-    prompt: str,
+    prompts: tuple[str, ...],
+    prompts_file: str | None,
+    batch_size: int,
     max_new_tokens: int,
     temperature: float,
     top_k: int | None,
@@ -127,32 +131,54 @@ def generate_cmd(
     no_cache: bool,
     device: str,
 ) -> None:
-    """Sample continuations of a prompt from a trained run."""
-    import torch
+    """Sample continuations of one or more prompts from a trained run.
 
-    from lmlab.infer.generate import iter_generate
+    Sample i of every prompt uses seed + i, so a prompt's text is the same whether it is decoded
+    alone or in a left-padded batch with others.
+    """
+
+    from lmlab.infer.generate import iter_generate, left_pad
     from lmlab.infer.load import load_run
     from lmlab.infer.text_stream import TextStream
     from lmlab.utils.hardware import resolve_device
 
+    texts = list(prompts)
+    if prompts_file:
+        texts += [line for line in Path(prompts_file).read_text(encoding="utf-8").splitlines() if line]
+    texts = texts or ["\n"]
     dev = resolve_device(device)
     loaded = load_run(run, device=dev)
-    ids = torch.tensor([loaded.tokenizer.encode(prompt)], device=dev)
     options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
     options |= {"repetition_penalty": repetition_penalty, "use_cache": not no_cache}
-    for i in range(num_samples):
-        if num_samples > 1:
-            click.echo(f"--- sample {i + 1} ---")
-        click.echo(prompt, nl=False)
-        dec = TextStream(loaded.tokenizer, [])
-        text = ""
-        for tok, _ in iter_generate(loaded.model, ids, max_new_tokens, seed=seed + i, **options):
-            piece = dec.push(int(tok[0, 0]))
+    rows = [(p, text, seed + i) for p, text in enumerate(texts) for i in range(num_samples)]
+    for start in range(0, len(rows), 1 if stream else max(1, batch_size)):
+        chunk = rows[start : start + (1 if stream else max(1, batch_size))]
+        ids, pad = left_pad([loaded.tokenizer.encode(text) for _, text, _ in chunk], device=dev)
+        streams = [TextStream(loaded.tokenizer, []) for _ in chunk]
+        pieces = [""] * len(chunk)
+        if stream:
+            _echo_sample_header(chunk[0], len(texts), num_samples, seed)
+        steps = iter_generate(loaded.model, ids, max_new_tokens, seed=[s for *_, s in chunk], pad=pad, **options)
+        for tok, _ in steps:
+            for r, dec in enumerate(streams):
+                pieces[r] += dec.push(int(tok[r, 0]))
             if stream:
-                click.echo(piece, nl=False)
-            text += piece
-        rest = dec.flush()
-        click.echo(rest if stream else text + rest)
+                click.echo(pieces[0], nl=False)
+                pieces[0] = ""
+        for r, row in enumerate(chunk):
+            if not stream:
+                _echo_sample_header(row, len(texts), num_samples, seed)
+            click.echo(pieces[r] + streams[r].flush())
+
+
+def _echo_sample_header(row: tuple[int, str, int], n_prompts: int, num_samples: int, seed: int) -> None:
+    """The '--- sample k ---' line (when there are several) and the prompt itself."""
+    p, text, row_seed = row
+    if n_prompts > 1:
+        click.echo(f"--- prompt {p + 1}, sample {row_seed - seed + 1} ---")
+    elif num_samples > 1:
+        click.echo(f"--- sample {row_seed - seed + 1} ---")
+    click.echo(text, nl=False)
 
 
 @user_errors

@@ -1,5 +1,6 @@
 """Autoregressive sampling with a KV cache: temperature, top-k, top-p, min-p, repetition penalty, stop tokens,
-per-token log-probabilities, and token-by-token streaming (`iter_generate`)."""
+per-token log-probabilities, token-by-token streaming (`iter_generate`) and batched prompts of different
+lengths (`left_pad`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,27 @@ def filter_logits(
     return logits
 
 
+def left_pad(prompts: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Batch prompts of different lengths: ids (B, T_max) right-aligned, and each row's padding count (B,).
+
+    Padding slots repeat the row's first token, so they add nothing new to the repetition
+    penalty's set; attention never sees them (see `PosContext.pad`).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("left_pad: every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    rows = [[p[0]] * (width - len(p)) + list(p) for p in prompts]
+    pad = [width - len(p) for p in prompts]
+    return torch.tensor(rows, device=device), torch.tensor(pad, device=device)
+
+
+def supports_left_pad(model) -> bool:
+    """Whether the model's attention masks left padding (registry cap `left_pad`)."""
+    from lmlab.registry import ATTN
+
+    return bool(ATTN.entry(model.config.attn).caps.get("left_pad"))
+
+
 def apply_repetition_penalty(logits: Tensor, context: Tensor, penalty: float) -> Tensor:
     """CTRL's penalty (Keskar et al. 2019): every token already in the context has its logit divided by
     `penalty` if positive, multiplied if negative."""
@@ -48,13 +70,19 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
-    """Next token ids (B, 1) from last-position logits (B, V); temperature 0 is greedy."""
+    """Next token ids (B, 1) from last-position logits (B, V); temperature 0 is greedy.
+
+    A sequence of generators gives each row its own random stream, so a row draws the same
+    tokens whatever else is in the batch.
+    """
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+    probs = F.softmax(filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p, min_p=min_p), dim=-1)
+    if isinstance(generator, Sequence):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator, strict=True)])
+    return torch.multinomial(probs, 1, generator=generator)
 
 
 @torch.no_grad()
@@ -70,18 +98,44 @@ def iter_generate(
     repetition_penalty: float = 1.0,
     stop: Sequence[int] | None = None,
     use_cache: bool = True,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
+    pad: Tensor | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (next ids (B, 1), their log-probabilities (B,) under the model) one step at a time.
 
     A row that emits a stop id keeps emitting it; iteration ends when every row has stopped.
     Past max_seq_len the context slides, so each step re-reads the last max_seq_len tokens; the
-    cached and uncached paths give the same tokens in every case.
+    cached and uncached paths give the same tokens in every case. `pad` (B,) counts each row's
+    left padding (from `left_pad`); a padded row gets the tokens it would get alone. An
+    attention without the `left_pad` cap decodes the rows one after another instead. `seed` is
+    one seed for the batch, or one per row (each row then samples as it would alone with its seed).
     """
+    if pad is not None and not bool(pad.any()):
+        pad = None
+    if pad is not None and not supports_left_pad(model):
+        yield from _rows_one_by_one(
+            model,
+            input_ids,
+            pad,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            stop=stop,
+            use_cache=use_cache,
+            seed=seed,
+        )
+        return
     was_training = model.training
     model.eval()
     generator = None
-    if seed is not None:
+    if isinstance(seed, Sequence):
+        if len(seed) != input_ids.shape[0]:
+            raise ValueError(f"seed: {len(seed)} seeds for a batch of {input_ids.shape[0]} rows")
+        generator = [torch.Generator(device=input_ids.device).manual_seed(s) for s in seed]
+    elif seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     max_len = model.config.max_seq_len
     stop_ids = torch.tensor(list(stop or []), device=input_ids.device, dtype=input_ids.dtype)
@@ -92,11 +146,13 @@ def iter_generate(
             if use_cache and ids.shape[1] <= max_len:
                 if cache is None:
                     cache = model.new_cache(ids.shape[0], max_len)
-                    logits = model(ids, cache=cache, last_only=True).logits
+                    logits = model(ids, cache=cache, last_only=True, pad=pad).logits
                 else:
-                    logits = model(ids[:, -1:], cache=cache, last_only=True).logits
+                    logits = model(ids[:, -1:], cache=cache, last_only=True, pad=pad).logits
             else:
-                logits = model(ids[:, -max_len:], last_only=True).logits
+                # The window drops the oldest slots, padding first.
+                window_pad = None if pad is None else (pad - (ids.shape[1] - max_len)).clamp_min(0)
+                logits = model(ids[:, -max_len:], last_only=True, pad=window_pad).logits
             last = logits[:, -1].float()
             logp = last.log_softmax(-1)
             last = apply_repetition_penalty(last, ids, repetition_penalty)
@@ -110,6 +166,30 @@ def iter_generate(
                 break
     finally:
         model.train(was_training)
+
+
+def _rows_one_by_one(model, input_ids: Tensor, pad: Tensor, max_new_tokens: int, **options) -> Iterator:
+    """`iter_generate` row by row, zipped into batched steps; a row that stopped early repeats the stop
+    token it emitted, with log-probability 0."""
+    seeds = options.pop("seed", None)
+    if not isinstance(seeds, Sequence):
+        seeds = [seeds] * len(pad)  # one shared seed: each row's stream starts from it
+    rows = [
+        iter_generate(model, row[int(p) :][None], max_new_tokens, seed=s, **options)
+        for row, p, s in zip(input_ids, pad, seeds, strict=True)
+    ]
+    last: list[tuple[Tensor, Tensor] | None] = [None] * len(rows)
+    for _ in range(max_new_tokens):
+        live = False
+        for i, it in enumerate(rows):
+            step = next(it, None)
+            if step is not None:
+                last[i], live = (step[0][0], step[1][0]), True
+            elif last[i] is not None:
+                last[i] = (last[i][0], torch.zeros_like(last[i][1]))
+        if not live:
+            return
+        yield torch.stack([t for t, _ in last]), torch.stack([lp for _, lp in last])
 
 
 @torch.no_grad()

@@ -57,13 +57,23 @@ class CausalLM(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
 
     def forward(
-        self, input_ids: Tensor, targets: Tensor | None = None, *, cache: list | None = None, last_only: bool = False
+        self,
+        input_ids: Tensor,
+        targets: Tensor | None = None,
+        *,
+        cache: list | None = None,
+        last_only: bool = False,
+        pad: Tensor | None = None,
     ) -> CausalLMOutput:
-        """input_ids (B, T) -> logits (B, T, V); loss is cross-entropy against targets (-100 ignored)."""
+        """input_ids (B, T) -> logits (B, T, V); loss is cross-entropy against targets (-100 ignored).
+
+        `pad` (B,) is the number of left-padding slots in each row (batched prompts of different
+        lengths); padded rows give the logits they would give alone.
+        """
         offset = cache[0].length if cache else 0
         T = input_ids.shape[1]
-        x = self.drop(self.pos.embed(self.tok_emb(input_ids), offset))  # (B, T, C)
-        pos = self.pos.context(T, offset, input_ids.device)
+        x = self.drop(self.pos.embed(self.tok_emb(input_ids), offset, pad))  # (B, T, C)
+        pos = self.pos.context(T, offset, input_ids.device, pad)
         for i, block in enumerate(self.blocks):
             x = block(x, pos=pos, cache=cache[i] if cache else None)
         x = self.norm_f(x)

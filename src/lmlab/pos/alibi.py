@@ -35,6 +35,6 @@ class ALiBiPositions(PositionScheme):
         super().__init__(cfg)
         self.register_buffer("slopes", alibi_slopes(cfg.n_head), persistent=False)
 
-    def context(self, T: int, offset: int, device: torch.device) -> PosContext:
+    def context(self, T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> PosContext:
         """A context carrying the slopes; attention turns them into a bias for its key positions."""
-        return PosContext(offset, T, device, slopes=self.slopes.to(device))
+        return PosContext(offset, T, device, slopes=self.slopes.to(device), pad=pad)

@@ -19,6 +19,11 @@ class PosContext:
     makes rotary tables (RoPE), `cos`/`sin` its tables for these queries at the default width.
     `slopes` are per-head ALiBi slopes. Attention asks `bias(q_pos, k_pos)` for an additive bias
     given the absolute positions of its queries and keys, so ring caches and windows work too.
+
+    `pad` (B,) counts left-padding slots per row of a batched prompt: slot s of row b holds the
+    token at position s - pad[b]. Masks work on slots (relative distances are the same), while
+    embeddings and rotary tables use each row's own positions, so a padded row computes what it
+    would alone.
     """
 
     offset: int
@@ -28,6 +33,7 @@ class PosContext:
     cos: Tensor | None = None
     sin: Tensor | None = None
     slopes: Tensor | None = None
+    pad: Tensor | None = None
     _q_pos: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -48,8 +54,10 @@ class PosContext:
         if self.rotary is None or x.shape[-1] == 0:
             return x
         cos, sin = self.rotary.tables(self.offset + self.T, self.device, x.shape[-1])
-        end = self.offset + self.T
-        return apply_rotary(x, cos[self.offset : end], sin[self.offset : end])
+        cos, sin = row_tables(cos, sin, self.offset, self.T, self.pad)
+        if self.pad is not None and x.dim() == 4:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, r) against (B, nh, T, r)
+        return apply_rotary(x, cos, sin)
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         """Additive attention bias (n_head, Tq, Tk), or None when the scheme adds none."""
@@ -57,6 +65,22 @@ class PosContext:
             return None
         distance = (k_pos[None, :] - q_pos[:, None]).to(self.slopes.dtype)  # <= 0 for visible keys
         return self.slopes[:, None, None] * distance
+
+
+def token_positions(T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> Tensor:
+    """Positions of slots offset..offset+T-1: (T,), or (B, T) shifted left by each row's padding (pads get 0)."""
+    positions = torch.arange(offset, offset + T, device=device)
+    if pad is None:
+        return positions
+    return (positions[None, :] - pad[:, None]).clamp_min(0)
+
+
+def row_tables(cos: Tensor, sin: Tensor, offset: int, T: int, pad: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Rows of full rotary tables for T slots from `offset`: (T, r), or (B, T, r) with per-row padding."""
+    if pad is None:
+        return cos[offset : offset + T], sin[offset : offset + T]
+    positions = token_positions(T, offset, cos.device, pad)
+    return cos[positions], sin[positions]
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -80,10 +104,10 @@ class PositionScheme(nn.Module):
         super().__init__()
         self.max_seq_len = cfg.max_seq_len
 
-    def embed(self, x: Tensor, offset: int) -> Tensor:
+    def embed(self, x: Tensor, offset: int, pad: Tensor | None = None) -> Tensor:
         """Token embeddings (B, T, C) with absolute positions added, if the scheme has them."""
         return x
 
-    def context(self, T: int, offset: int, device: torch.device) -> PosContext:
-        """The PosContext for T queries starting at absolute position `offset`."""
-        return PosContext(offset=offset, T=T, device=device)
+    def context(self, T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> PosContext:
+        """The PosContext for T queries starting at absolute position `offset` (`pad`: see PosContext)."""
+        return PosContext(offset=offset, T=T, device=device, pad=pad)

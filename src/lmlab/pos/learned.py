@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from lmlab.config import ModelConfig
-from lmlab.pos.base import PositionScheme
+from lmlab.pos.base import PositionScheme, token_positions
 from lmlab.registry import POS
 
 
@@ -23,10 +22,9 @@ class LearnedPositions(PositionScheme):
         super().__init__(cfg)
         self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model)
 
-    def embed(self, x: Tensor, offset: int) -> Tensor:
+    def embed(self, x: Tensor, offset: int, pad: Tensor | None = None) -> Tensor:
         """Add the embeddings of positions offset..offset+T-1."""
         T = x.shape[1]
         if offset + T > self.max_seq_len:
             raise ValueError(f"sequence of {offset + T} positions exceeds max_seq_len={self.max_seq_len}")
-        positions = torch.arange(offset, offset + T, device=x.device)
-        return x + self.wpe(positions)
+        return x + self.wpe(token_positions(T, offset, x.device, pad))

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from lmlab.config import ModelConfig
-from lmlab.pos.base import PosContext, PositionScheme
+from lmlab.pos.base import PosContext, PositionScheme, row_tables
 from lmlab.registry import POS
 
 
@@ -42,7 +42,9 @@ class RotaryPositions(PositionScheme):
             self._cache[(rot, device)] = cached
         return cached
 
-    def context(self, T: int, offset: int, device: torch.device) -> PosContext:
-        """Rotary tables for positions offset..offset+T-1."""
-        cos, sin = self.tables(offset + T, device)
-        return PosContext(offset, T, device, rotary=self, cos=cos[offset : offset + T], sin=sin[offset : offset + T])
+    def context(self, T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> PosContext:
+        """Rotary tables for positions offset..offset+T-1 (per row, (B, 1, T, rot), when padded)."""
+        cos, sin = row_tables(*self.tables(offset + T, device), offset, T, pad)
+        if pad is not None:
+            cos, sin = cos[:, None], sin[:, None]
+        return PosContext(offset, T, device, rotary=self, cos=cos, sin=sin, pad=pad)

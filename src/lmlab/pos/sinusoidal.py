@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lmlab.config import ModelConfig
-from lmlab.pos.base import PositionScheme
+from lmlab.pos.base import PositionScheme, token_positions
 from lmlab.registry import POS
 
 
@@ -32,7 +32,8 @@ class SinusoidalPositions(PositionScheme):
         super().__init__(cfg)
         self.d_model = cfg.d_model
 
-    def embed(self, x: Tensor, offset: int) -> Tensor:
+    def embed(self, x: Tensor, offset: int, pad: Tensor | None = None) -> Tensor:
         """Add the encodings of positions offset..offset+T-1."""
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
-        return x + sinusoidal_table(positions, self.d_model).to(x.dtype)
+        positions = token_positions(x.shape[1], offset, x.device, pad)
+        table = sinusoidal_table(positions.flatten(), self.d_model).to(x.dtype)
+        return x + table.view(*positions.shape, self.d_model)
