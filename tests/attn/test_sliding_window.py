@@ -1,5 +1,7 @@
 """Sliding window equals full attention with an explicit band mask; its cache holds only the window."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -39,12 +41,15 @@ def test_window_cache_is_window_sized_and_exact():
     x = torch.randint(0, 61, (1, 30))
     cache = model.new_cache(1, 40)
     assert isinstance(cache[0], WindowKVCache)
+    ring = cache[0].k.data_ptr()
+    # Single tokens, then chunks shorter and longer than the window, across several wraps.
+    cuts = [0, 4, *range(5, 17), 19, 27, 28, 29, 30]
     with torch.no_grad():
-        parts = [model(x[:, :4], cache=cache).logits] + [
-            model(x[:, t : t + 1], cache=cache).logits for t in range(4, 30)
-        ]
+        parts = [model(x[:, a:b], cache=cache).logits for a, b in itertools.pairwise(cuts)]
     torch.testing.assert_close(torch.cat(parts, 1), model(x).logits, atol=1e-5, rtol=1e-5)
-    assert cache[0].k.shape[2] == 5 and cache[0].length == 30
+    assert cache[0].k.shape == (1, cfg.n_kv_head, 6, cfg.head_dim) and cache[0].length == 30
+    assert cache[0].k.data_ptr() == ring  # written in place: a ring, not a growing buffer
+    assert sorted(cache[0].slot_pos.tolist()) == list(range(24, 30))
 
 
 def test_window_at_least_sequence_equals_dense():

@@ -126,7 +126,7 @@ class CausalSelfAttention(nn.Module):
     def new_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
         """An empty cache: window-sized when the attention is windowed, else preallocated to max_len."""
         if self.window is not None and self.window < max_len:
-            return WindowKVCache(self.window)
+            return WindowKVCache(self.window, batch, self.n_kv_head, self.head_dim, device, dtype)
         return KVCache(batch, self.n_kv_head, max_len, self.head_dim, device, dtype)
 
     @classmethod

@@ -47,17 +47,30 @@ class KVCache:
 
 
 class WindowKVCache:
-    """Only the last `window - 1` tokens' keys/values survive an update: memory is O(window), not O(T).
+    """A ring of `window` slots per layer: memory is O(window), not O(T), and nothing is copied per token.
 
-    A query at position p sees keys p - window + 1 .. p, so after appending T new tokens the
-    cache returns the previous window-1 tokens plus the T new ones, with their absolute positions.
+    A query at position p sees keys p - window + 1 .. p. Position p is written to slot
+    p % window, overwriting p - window, the one key no later query needs. A one-token update
+    returns the whole ring (slot order, with each slot's absolute position, so masks and ALiBi
+    need no special case); a longer update returns the previous window - 1 keys in order plus
+    the new ones, then keeps the last `window` of them.
     """
 
-    def __init__(self, window: int) -> None:
+    def __init__(
+        self,
+        window: int,
+        batch: int,
+        n_kv_head: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        v_dim: int | None = None,
+    ) -> None:
         self.window = window
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-        self.pos: Tensor | None = None
+        self.k = torch.zeros(batch, n_kv_head, window, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros(batch, n_kv_head, window, v_dim or head_dim, device=device, dtype=dtype)
+        self.slot_pos = torch.zeros(window, dtype=torch.long, device=device)  # absolute position per slot
         self.length = 0
 
     @property
@@ -67,19 +80,25 @@ class WindowKVCache:
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Append (B, n_kv, T, hs) and return the visible keys, values and their absolute positions."""
-        T = k.shape[2]
-        new_pos = torch.arange(self.length, self.length + T, device=k.device)
-        if self.k is None:
-            k_all, v_all, pos = k, v, new_pos
-        else:
-            k_all, v_all = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
-            pos = torch.cat([self.pos, new_pos])
-        keep = self.window - 1
-        self.k, self.v, self.pos = k_all[:, :, -keep:], v_all[:, :, -keep:], pos[-keep:]
+        T, W, start = k.shape[2], self.window, self.length
+        if T == 1:
+            slot = start % W
+            self.k[:, :, slot : slot + 1], self.v[:, :, slot : slot + 1] = k, v
+            self.slot_pos[slot] = start
+            self.length += 1
+            n = min(self.length, W)  # slots fill in order until the ring wraps
+            return self.k[:, :, :n], self.v[:, :, :n], self.slot_pos[:n]
+        kept = min(start, W - 1)
+        old = torch.arange(start - kept, start, device=k.device)
+        k_all = torch.cat([self.k[:, :, old % W], k], 2)
+        v_all = torch.cat([self.v[:, :, old % W], v], 2)
+        pos = torch.cat([old, torch.arange(start, start + T, device=k.device)])
+        last = pos[-W:]
+        self.k[:, :, last % W], self.v[:, :, last % W] = k_all[:, :, -W:], v_all[:, :, -W:]
+        self.slot_pos[last % W] = last
         self.length += T
         return k_all, v_all, pos
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (beam search)."""
-        if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
