@@ -1,5 +1,7 @@
 """`lmlab export` (safetensors and transformers, parity-checked) and `lmlab generate --stream`."""
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -30,13 +32,26 @@ def test_hf_export_loads_in_transformers_without_lmlab(tmp_path, corpus_file, pr
     assert not (tmp_path / "hf.partial").exists()
 
 
+def test_mla_exports_as_remote_code_that_transformers_loads_without_lmlab(tmp_path, corpus_file):
+    run = _run(tmp_path, corpus_file, "--attn", "mla", "--pos", "rope", "--norm", "rmsnorm", "--ffn", "swiglu")
+    out = tmp_path / "hf_mla"
+    result = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "hf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    # Parity is checked in a process where lmlab is unimportable.
+    assert float(result.output.split("max |diff|")[1].split()[0]) <= 1e-4
+    assert "trust_remote_code=True" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_lmlab.LmlabForCausalLM"
+    assert (out / "modeling_lmlab.py").is_file() and (out / "model.safetensors").is_file()
+
+
 def test_safetensors_export_and_unmappable_architecture(tmp_path, corpus_file):
-    run = _run(tmp_path, corpus_file, "--attn", "mla")
+    run = _run(tmp_path, corpus_file, "--attn", "nsa", "--pos", "rope")
     ok = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "safetensors"])
     assert ok.exit_code == 0 and "max |diff| 0.00e+00" in ok.output, ok.output
     assert (run.path / "artifacts" / "export_safetensors" / "tokenizer.json").is_file()
     bad = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "hf"])
-    assert bad.exit_code == 2 and "has no transformers family" in bad.output
+    assert bad.exit_code == 2 and "model.attn='native_sparse'" in bad.output and "--format safetensors" in bad.output
 
 
 def test_generate_stream_prints_the_same_text(tmp_path, corpus_file):

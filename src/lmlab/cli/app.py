@@ -295,7 +295,10 @@ def export_cmd(run: str, fmt: str, out: str | None) -> None:
     from lmlab.export.run import export_run
 
     report = export_run(run, fmt, out)
-    click.echo(f"exported {report['out']} ({fmt}); logit parity max |diff| {report['max_abs_logit_diff']:.2e}")
+    layout = f", {report['layout']}" if "layout" in report else ""
+    click.echo(f"exported {report['out']} ({fmt}{layout}); logit parity max |diff| {report['max_abs_logit_diff']:.2e}")
+    if report.get("layout") == "remote code":
+        click.echo("load it with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)")
 
 
 @cli.command("import")

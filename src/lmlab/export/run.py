@@ -1,9 +1,11 @@
 """`lmlab export`: a run's final weights as safetensors, or as a transformers directory, each verified by logits.
 
-`hf` writes what `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads (GPT-2 or Llama
-layouts), then loads it back in a separate Python process in which `import lmlab` fails, runs
-the same input through it and through lmlab, and reports the largest logit difference; the
-export only counts as done when that is within `atol`.
+`hf` writes what `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads: the GPT-2 or
+Llama family when the blocks match one, else lmlab's names and weights with the self-contained
+`modeling_lmlab.py` (loaded with `trust_remote_code=True`). It then loads the directory back in a
+separate Python process in which `import lmlab` fails, runs the same input through it and through
+lmlab, and reports the largest logit difference; the export only counts as done when that is
+within `atol`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,21 @@ from lmlab.errors import CheckpointError
 from lmlab.infer.load import load_run
 from lmlab.trainer.checkpoint import read_weights, write_weights
 
+# Blocks `modeling_lmlab.py` implements; anything else exports as safetensors only.
+REMOTE_CODE_BLOCKS = {
+    "attn": ("mha", "sdpa", "sliding_window", "mla"),
+    "ffn": ("mlp", "gated_mlp", "swiglu", "geglu"),
+    "norm": ("layernorm", "layernorm_nobias", "rmsnorm"),
+    "pos": ("learned", "sinusoidal", "rope", "alibi", "none"),
+    "embed": ("token",),
+}
+
 _HF_CHECK = """
 import sys
 sys.modules["lmlab"] = None  # prove the export stands alone
 import numpy as np, torch
 from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, trust_remote_code=True).eval()
 ids = torch.from_numpy(np.load(sys.argv[2]))
 with torch.no_grad():
     np.save(sys.argv[3], model(ids).logits.float().numpy())
@@ -62,9 +73,15 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
         with torch.no_grad():
             theirs = again(ids).logits.float().numpy()
     else:
-        from lmlab.export.hf import to_hf
+        from lmlab.errors import ConfigError
+        from lmlab.export.hf import target_family, to_hf
 
-        to_hf(model).save_pretrained(tmp, safe_serialization=True)
+        try:
+            layout = target_family(cfg)
+            to_hf(model).save_pretrained(tmp, safe_serialization=True)
+        except ConfigError:
+            layout = "remote code"
+            _write_remote_code(model, tmp)
         shutil.copy(loaded.run.tokenizer, tmp / "lmlab_tokenizer.json")
         np.save(tmp / "probe_ids.npy", ids.numpy())
         proc = subprocess.run(
@@ -83,7 +100,42 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
         raise CheckpointError(f"export: logits differ by {diff:.2e} (> {atol:g}); {tmp} kept for inspection")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return {"format": fmt, "out": str(out), "max_abs_logit_diff": diff, "probe_shape": list(ids.shape)}
+    report = {"format": fmt, "out": str(out), "max_abs_logit_diff": diff, "probe_shape": list(ids.shape)}
+    if fmt == "hf":
+        report["layout"] = layout
+    return report
+
+
+def _write_remote_code(model, out: Path) -> None:
+    """config.json with an auto_map to the copied `modeling_lmlab.py`, and lmlab-named safetensors weights."""
+    from safetensors.torch import save_file
+
+    cfg = model.config
+    for field, allowed in REMOTE_CODE_BLOCKS.items():
+        if getattr(cfg, field) not in allowed:
+            raise CheckpointError(
+                f"export --format hf: model.{field}='{getattr(cfg, field)}' has neither a transformers family nor "
+                f"a remote-code implementation (allowed: {', '.join(allowed)}); use --format safetensors"
+            )
+    if cfg.arch != "decoder":
+        raise CheckpointError("export --format hf: only decoder models; use --format safetensors for seq2seq")
+    shutil.copy(Path(__file__).with_name("modeling_lmlab.py"), out / "modeling_lmlab.py")
+    config = {
+        "model_type": "lmlab",
+        "architectures": ["LmlabForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "modeling_lmlab.LmlabConfig",
+            "AutoModelForCausalLM": "modeling_lmlab.LmlabForCausalLM",
+        },
+        "lmlab": cfg.model_dump(mode="json"),
+        "tie_word_embeddings": False,
+        "dtype": "float32",
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if cfg.tie_weights:
+        state.pop("lm_head.weight")  # the remote model reads the embedding table instead
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
 
 
 def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "imported") -> Path:

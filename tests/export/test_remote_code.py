@@ -1,0 +1,33 @@
+"""The self-contained `modeling_lmlab.py`: transformers loads lmlab compositions with no HF family, logits match."""
+
+import pytest
+import torch
+
+from lmlab.export.run import _write_remote_code
+from lmlab.model.transformer import build_model
+from tests.conftest import tiny_cfg
+
+transformers = pytest.importorskip("transformers")
+
+COMPOSITIONS = [
+    {"attn": "mla", "pos": "rope", "norm": "rmsnorm", "ffn": "swiglu", "mla": {"q_lora_rank": 16}},
+    {"attn": "mla", "pos": "none", "mla": {"kv_norm": False}},
+    {"attn": "sdpa", "pos": "alibi", "ffn": "swiglu", "n_kv_head": 2},
+    {"attn": "sliding_window", "window": 5, "pos": "rope", "norm": "layernorm_nobias", "ffn": "geglu"},
+    {"attn": "mha", "pos": "sinusoidal", "norm_position": "post", "activation": "relu", "tie_weights": False},
+    {"attn": "mha", "pos": "rope", "rope": {"fraction": 0.5}, "ffn": "gated_mlp", "activation": "gelu_tanh"},
+]
+
+
+@pytest.mark.parametrize("overrides", COMPOSITIONS, ids=lambda o: "-".join(str(v) for v in o.values())[:40])
+def test_remote_code_logits_and_greedy_generation_match(tmp_path, overrides):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("gpt2", max_seq_len=32, **overrides)).eval()
+    _write_remote_code(model, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True, dtype=torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(hf.eval()(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+        ours = model.generate(ids[:1, :5], 12, temperature=0)
+        theirs = hf.generate(ids[:1, :5], max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert torch.equal(ours, theirs)
