@@ -1,16 +1,25 @@
 """Decode speed: lmlab's KV-cached generation vs `transformers.generate` on the same exported weights.
 
-One run, same machine, same weights (a GPT-2-layout model exported with `to_hf`), greedy
-decoding of `--new` tokens after a `--prompt`-token prompt, at batch 1 and batch 8; each timing
-is the best of `--repeats`. Reports tokens/s for both and the ratio lmlab / transformers.
+One run, same machine, same weights (GPT-2-layout models exported with `to_hf`), greedy decoding
+of `--new` tokens after a `--prompt`-token prompt, at batch 1 and batch 8, for each `--sizes`
+entry (LAYERSxDIMxHEADS). lmlab and transformers alternate for `--rounds` rounds and the median
+time of each is reported, with the ratio lmlab / transformers.
 
-    python bench/decode_speed_vs_hf.py [--layers 6 --dim 384 --heads 6 --new 128]
+The "GEMM floor" column is the tokens/s the model's linear layers alone allow: every decode
+step must read all weights once, and at batch 1 that matrix-vector work is memory-bound, the
+same kernels for both libraries. It bounds any ratio: lmlab's speed-up can only come from
+everything around those kernels.
+
+    python bench/decode_speed_vs_hf.py [--sizes 4x128x4,6x384x6 --new 128 --rounds 5] [--out FILE.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,49 +29,92 @@ from lmlab.infer.generate import generate
 from lmlab.model.transformer import build_model
 
 
-def best_of(fn, repeats: int) -> float:
-    """Fastest wall time of `repeats` calls (after one warm-up)."""
+def timed(fn) -> float:
+    """Wall time of one call."""
+    t0 = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return time.perf_counter() - t0
 
 
-def main() -> None:
-    """Time both at batch 1 and 8 and print a table."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--dim", type=int, default=384)
-    ap.add_argument("--heads", type=int, default=6)
-    ap.add_argument("--vocab", type=int, default=2048)
-    ap.add_argument("--prompt", type=int, default=32)
-    ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+def gemm_floor(model, batch: int, steps: int) -> float:
+    """Seconds for `steps` decode steps' worth of the model's linear layers alone (batch rows each)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(batch, m.in_features) for m in linears]
+
+    def run() -> None:
+        for _ in range(steps):
+            for m, x in zip(linears, xs, strict=True):
+                m(x)
+
+    with torch.no_grad():
+        run()
+        return min(timed(run) for _ in range(3))
+
+
+def bench_size(layers: int, dim: int, heads: int, args) -> list[str]:
+    """Table rows for one model size at batch 1 and 8."""
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(
-        "gpt2", n_layer=args.layers, d_model=args.dim, n_head=args.heads, vocab_size=args.vocab, max_seq_len=512
+        "gpt2", n_layer=layers, d_model=dim, n_head=heads, vocab_size=args.vocab, max_seq_len=args.prompt + args.new
     )
     ours = build_model(cfg).eval()
     theirs = to_hf(ours).eval()
-    print(f"model {cfg.arch_name()} | {ours.num_params():,} params | {torch.get_num_threads()} threads")
-    print("| batch | lmlab tok/s | transformers tok/s | ratio |\n| ---: | ---: | ---: | ---: |")
+    theirs.generation_config.pad_token_id = 0  # silences the open-ended generation notice
+    rows = []
     for batch in (1, 8):
         prompt = torch.randint(0, args.vocab, (batch, args.prompt))
+        mask = torch.ones_like(prompt)
+
+        def run_ours(p=prompt) -> torch.Tensor:
+            return generate(ours, p, args.new, temperature=0)
+
+        def run_theirs(p=prompt, m=mask) -> torch.Tensor:
+            return theirs.generate(
+                p, attention_mask=m, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False
+            )
+
         with torch.no_grad():
-            a = generate(ours, prompt, args.new, temperature=0)
-            b = theirs.generate(prompt, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False)
-        assert torch.equal(a, b), "greedy outputs differ"
-        t_ours = best_of(lambda p=prompt: generate(ours, p, args.new, temperature=0), args.repeats)
-        t_hf = best_of(
-            lambda p=prompt: theirs.generate(p, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False),
-            args.repeats,
-        )
+            assert torch.equal(run_ours(), run_theirs()), "greedy outputs differ"
+            t_ours, t_hf = [], []
+            for _ in range(args.rounds):
+                t_ours.append(timed(run_ours))
+                t_hf.append(timed(run_theirs))
         n = batch * args.new
-        print(f"| {batch} | {n / t_ours:,.0f} | {n / t_hf:,.0f} | {t_hf / t_ours:.2f}x |")
+        a, b = statistics.median(t_ours), statistics.median(t_hf)
+        floor = gemm_floor(ours, batch, args.new)
+        rows.append(
+            f"| {cfg.arch_name()} | {ours.num_params() / 1e6:.1f} M | {batch} | {n / a:,.0f} | {n / b:,.0f} "
+            f"| **{b / a:.2f}x** | {n / floor:,.0f} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    """Time every size at batch 1 and 8 and print (and optionally write) a table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="4x128x4,6x384x6", help="comma-separated LAYERSxDIMxHEADS")
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default=None, help="also write the table to this markdown file")
+    args = ap.parse_args()
+    header = [
+        f"Greedy decoding, prompt {args.prompt} tokens, {args.new} new tokens, vocab {args.vocab}, median of "
+        f"{args.rounds} alternating rounds; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}.",
+        "",
+        "| model | params | batch | lmlab tok/s | transformers tok/s | ratio | GEMM floor tok/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    print("\n".join(header), flush=True)
+    rows = []
+    for size in args.sizes.split(","):
+        layers, dim, heads = (int(v) for v in size.lower().split("x"))
+        rows += bench_size(layers, dim, heads, args)
+    if args.out:
+        Path(args.out).write_text("\n".join(header + rows) + "\n")
 
 
 if __name__ == "__main__":

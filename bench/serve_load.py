@@ -5,7 +5,10 @@ Starts the server in-process on 127.0.0.1 with a small model trained for a few s
 official `openai` client, and reports errors, lost requests, p50/p99 latency and aggregate
 tokens/s. Then sends malformed requests and checks each gets its 4xx while /health stays ok.
 
-    python bench/serve_load.py [--clients 32 --requests 20 --max-tokens 32]
+    python bench/serve_load.py [--clients 32 --requests 20 --max-tokens 32 --max-batch 16]
+
+`--max-batch 1` turns dynamic batching off (one request decodes at a time, interleaved per
+batch), the peer to compare the batched figures with.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=16, help="rows per decoding batch (1: no batching)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "c.txt"
@@ -58,7 +62,7 @@ def main() -> None:
             },
         )
         loaded = load_run(train_from_config(cfg, quiet=True).run.path)
-        limits = Limits(max_tokens=256, max_concurrent=args.clients * 2)
+        limits = Limits(max_tokens=256, max_concurrent=args.clients * 2, max_batch=args.max_batch)
         app = create_app({"tiny": loaded}, limits=limits, api_key="k")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -100,6 +104,8 @@ def main() -> None:
             f"latency p50 {statistics.median(lat):.2f} s | p99 {lat[int(0.99 * (len(lat) - 1))]:.2f} s | "
             f"aggregate {args.clients * args.requests * args.max_tokens / wall:,.0f} tokens/s over {wall:.1f} s"
         )
+        batching = httpx.get(f"{url}/health").json()["batching"]["tiny"]
+        print(f"max batch {args.max_batch}: {batching['batches']} batches, largest {batching['largest_batch']} rows")
         h = {"Authorization": "Bearer k", "Content-Type": "application/json"}
         for body, status in BAD:
             got = httpx.post(f"{url}/v1/completions", content=body, headers=h).status_code

@@ -127,3 +127,25 @@ def test_concurrent_streams_all_complete(server):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(one, range(8)))
     assert len(outs) == 8 and all(isinstance(o, str) and o for o in outs)
+
+
+def test_concurrent_requests_are_batched_and_each_equals_its_solo_run(server):
+    url, loaded = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY)
+    prompts = ["the quick brown", "a", "user: the", "jumps over the lazy", "the", "fox"]
+    before = httpx.get(f"{url}/health").json()["batching"]["tiny"]["batches"]
+    barrier = threading.Barrier(len(prompts))
+
+    def one(i):
+        barrier.wait()
+        out = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=10 + i, temperature=0.9, seed=i)
+        return out.choices[0].text
+
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        texts = list(pool.map(one, range(len(prompts))))
+    stats = httpx.get(f"{url}/health").json()["batching"]["tiny"]
+    assert stats["largest_batch"] > 1 and stats["batches"] - before < len(prompts)  # some requests shared a batch
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([loaded.tokenizer.encode(prompt)])
+        alone = loaded.model.generate(ids, 10 + i, temperature=0.9, seed=i)[0, ids.shape[1] :].tolist()
+        assert texts[i] == loaded.tokenizer.decode(alone), prompt

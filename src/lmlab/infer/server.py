@@ -3,25 +3,25 @@
 Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions` (streaming as server-sent
 events, `logprobs`), `POST /v1/chat/completions` (a plain "role: content" template), and with
 two runs `POST /v1/compare` (both models, same prompt and seed). Requests are served
-concurrently: every decoding step takes the model's lock for one token, so requests interleave
-token by token (a fair queue). Limits: body size, prompt length (the context), `max_tokens` and
+concurrently with dynamic batching (`infer/batcher.py`): requests waiting together decode as one
+left-padded batch, each with its own seed, so a request's text does not depend on its
+neighbours. Limits: body size, prompt length (the context), `max_tokens` and
 concurrent requests, each a 4xx in OpenAI's error format. Bearer auth when `api_key` is set.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, Field, ValidationError
 
 from lmlab.errors import require
+from lmlab.infer.batcher import Batcher
 from lmlab.infer.text_stream import TextStream
 
 try:  # FastAPI resolves handler annotations by name in this module's globals
@@ -37,15 +37,20 @@ class Limits:
     max_tokens: int = 512
     max_body_bytes: int = 1 << 20
     max_concurrent: int = 64
+    max_batch: int = 16
 
 
 @dataclass
 class Served:
-    """A loaded run under a model name, with the lock that serialises its decoding steps."""
+    """A loaded run under a model name, with the batcher that decodes its requests."""
 
     name: str
     loaded: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Batcher = field(init=False)
+    max_batch: int = 16
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.loaded.model, self.max_batch)
 
 
 class CompletionRequest(BaseModel):
@@ -102,10 +107,9 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
     """The FastAPI app serving `runs` ({model name: LoadedRun})."""
     fastapi = require("fastapi", "serve")
     from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import run_in_threadpool
 
     limits = limits or Limits()
-    served = {name: Served(name, loaded) for name, loaded in runs.items()}
+    served = {name: Served(name, loaded, max_batch=limits.max_batch) for name, loaded in runs.items()}
     state = {"active": 0}
     app = fastapi.FastAPI(title="lmlab", version="1")
 
@@ -157,7 +161,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             )
         return served[req.model]
 
-    def encode(s: Served, prompt: str, max_tokens: int) -> torch.Tensor:
+    def encode(s: Served, prompt: str, max_tokens: int) -> list[int]:
         if max_tokens > limits.max_tokens:
             raise APIError(
                 400, f"max_tokens: {max_tokens} exceeds the limit of {limits.max_tokens}", param="max_tokens"
@@ -171,44 +175,36 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             raise APIError(400, f"prompt: {len(ids)} tokens exceeds the context of {context}", param="prompt")
         if not ids:
             raise APIError(400, "prompt: empty prompt", param="prompt")
-        return torch.tensor([ids])
+        return ids
 
-    async def tokens(s: Served, ids: torch.Tensor, req: CompletionRequest) -> AsyncIterator[tuple[int, float]]:
-        """Decode token by token, taking the model lock per step so concurrent requests interleave."""
-        from lmlab.infer.generate import iter_generate
+    def tokens(s: Served, ids: list[int], req: CompletionRequest) -> AsyncIterator[tuple[int, float]]:
+        """(token id, log-probability) pairs for one request, decoded in a batch with its neighbours."""
+        return s.batcher.tokens(
+            ids,
+            req.max_tokens,
+            req.seed,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p if req.top_p < 1 else None,
+            min_p=req.min_p,
+            repetition_penalty=req.repetition_penalty,
+        )
 
-        options = {
-            "temperature": req.temperature,
-            "top_k": req.top_k,
-            "top_p": req.top_p if req.top_p < 1 else None,
-            "min_p": req.min_p,
-            "repetition_penalty": req.repetition_penalty,
-            "seed": req.seed,
-        }
-        it = iter_generate(s.loaded.model, ids.to(next(s.loaded.model.parameters()).device), req.max_tokens, **options)
-
-        def step():
-            with s.lock:
-                return next(it, None)
-
-        while True:
-            out = await run_in_threadpool(step)
-            if out is None:
-                return
-            tok, lp = out
-            yield int(tok[0, 0]), float(lp[0])
-
-    async def pieces(s: Served, ids: torch.Tensor, req: CompletionRequest):
+    async def pieces(s: Served, ids: list[int], req: CompletionRequest):
         """(text piece, token log-probability or None, finish reason or None), ending with a finish reason."""
         stream = TextStream(s.loaded.tokenizer, _stop_list(req.stop))
-        async for tok, lp in tokens(s, ids, req):
-            yield stream.push(tok), lp, None
-            if stream.stopped:
-                yield "", None, "stop"
-                return
+        steps = tokens(s, ids, req)
+        try:
+            async for tok, lp in steps:
+                yield stream.push(tok), lp, None
+                if stream.stopped:
+                    yield "", None, "stop"
+                    return
+        finally:
+            await steps.aclose()  # frees the request's batch row at once
         yield stream.flush(), None, "length"
 
-    async def complete(s: Served, ids: torch.Tensor, req: CompletionRequest) -> tuple[str, list, str]:
+    async def complete(s: Served, ids: list[int], req: CompletionRequest) -> tuple[str, list, str]:
         text, logprobs, finish = "", [], "length"
         async for piece, lp, end in pieces(s, ids, req):
             text += piece
@@ -232,7 +228,10 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(served), "active_requests": state["active"]}
+        batching = {
+            n: {"batches": s.batcher.batches, "largest_batch": s.batcher.largest_batch} for n, s in served.items()
+        }
+        return {"status": "ok", "models": list(served), "active_requests": state["active"], "batching": batching}
 
     @app.get("/v1/models")
     async def models():
@@ -266,7 +265,7 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             ids = encode(s, prompt, req.max_tokens)
             async with Slot():
                 text, logprobs, finish = await complete(s, ids, req)
-            usage = {"prompt_tokens": ids.shape[1], "completion_tokens": len(logprobs)}
+            usage = {"prompt_tokens": len(ids), "completion_tokens": len(logprobs)}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
