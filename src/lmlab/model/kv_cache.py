@@ -24,6 +24,7 @@ class KVCache:
         self.v = torch.zeros(batch, n_kv_head, max_len, v_dim or head_dim, device=device, dtype=dtype)
         self.length = 0  # tokens seen so far (= absolute position of the next token)
         self.first_position = 0  # every position is kept
+        self.positions = torch.arange(max_len, device=device)  # sliced per step instead of a new arange
 
     @property
     def capacity(self) -> int:
@@ -39,7 +40,7 @@ class KVCache:
         self.k[:, :, self.length : end] = k
         self.v[:, :, self.length : end] = v
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end], torch.arange(end, device=k.device)
+        return self.k[:, :, :end], self.v[:, :, :end], self.positions[:end]
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (beam search: each surviving beam takes its parent's cache)."""

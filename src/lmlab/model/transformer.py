@@ -72,7 +72,9 @@ class CausalLM(nn.Module):
         """
         offset = cache[0].length if cache else 0
         T = input_ids.shape[1]
-        x = self.drop(self.pos.embed(self.tok_emb(input_ids), offset, pad))  # (B, T, C)
+        x = self.pos.embed(self.tok_emb(input_ids), offset, pad)  # (B, T, C)
+        if self.training:
+            x = self.drop(x)
         pos = self.pos.context(T, offset, input_ids.device, pad)
         for i, block in enumerate(self.blocks):
             x = block(x, pos=pos, cache=cache[i] if cache else None)
