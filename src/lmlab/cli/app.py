@@ -261,10 +261,13 @@ def translate_cmd(
 )
 @click.option("--max-tokens", default=512, show_default=True, help="largest max_tokens a request may ask for")
 @click.option("--max-concurrent", default=64, show_default=True, help="requests in flight before 429")
+@click.option("--max-batch", default=16, show_default=True, help="requests decoded together (1: no batching)")
 @click.option("--max-body-kb", default=1024, show_default=True, help="largest request body")
 @click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda")
 @user_errors
-def serve_cmd(runs, compare, host, port, api_key_env, max_tokens, max_concurrent, max_body_kb, device) -> None:
+def serve_cmd(
+    runs, compare, host, port, api_key_env, max_tokens, max_concurrent, max_batch, max_body_kb, device
+) -> None:
     """Serve trained runs over an OpenAI-compatible HTTP API (extra [serve])."""
     import os
 
@@ -281,7 +284,9 @@ def serve_cmd(runs, compare, host, port, api_key_env, max_tokens, max_concurrent
     for p in paths:
         name = Path(p).name
         loaded[name if name not in loaded else f"{name}-{len(loaded)}"] = load_run(p, device=dev)
-    limits = Limits(max_tokens=max_tokens, max_body_bytes=max_body_kb * 1024, max_concurrent=max_concurrent)
+    limits = Limits(
+        max_tokens=max_tokens, max_body_bytes=max_body_kb * 1024, max_concurrent=max_concurrent, max_batch=max_batch
+    )
     serve(loaded, host=host, port=port, limits=limits, api_key=os.environ.get(api_key_env) or None)
 
 
