@@ -4,13 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench docs results clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch is pinned and installed first so no other requirement can pull a different build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,hf]"
+	$(BIN)/pip install -q -e ".[dev,hf,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +31,13 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_speed_vs_hf.py
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Regenerates docs/results.md; needs Tiny Shakespeare in $$LMLAB_DATA_DIR (or a one-time download).
+results: $(STAMP)
+	$(BIN)/python bench/results_page.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -92,7 +92,7 @@ def ablation_section(args, out: Path) -> list[str]:
 
 def training_speed_section(args) -> list[str]:
     """lmlab vs transformers training tokens/s and MFU."""
-    peak = train_speed_vs_hf.cpu_matmul_peak()
+    peak = train_speed_vs_hf.cpu_matmul_peak(fresh=True, seconds=3.0)
     lines = [
         "## Training throughput against transformers",
         "",

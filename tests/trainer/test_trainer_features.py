@@ -189,3 +189,19 @@ def test_resume_auto_with_nothing_says_so(tmp_path, capsys):
     with warnings.catch_warnings():
         t.train()
     assert "no checkpoint in" in capsys.readouterr().err and t.start_step == 0
+
+
+def test_cpu_peak_is_best_of_trials_and_a_low_cached_value_never_sticks(tmp_path):
+    import json
+
+    from lmlab.utils.hardware import cpu_matmul_peak
+
+    first = cpu_matmul_peak(tmp_path, size=128, seconds=0.05)
+    (path,) = tmp_path.glob("cpu_peak.json")
+    key = next(iter(json.loads(path.read_text())))
+    path.write_text(json.dumps({key: 1.0}))  # as if measured while the CPU was busy
+    assert cpu_matmul_peak(tmp_path, size=128, seconds=0.05) == 1.0  # cached values are reused ...
+    again = cpu_matmul_peak(tmp_path, size=128, seconds=0.05, fresh=True)  # ... until measured afresh
+    assert again > 1.0 and first > 1.0
+    path.write_text(json.dumps({key: 1e30}))
+    assert cpu_matmul_peak(tmp_path, size=128, seconds=0.05, fresh=True) == 1e30  # only ever replaced upwards

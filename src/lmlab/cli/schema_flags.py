@@ -37,12 +37,13 @@ SHORTCUTS: dict[str, str] = {
 }
 
 
-def _leaf_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+def leaf_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(path, pydantic field) for every scalar field, nested models flattened (("rope", "theta"), ...)."""
     out = []
     for name, field in model.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += _leaf_fields(ann, (*prefix, name))
+            out += leaf_fields(ann, (*prefix, name))
         else:
             out.append(((*prefix, name), field))
     return out
@@ -67,7 +68,7 @@ def _help(field: Any) -> str:
 
 def schema_options(sections: tuple[str, ...] = tuple(SECTIONS)) -> list[click.Option]:
     """Click options for every field of the given config sections, plus the shortcuts."""
-    leaves = [((sec, *path), field) for sec in sections for path, field in _leaf_fields(SECTIONS[sec])]
+    leaves = [((sec, *path), field) for sec in sections for path, field in leaf_fields(SECTIONS[sec])]
     counts: dict[str, int] = {}
     for path, _ in leaves:
         counts[".".join(path[1:])] = counts.get(".".join(path[1:]), 0) + 1

@@ -1,0 +1,193 @@
+"""The generated reference pages: block catalogue (registry), config reference (schema), CLI reference (click app).
+
+The docs site renders these at build time (`docs/gen_pages.py`), so a new block file, config
+field or command appears in the documentation with no edit to it.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+
+import click
+
+from lmlab.config import SECTIONS, ModelConfig
+from lmlab.errors import ConfigError
+from lmlab.registry import BLOCK_REGISTRIES
+
+KIND_TITLES = {"attn": "Attention", "ffn": "Feed-forward", "norm": "Norm", "pos": "Position", "embed": "Embedding"}
+
+# Values a block's required field takes when the catalogue tries combinations.
+_REQUIRED_SAMPLES = {"window": 64}
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table_head(*columns: str) -> list[str]:
+    """The header and rule lines of a Markdown table."""
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+
+
+def _summary(cls: type) -> str:
+    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def _try_config(**fields) -> str | None:
+    """None when the combination validates, else the validator's reason."""
+    for name, entry in (("attn", fields.get("attn")), ("ffn", fields.get("ffn"))):
+        if entry:
+            for req in BLOCK_REGISTRIES[name].entry(entry).caps.get("requires", []):
+                fields.setdefault(req, _REQUIRED_SAMPLES.get(req))
+    try:
+        ModelConfig(**fields)
+    except ConfigError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def combination_matrix(rows: str, cols: str) -> str:
+    """A Markdown table of which `rows` blocks work with which `cols` blocks, as the validator decides."""
+    col_names = BLOCK_REGISTRIES[cols].names()
+    lines = [
+        f"| {rows} \\ {cols} | " + " | ".join(f"`{c}`" for c in col_names) + " |",
+        "| --- | " + " | ".join(":---:" for _ in col_names) + " |",
+    ]
+    notes: list[str] = []
+    for r in BLOCK_REGISTRIES[rows].names():
+        cells = []
+        for c in col_names:
+            reason = _try_config(**{rows: r, cols: c})
+            if reason is None:
+                cells.append("✓")
+            else:
+                notes.append(f"- `{r}` + `{c}`: {_cell(reason)}")
+                cells.append(f"✗[^{len(notes)}]")
+        lines.append(f"| `{r}` | " + " | ".join(cells) + " |")
+    footnotes = [f"[^{i}]: {n[2:]}" for i, n in enumerate(notes, 1)]
+    return "\n".join([*lines, "", *footnotes])
+
+
+def block_catalogue() -> str:
+    """Every registered block: name, aliases, paper, tags, what it declares, and the combination tables."""
+    out = [
+        "# Block catalogue",
+        "",
+        "Generated from the registry at build time: every block file under `src/lmlab/<kind>/` that",
+        "registers itself appears here (and in `lmlab list`) with no other edit. Choose a block with",
+        "its name in a config (`model.attn: mla`) or a flag (`--attn mla`); names are case-insensitive.",
+        "",
+    ]
+    for kind, reg in BLOCK_REGISTRIES.items():
+        out += [
+            f"## {KIND_TITLES.get(kind, kind)} (`model.{kind}`)",
+            "",
+            *_table_head("name", "aliases", "what it is", "paper", "tags", "declares"),
+        ]
+        for e in reg.entries():
+            caps = {k: v for k, v in e.caps.items() if k != "short"}
+            declares = "; ".join(f"{k}: {v}" for k, v in sorted(caps.items()))
+            out.append(
+                f"| `{e.name}` | {', '.join(f'`{a}`' for a in e.aliases)} | {_cell(_summary(e.cls))} "
+                f"| {_cell(e.paper)} | {', '.join(e.tags)} | {_cell(declares)} |"
+            )
+        out.append("")
+    out += [
+        "## Supported combinations",
+        "",
+        "Each cell is what the config validator says about that pair (the rest of the config at its",
+        "defaults); a ✗ links to the validator's reason.",
+        "",
+        "### Attention × position",
+        "",
+        combination_matrix("attn", "pos"),
+        "",
+        "### Attention × feed-forward",
+        "",
+        combination_matrix("attn", "ffn"),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "choice"
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def _constraints(field) -> str:
+    symbols = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+    parts = []
+    for meta in field.metadata:
+        for attr, sym in symbols.items():
+            if getattr(meta, attr, None) is not None:
+                parts.append(f"{sym} {getattr(meta, attr)}")
+    return ", ".join(parts)
+
+
+def config_reference() -> str:
+    """Every config field: type, default, allowed values, flag(s), environment variable and description."""
+    from lmlab.cli.schema_flags import leaf_fields, schema_options
+
+    flags = {opt.name: [o for o in opt.opts if not o.startswith("--no-")] for opt in schema_options()}
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the pydantic schema at build time. Every field is a YAML/JSON key",
+        "(`--config run.yaml`), a flag and an environment variable; precedence is flags > environment >",
+        "config file > preset > defaults. Invalid values fail before any tensor is made, naming the",
+        "field and the allowed values.",
+        "",
+    ]
+    for section, cls in SECTIONS.items():
+        out += [
+            f"## `{section}`",
+            "",
+            _cell((cls.__doc__ or "").strip().splitlines()[0]),
+            "",
+            *_table_head("field", "type", "default", "allowed", "flags", "environment", "description"),
+        ]
+        for path, field in leaf_fields(cls):
+            dotted = ".".join((section, *path))
+            allowed = _constraints(field)
+            if typing.get_origin(field.annotation) is typing.Literal:
+                allowed = ", ".join(f"`{a}`" for a in typing.get_args(field.annotation))
+            elif len(path) == 1 and section == "model" and path[0] in BLOCK_REGISTRIES:
+                allowed = "registered names: " + ", ".join(f"`{n}`" for n in BLOCK_REGISTRIES[path[0]].names())
+            default = "(computed)" if field.default_factory else f"`{field.default!r}`"
+            names = " ".join(f"`{f}`" for f in flags.get("__".join((section, *path)), []))
+            env = "LMLAB_" + "__".join((section, *path)).upper()
+            out.append(
+                f"| `{dotted}` | {_cell(_type_name(field.annotation))} | {_cell(default)} | {_cell(allowed)} "
+                f"| {names} | `{env}` | {_cell(field.description or '')} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def cli_reference() -> str:
+    """Every `lmlab` command and subcommand with its help text, as the CLI itself prints it."""
+    from lmlab.cli.app import cli
+
+    out = ["# CLI reference", "", "Generated from the CLI at build time; `lmlab COMMAND --help` prints the same.", ""]
+
+    def walk(cmd: click.Command, path: list[str], parent: click.Context | None) -> None:
+        ctx = click.Context(cmd, info_name=path[-1], parent=parent, terminal_width=100, max_content_width=100)
+        if len(path) > 1:
+            out.extend([f"{'#' * min(len(path), 4)} `{' '.join(path)}`", "", "```text", cmd.get_help(ctx), "```", ""])
+        if isinstance(cmd, click.Group):
+            for name in sorted(cmd.list_commands(ctx)):
+                walk(cmd.get_command(ctx, name), [*path, name], ctx)
+
+    walk(cli, ["lmlab"], None)
+    return "\n".join(out)
+
+
+PAGES: dict[str, Callable[[], str]] = {
+    "reference/blocks.md": block_catalogue,
+    "reference/config.md": config_reference,
+    "reference/cli.md": cli_reference,
+}
