@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_speed_vs_hf.py
 
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
 
 # Regenerates docs/results.md; needs Tiny Shakespeare in $$LMLAB_DATA_DIR (or a one-time download).
 results: $(STAMP)
