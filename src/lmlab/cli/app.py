@@ -150,15 +150,17 @@ def generate_cmd(
     loaded = load_run(run, device=dev)
     options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
     options |= {"repetition_penalty": repetition_penalty, "use_cache": not no_cache}
-    rows = [(p, text, seed + i) for p, text in enumerate(texts) for i in range(num_samples)]
-    for start in range(0, len(rows), 1 if stream else max(1, batch_size)):
-        chunk = rows[start : start + (1 if stream else max(1, batch_size))]
-        ids, pad = left_pad([loaded.tokenizer.encode(text) for _, text, _ in chunk], device=dev)
+    rows = [(p, i, text) for p, text in enumerate(texts) for i in range(num_samples)]  # (prompt, sample, text)
+    size = 1 if stream else max(1, batch_size)
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        ids, pad = left_pad([loaded.tokenizer.encode(text) for *_, text in chunk], device=dev)
         streams = [TextStream(loaded.tokenizer, []) for _ in chunk]
         pieces = [""] * len(chunk)
         if stream:
-            _echo_sample_header(chunk[0], len(texts), num_samples, seed)
-        steps = iter_generate(loaded.model, ids, max_new_tokens, seed=[s for *_, s in chunk], pad=pad, **options)
+            _echo_sample_header(chunk[0], len(texts), num_samples)
+        seeds = [seed + i for _, i, _ in chunk]
+        steps = iter_generate(loaded.model, ids, max_new_tokens, seed=seeds, pad=pad, **options)
         for tok, _ in steps:
             for r, dec in enumerate(streams):
                 pieces[r] += dec.push(int(tok[r, 0]))
@@ -167,17 +169,17 @@ def generate_cmd(
                 pieces[0] = ""
         for r, row in enumerate(chunk):
             if not stream:
-                _echo_sample_header(row, len(texts), num_samples, seed)
+                _echo_sample_header(row, len(texts), num_samples)
             click.echo(pieces[r] + streams[r].flush())
 
 
-def _echo_sample_header(row: tuple[int, str, int], n_prompts: int, num_samples: int, seed: int) -> None:
+def _echo_sample_header(row: tuple[int, int, str], n_prompts: int, num_samples: int) -> None:
     """The '--- sample k ---' line (when there are several) and the prompt itself."""
-    p, text, row_seed = row
+    p, i, text = row
     if n_prompts > 1:
-        click.echo(f"--- prompt {p + 1}, sample {row_seed - seed + 1} ---")
+        click.echo(f"--- prompt {p + 1}, sample {i + 1} ---")
     elif num_samples > 1:
-        click.echo(f"--- sample {row_seed - seed + 1} ---")
+        click.echo(f"--- sample {i + 1} ---")
     click.echo(text, nl=False)
 
 

@@ -108,8 +108,6 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
 
 def _write_remote_code(model, out: Path) -> None:
     """config.json with an auto_map to the copied `modeling_lmlab.py`, and lmlab-named safetensors weights."""
-    from safetensors.torch import save_file
-
     cfg = model.config
     for field, allowed in REMOTE_CODE_BLOCKS.items():
         if getattr(cfg, field) not in allowed:
@@ -132,10 +130,8 @@ def _write_remote_code(model, out: Path) -> None:
         "dtype": "float32",
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    if cfg.tie_weights:
-        state.pop("lm_head.weight")  # the remote model reads the embedding table instead
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    # A tied head is stored once, under tok_emb.weight: the remote model reads the embedding table.
+    write_weights(out / "model.safetensors", model.state_dict(), metadata={"format": "pt"})
 
 
 def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "imported") -> Path:

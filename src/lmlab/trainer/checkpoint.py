@@ -25,8 +25,11 @@ PREFIX = "step_"
 FILES = ("model.safetensors", "state.pt")
 
 
-def write_weights(path: str | Path, state_dict: dict[str, Tensor]) -> None:
-    """Save a state dict as safetensors; tensors shared under two names (tied weights) are stored once."""
+def write_weights(path: str | Path, state_dict: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a state dict as safetensors; tensors shared under two names (tied weights) are stored once.
+
+    `metadata` adds header entries (transformers wants `{"format": "pt"}`).
+    """
     kept: dict[tuple, str] = {}
     tensors, aliases = {}, {}
     for name, t in state_dict.items():
@@ -36,7 +39,7 @@ def write_weights(path: str | Path, state_dict: dict[str, Tensor]) -> None:
             continue
         kept[key] = name
         tensors[name] = t.detach().contiguous().cpu()
-    save_file(tensors, str(path), metadata={"aliases": json.dumps(aliases)})
+    save_file(tensors, str(path), metadata={**(metadata or {}), "aliases": json.dumps(aliases)})
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
