@@ -43,3 +43,11 @@ def tiny_cfg(preset: str = "llama", **overrides):
     base = dict(n_layer=2, n_head=4, d_model=32, vocab_size=61, max_seq_len=32)
     base.update(overrides)
     return ModelConfig.from_preset(preset, **base)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print what tests recorded with `record_property("report", ...)` (e.g. the kill test's kill steps)."""
+    for report in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "report":
+                terminalreporter.write_line(f"{report.nodeid}: {value}")

@@ -42,10 +42,9 @@ def server(tmp_path_factory):
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
+    while not srv.started:  # wait for the event itself, however slow the machine
+        assert thread.is_alive(), "the server thread died during start-up"
+        time.sleep(0.01)
     yield f"http://127.0.0.1:{port}", loaded
     srv.should_exit = True
     thread.join(timeout=10)

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -70,17 +69,25 @@ WRITER = textwrap.dedent(
     import sys, torch
     from lmlab.config import ModelConfig
     from lmlab.model.transformer import build_model
-    from lmlab.trainer.checkpoint import save_checkpoint
+    from lmlab.trainer import checkpoint
+
+    fsync = checkpoint._fsync
+
+    def announced_fsync(path):
+        print("fsync", path, flush=True)  # the test kills at one of these moments, inside a write
+        fsync(path)
+
+    checkpoint._fsync = announced_fsync
     cfg = ModelConfig.from_preset("llama", n_layer=4, d_model=256, n_head=4, vocab_size=2000)
     model = build_model(cfg)
     step = 0
-    print("ready", flush=True)
     while True:
         step += 1
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(1.0)
-        save_checkpoint(sys.argv[1], step, model, {"step": step, "big": torch.randn(500_000)})
+        checkpoint.save_checkpoint(sys.argv[1], step, model, {"step": step, "big": torch.randn(500_000)})
+        print("saved", step, flush=True)
     """
 )
 
@@ -88,18 +95,33 @@ WRITER = textwrap.dedent(
 def test_kill_during_checkpoint_writes_never_corrupts_previous(tmp_path):
     rng = random.Random(0)
     root = tmp_path / "ckpts"
+    saved = 0
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.2, 1.0))
+        # Let at least one checkpoint land, then kill after a random fsync of a later write.
+        events = [line.split()[0] for line in _lines_until(proc.stdout, "saved")]
+        saved += events.count("saved")
+        for _ in range(rng.randint(1, 5)):
+            proc.stdout.readline()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
         for path in ckpt.list_checkpoints(root):
             ckpt.verify_checkpoint(path)  # every renamed checkpoint is complete
-    assert ckpt.list_checkpoints(root), "the writer never finished a checkpoint; slow machine?"
+    assert saved >= 5 and ckpt.list_checkpoints(root)
     latest = ckpt.latest_valid(root)
     model = build_model(tiny_cfg("llama", n_layer=4, d_model=256, vocab_size=2000, max_seq_len=2048))
     state = ckpt.load_checkpoint(latest, model)
     assert state["step"] >= 1
     ckpt.clean_partial(root)
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def _lines_until(stream, word: str) -> list[str]:
+    """Lines read from `stream` up to and including the first that starts with `word`."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.startswith(word):
+            break
+    return lines
