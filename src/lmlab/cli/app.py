@@ -35,9 +35,35 @@ def _train(**params) -> None:
 
     result = train_from_config(_resolve(params))
     m = result.metrics
-    click.echo(f"done: step {m.get('step')} | val loss {m.get('val_loss', float('nan')):.4f} | run {result.run.path}")
+    val = "n/a" if m.get("val_loss") is None else f"{m['val_loss']:.4f}"
+    if m.get("interrupted"):
+        click.echo(f"interrupted at step {m['step']}; checkpoint written. Resume with:", err=True)
+        click.echo(f"  {_resume_command(result.run.path)}", err=True)
+        sys.exit(130)
+    if m.get("already_complete"):
+        click.echo(
+            f"already complete: {result.run.path} finished at step {m['step']} (val loss {val}); "
+            "nothing to train (raise --max-steps to continue it)"
+        )
+        return
+    click.echo(f"done: step {m.get('step')} | val loss {val} | run {result.run.path}")
     for i, s in enumerate(result.samples):
         click.echo(f"\n--- sample {i + 1} ---\n{s}")
+
+
+def _resume_command(run: Path) -> str:
+    """This command line again, resuming `run` (any earlier --train.resume replaced)."""
+    import shlex
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--train.resume":
+            skip = True
+        elif not arg.startswith("--train.resume="):
+            args.append(arg)
+    return shlex.join(["lmlab", *args, "--train.resume", str(run)])
 
 
 train_command = click.Command(

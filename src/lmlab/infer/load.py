@@ -32,7 +32,7 @@ def final_weights(run: RunDir) -> Path:
     final = run.export / "model.safetensors"
     if final.is_file():
         return final
-    latest = ckpt.latest_valid(run.checkpoints)
+    latest = ckpt.latest_valid(run.checkpoints, ckpt.WEIGHTS)  # the optimizer state may be gone
     if latest is None:
         raise CheckpointError(f"run: {run.path} has no weights (no artifacts/export/model.safetensors, no checkpoint)")
     return latest / "model.safetensors"
@@ -45,7 +45,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint
     model = build_model(cfg.model)
     if checkpoint:
         weights = Path(checkpoint) / "model.safetensors"
-        ckpt.verify_checkpoint(checkpoint)
+        ckpt.verify_checkpoint(checkpoint, ckpt.WEIGHTS)
     else:
         weights = final_weights(run)
     ckpt.load_weights(model, ckpt.read_weights(weights), weights)

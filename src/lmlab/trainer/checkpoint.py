@@ -23,6 +23,13 @@ from lmlab.errors import CheckpointError
 
 PREFIX = "step_"
 FILES = ("model.safetensors", "state.pt")
+WEIGHTS = ("model.safetensors",)  # what reading a model needs: no optimizer state
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_weights(path: str | Path, state_dict: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -39,7 +46,12 @@ def write_weights(path: str | Path, state_dict: dict[str, Tensor], metadata: dic
             continue
         kept[key] = name
         tensors[name] = t.detach().contiguous().cpu()
-    save_file(tensors, str(path), metadata={**(metadata or {}), "aliases": json.dumps(aliases)})
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # a kill mid-write never leaves a partial file
+    save_file(tensors, str(tmp), metadata={**(metadata or {}), "aliases": json.dumps(aliases)})
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; weights are as readable as every other file
+    _fsync(tmp)
+    os.replace(tmp, path)
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
@@ -119,22 +131,22 @@ def save_checkpoint(
     return final
 
 
-def verify_checkpoint(path: str | Path) -> dict:
-    """The checkpoint's meta after checking that every file is present, complete and unaltered."""
+def verify_checkpoint(path: str | Path, files: tuple[str, ...] = FILES) -> dict:
+    """The checkpoint's meta after checking that `files` (default all) are present, complete and unaltered."""
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise CheckpointError(f"checkpoint: {path} is not a checkpoint (no meta.json)")
     try:
         meta = json.loads(meta_path.read_text())
-        files = meta["files"]
+        recorded = meta["files"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint: {meta_path} is unreadable") from None
-    for name in FILES:
+    for name in files:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"checkpoint: {f} is missing")
-        if f.stat().st_size != files[name]["bytes"] or _sha256(f) != files[name]["sha256"]:
+        if f.stat().st_size != recorded[name]["bytes"] or _sha256(f) != recorded[name]["sha256"]:
             raise CheckpointError(f"checkpoint: {f} is truncated or corrupt (size/sha256 mismatch)")
     return meta
 
@@ -147,11 +159,11 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
-def latest_valid(root: str | Path) -> Path | None:
-    """The newest checkpoint that verifies; damaged ones are skipped with a warning."""
+def latest_valid(root: str | Path, files: tuple[str, ...] = FILES) -> Path | None:
+    """The newest checkpoint whose `files` verify (`WEIGHTS` to read a model); damaged ones are skipped with a warning."""
     for path in reversed(list_checkpoints(root)):
         try:
-            verify_checkpoint(path)
+            verify_checkpoint(path, files)
             return path
         except CheckpointError as exc:
             warnings.warn(f"skipping {exc}", stacklevel=2)

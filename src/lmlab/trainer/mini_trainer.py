@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -149,6 +151,8 @@ class MiniTrainer:
         self.last_val: float | None = None
         self.should_stop: str | None = None  # set (with the reason) by callbacks or the non-finite policy
         self.resumed_from: Path | None = None
+        self.interrupted = False  # set by the first Ctrl-C: the step finishes, a checkpoint is written
+        self._saved_step: int | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.peak = peak_flops(self.device, self.precision, override=peak_flops_override)
         self.max_time = max_time
@@ -253,6 +257,7 @@ class MiniTrainer:
         path = None
         if dist.is_main():
             path = ckpt.save_checkpoint(self.ckpt_dir, self.step, weights, state, extra={"val_loss": self.last_val})
+            self._saved_step = self.step
             if self.last_val is not None and self.last_val <= self.best_val:
                 self.best_val, self.best_ckpt = self.last_val, path
             ckpt.prune(self.ckpt_dir, self.keep_last, keep=self.best_ckpt)
@@ -282,6 +287,7 @@ class MiniTrainer:
         weights, state = ckpt.read_checkpoint(path, map_location="cpu")
         self.load_state_dict(state, weights, path)
         self.resumed_from = path
+        self.last_val = ckpt.verify_checkpoint(path).get("val_loss")
 
     # ------------------------------------------------------------------ loop
 
@@ -330,8 +336,50 @@ class MiniTrainer:
                 return self.loss_fn(self.model, batch)
 
     def train(self) -> dict:
-        """Run the loop to `total_steps` (or until a callback or the non-finite policy stops it)."""
+        """Run the loop to `total_steps` (or until a callback, the non-finite policy or Ctrl-C stops it).
+
+        The first Ctrl-C (single process, main thread) lets the current step finish and writes a
+        checkpoint; the metrics then carry `interrupted`. A second Ctrl-C aborts at once.
+        """
         self._maybe_resume()
+        if self.step >= self.total_steps:  # a finished run resumed: nothing to do, say so
+            return {"step": self.step, "val_loss": self.last_val, "already_complete": True}
+        with self._first_ctrl_c_stops():
+            metrics = self._loop()
+        if self.interrupted and self.ckpt_dir is not None and self._saved_step != self.step:
+            self.save_checkpoint()  # Ctrl-C landed between a step's checkpoint check and the next step
+        if self.should_stop:
+            metrics["stopped"] = self.should_stop
+        if self.interrupted:
+            metrics.update(interrupted=True, step=self.step)
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return metrics
+
+    @contextlib.contextmanager
+    def _first_ctrl_c_stops(self):
+        usable = threading.current_thread() is threading.main_thread() and dist.get_world_size() == 1
+        if not usable or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            self.interrupted = True
+            self.should_stop = f"interrupted (Ctrl-C) at step {self.step + 1}"
+            print(
+                f"\nCtrl-C: finishing step {self.step + 1} and writing a checkpoint (Ctrl-C again to abort)",
+                file=sys.stderr,
+                flush=True,
+            )
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _loop(self) -> dict:
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_start(self)
@@ -406,7 +454,8 @@ class MiniTrainer:
             if self.max_time is not None and metrics["wall"] >= self.max_time:
                 self.should_stop = f"time budget of {self.max_time:g} s reached at step {self.step}"
             last = self.step == self.total_steps or bool(self.should_stop)
-            if self.val_loader is not None and (self.step % self.eval_interval == 0 or last):
+            due = self.step % self.eval_interval == 0 or last
+            if self.val_loader is not None and due and not self.interrupted:
                 val = self.evaluate()
                 self.last_val = val["val_loss"]
                 metrics.update(val)
@@ -414,10 +463,6 @@ class MiniTrainer:
                     cb.on_eval_end(self, val)
             if self.ckpt_dir is not None and (self.step % self.ckpt_interval == 0 or last or self.should_stop):
                 self.save_checkpoint()
-        if self.should_stop:
-            metrics["stopped"] = self.should_stop
-        for cb in self.callbacks:
-            cb.on_train_end(self)
         return metrics
 
     def step_flops(self, n_tokens: int, seq_len: int) -> float | None:

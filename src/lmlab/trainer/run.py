@@ -272,13 +272,17 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
             f"{task.summary} | device {trainer.device} {trainer.precision}"
         )
     metrics = trainer.train()
-    if metrics.get("stopped") and main:
+    if metrics.get("stopped") and main and not metrics.get("interrupted"):
         print(f"stopped: {metrics['stopped']}", file=sys.stderr)
+    if metrics.get("interrupted"):  # the checkpoint is the state to resume; no export, no samples
+        return TrainResult(run, metrics, [])
     final_weights = trainer.full_state_dict()  # collective under FSDP
     if not main:
         return TrainResult(run, metrics, [])
     write_weights(run.export / "model.safetensors", final_weights)
     (run.export / "config.json").write_text(json.dumps(model_cfg.model_dump(mode="json"), indent=2))
+    if metrics.get("already_complete"):  # the export above completes a run killed after its last checkpoint
+        return TrainResult(run, metrics, [])
     if trainer.strategy == "fsdp":  # sample from an unsharded copy: rank 0 alone cannot run a sharded forward
         model = build_model(model_cfg).to(trainer.device)
         load_weights(model, {k: v.to(trainer.device) for k, v in final_weights.items()}, run.export)
