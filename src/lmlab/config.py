@@ -146,6 +146,12 @@ class ModelConfig(Section):
     activation: Activation = "gelu"
     norm_position: Literal["pre", "post"] = "pre"
     bias: bool = True
+    qkv_bias: bool | None = Field(None, description="bias on the query/key/value projections; default `bias`")
+    attn_proj_bias: bool | None = Field(None, description="bias on the attention output projection; default `bias`")
+    ffn_bias: bool | None = Field(None, description="bias on the feed-forward layers; default `bias`")
+    head_dim: int | None = Field(
+        None, ge=1, description="width of one attention head; default d_model / n_head (n_head x head_dim may differ)"
+    )
     tie_weights: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     window: int | None = Field(
@@ -168,10 +174,16 @@ class ModelConfig(Section):
 
         for field_name, reg in BLOCK_REGISTRIES.items():
             setattr_raw(self, field_name, _lookup(reg, field_name, getattr(self, field_name)))
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"model.d_model: {self.d_model} is not divisible by n_head={self.n_head}; allowed: a multiple of n_head"
-            )
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise ValueError(
+                    f"model.d_model: {self.d_model} is not divisible by n_head={self.n_head}; "
+                    "allowed: a multiple of n_head, or an explicit model.head_dim"
+                )
+            setattr_raw(self, "head_dim", self.d_model // self.n_head)
+        for name in ("qkv_bias", "attn_proj_bias", "ffn_bias"):
+            if getattr(self, name) is None:
+                setattr_raw(self, name, self.bias)
         if self.n_kv_head is None:
             setattr_raw(self, "n_kv_head", self.n_head)
         if self.n_head % self.n_kv_head:
@@ -194,11 +206,6 @@ class ModelConfig(Section):
                 )
         check_combinations(self)
         return self
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.d_model // self.n_head
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:

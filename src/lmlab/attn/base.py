@@ -86,8 +86,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.window = cfg.window
-        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.attn_proj_bias)
         self.proj.residual_projection = True  # scaled init, GPT-2 §2.3
         self.dropout = cfg.dropout
 

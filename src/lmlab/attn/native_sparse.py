@@ -77,13 +77,13 @@ class NativeSparseAttention(nn.Module):
             n.window,
         )
         hs, kv = self.head_dim, self.n_kv_head
-        self.q = nn.Linear(cfg.d_model, self.n_head * hs, bias=cfg.bias)
-        self.kv = nn.Linear(cfg.d_model, len(BRANCHES) * 2 * kv * hs, bias=cfg.bias)  # independent K/V per branch
+        self.q = nn.Linear(cfg.d_model, self.n_head * hs, bias=cfg.qkv_bias)
+        self.kv = nn.Linear(cfg.d_model, len(BRANCHES) * 2 * kv * hs, bias=cfg.qkv_bias)  # independent K/V per branch
         self.block_pos = nn.Parameter(torch.zeros(2, self.block, hs))  # intra-block positions for k and v
         self.compress_k = nn.Linear(self.block * hs, hs, bias=False)  # phi (eq. 7)
         self.compress_v = nn.Linear(self.block * hs, hs, bias=False)
         self.gate = nn.Linear(cfg.d_model, self.n_head * len(BRANCHES), bias=True)
-        self.proj = nn.Linear(self.n_head * hs, cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(self.n_head * hs, cfg.d_model, bias=cfg.attn_proj_bias)
         self.proj.residual_projection = True
         self.scale = 1.0 / math.sqrt(hs)
 

@@ -58,6 +58,11 @@ class RMSNorm(nn.Module):
         return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
+def head_dim(c: dict) -> int:
+    """Width of one attention head (explicit, or d_model / n_head)."""
+    return c.get("head_dim") or c["d_model"] // c["n_head"]
+
+
 def make_norm(c: dict, dim: int | None = None) -> nn.Module:
     """The config's norm over `dim` (default d_model)."""
     dim = dim or c["d_model"]
@@ -117,9 +122,9 @@ class Attention(nn.Module):
 
     def __init__(self, c: dict) -> None:
         super().__init__()
-        self.nh, self.nkv, self.hs = c["n_head"], c["n_kv_head"], c["d_model"] // c["n_head"]
-        self.qkv = nn.Linear(c["d_model"], (self.nh + 2 * self.nkv) * self.hs, bias=c["bias"])
-        self.proj = nn.Linear(self.nh * self.hs, c["d_model"], bias=c["bias"])
+        self.nh, self.nkv, self.hs = c["n_head"], c["n_kv_head"], head_dim(c)
+        self.qkv = nn.Linear(c["d_model"], (self.nh + 2 * self.nkv) * self.hs, bias=c.get("qkv_bias", c["bias"]))
+        self.proj = nn.Linear(self.nh * self.hs, c["d_model"], bias=c.get("attn_proj_bias", c["bias"]))
 
     def forward(self, x: Tensor, bias: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         B, T, _ = x.shape
@@ -140,7 +145,7 @@ class MLA(nn.Module):
 
     def __init__(self, c: dict) -> None:
         super().__init__()
-        m, hs = c["mla"], c["d_model"] // c["n_head"]
+        m, hs = c["mla"], head_dim(c)
         self.nh, self.q_rank = c["n_head"], m["q_lora_rank"]
         self.kv_rank = m["kv_lora_rank"] or 4 * hs
         self.rope = hs // 2 if m["qk_rope_head_dim"] is None else m["qk_rope_head_dim"]
@@ -178,7 +183,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, c: dict) -> None:
         super().__init__()
-        d, f, b = c["d_model"], c["d_ff"], c["bias"]
+        d, f, b = c["d_model"], c["d_ff"], c.get("ffn_bias", c["bias"])
         self.gated = c["ffn"] != "mlp"
         if self.gated:
             self.gate, self.up, self.down = nn.Linear(d, f, bias=b), nn.Linear(d, f, bias=b), nn.Linear(f, d, bias=b)
@@ -269,7 +274,7 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
             x = x + sinusoidal(T, c["d_model"], x.device).to(x.dtype)
         rope = None
         if c["pos"] == "rope" and c["attn"] != "mla":
-            hs = c["d_model"] // c["n_head"]
+            hs = head_dim(c)
             rope = rope_tables(T, int(hs * c["rope"]["fraction"]) // 2 * 2, c["rope"]["theta"], x.device)
         bias = self._bias(T, x.device)
         for block in self.blocks:

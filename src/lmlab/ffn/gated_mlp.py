@@ -22,9 +22,9 @@ class GatedMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.ffn_bias)
         self.down.residual_projection = True
         self.act = self.gate_activation(cfg)
 

@@ -15,8 +15,8 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.ffn_bias)
         self.proj.residual_projection = True
         self.act = activation(cfg.activation)
 

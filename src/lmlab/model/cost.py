@@ -72,7 +72,7 @@ def cost_card(cfg: ModelConfig, seq_len: int) -> str:
     lines = [
         f"{cfg.arch_name()}",
         f"  attn={cfg.attn} ffn={cfg.ffn} norm={cfg.norm} pos={cfg.pos} embed={cfg.embed} "
-        f"act={cfg.activation} bias={cfg.bias} tied={cfg.tie_weights}",
+        f"act={cfg.activation} bias=qkv:{cfg.qkv_bias}/proj:{cfg.attn_proj_bias}/ffn:{cfg.ffn_bias} tied={cfg.tie_weights}",
         f"  d_model={cfg.d_model} n_head={cfg.n_head} n_kv_head={cfg.n_kv_head} head_dim={cfg.head_dim} "
         f"d_ff={cfg.d_ff} vocab={cfg.vocab_size} max_seq_len={cfg.max_seq_len}",
         "",

@@ -41,9 +41,9 @@ class CrossAttention(nn.Module):
         nn.Module.__init__(self)
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.window, self.dropout = None, cfg.dropout
-        self.q = nn.Linear(cfg.d_model, self.n_head * self.head_dim, bias=cfg.bias)
-        self.kv = nn.Linear(cfg.d_model, 2 * self.n_kv_head * self.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
+        self.q = nn.Linear(cfg.d_model, self.n_head * self.head_dim, bias=cfg.qkv_bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * self.n_kv_head * self.head_dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.attn_proj_bias)
         self.proj.residual_projection = True
 
     def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
@@ -231,7 +231,12 @@ def to_reference(tensors: dict[str, Tensor], cfg: ModelConfig) -> dict:
     torch's fused qkv / kv projections are split into q, k, v; Linear weights are transposed to
     the reference's (in, out). For untied, unshared pre-norm models with biases, as the reference is.
     """
-    if cfg.tie_weights or cfg.share_embeddings or cfg.norm_position != "pre" or not cfg.bias:
+    if (
+        cfg.tie_weights
+        or cfg.share_embeddings
+        or cfg.norm_position != "pre"
+        or not (cfg.qkv_bias and cfg.attn_proj_bias and cfg.ffn_bias)
+    ):
         raise ValueError("to_reference: needs tie_weights=false, share_embeddings=false, pre-norm and bias=true")
     C = cfg.d_model
 
