@@ -19,17 +19,7 @@ def _run(tmp_path, corpus_file, *extra):
     return RunDir.latest(tmp_path / "runs")
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama"])
-def test_hf_export_loads_in_transformers_without_lmlab(tmp_path, corpus_file, preset):
-    run = _run(tmp_path, corpus_file, "--preset", preset, "--heads", "2")
-    result = CliRunner().invoke(
-        cli, ["export", "--run", str(run.path), "--format", "hf", "--out", str(tmp_path / "hf")]
-    )
-    assert result.exit_code == 0, result.output
-    diff = float(result.output.split("max |diff|")[1])
-    assert diff <= 1e-4
-    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
-    assert not (tmp_path / "hf.partial").exists()
+# GPT-2 and Llama family exports: tests/export/test_hf_tokenizer.py (with their tokenizers).
 
 
 def test_mla_exports_as_remote_code_that_transformers_loads_without_lmlab(tmp_path, corpus_file):

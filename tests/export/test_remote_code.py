@@ -16,6 +16,7 @@ COMPOSITIONS = [
     {"attn": "sliding_window", "window": 5, "pos": "rope", "norm": "layernorm_nobias", "ffn": "geglu"},
     {"attn": "mha", "pos": "sinusoidal", "norm_position": "post", "activation": "relu", "tie_weights": False},
     {"attn": "mha", "pos": "rope", "rope": {"fraction": 0.5}, "ffn": "gated_mlp", "activation": "gelu_tanh"},
+    {"attn": "sdpa", "pos": "rope", "head_dim": 12, "qkv_bias": True, "attn_proj_bias": False, "ffn_bias": False},
 ]
 
 

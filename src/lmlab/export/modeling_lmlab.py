@@ -264,8 +264,12 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
             mask = mask + alibi_slopes(self.c["n_head"]).to(device)[:, None, None] * (j - i)
         return mask
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None, **kwargs) -> CausalLMOutput:
+    def forward(
+        self, input_ids: Tensor, labels: Tensor | None = None, attention_mask: Tensor | None = None, **kwargs
+    ) -> CausalLMOutput:
         """Logits (B, T, V) for the whole context; loss against `labels` shifted by one, as transformers does."""
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("modeling_lmlab: padded batches are not supported; generate one prompt at a time")
         c, T = self.c, input_ids.shape[1]
         x = self.tok_emb(input_ids)
         if c["pos"] == "learned":
@@ -288,4 +292,6 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, **kwargs) -> dict:
         """No cache: every step sees the last max_seq_len tokens."""
-        return {"input_ids": input_ids[:, -self.c["max_seq_len"] :]}
+        window = input_ids[:, -self.c["max_seq_len"] :]
+        mask = kwargs.get("attention_mask")
+        return {"input_ids": window, "attention_mask": None if mask is None else mask[:, -window.shape[1] :]}

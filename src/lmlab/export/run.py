@@ -11,6 +11,7 @@ within `atol`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,23 +34,36 @@ REMOTE_CODE_BLOCKS = {
 }
 
 _HF_CHECK = """
-import sys
+import json, sys
 sys.modules["lmlab"] = None  # prove the export stands alone
 import numpy as np, torch
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, trust_remote_code=True).eval()
-ids = torch.from_numpy(np.load(sys.argv[2]))
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+out, probe = sys.argv[1], json.load(open(sys.argv[2]))
+model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True).eval()
+ids = torch.from_numpy(np.load(sys.argv[3]))
 with torch.no_grad():
-    np.save(sys.argv[3], model(ids).logits.float().numpy())
+    np.save(sys.argv[4], model(ids).logits.float().numpy())
+tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in probe["texts"]]
+decoded = [tok.decode(i, skip_special_tokens=True) for i in probe["encoded"]]
+generator = pipeline("text-generation", model=out, trust_remote_code=True)
+text = generator(probe["texts"][0][:8] or "a", max_new_tokens=2, do_sample=False)[0]["generated_text"]
+json.dump({"encoded": encoded, "decoded": decoded, "pipeline": text}, open(sys.argv[5], "w"))
 """
+PROBE_ROWS = 3
 
 
-def _probe(vocab: int, context: int) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, min(context, 32)), generator=torch.Generator().manual_seed(0))
+def _probe(vocab: int, context: int, rows: int = PROBE_ROWS) -> torch.Tensor:
+    """Random ids over the whole context: every window edge and position-scheme boundary is inside it."""
+    return torch.randint(0, vocab, (rows, context), generator=torch.Generator().manual_seed(0))
 
 
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: float = 1e-4) -> dict:
-    """Export `run` as `fmt` (safetensors | hf) into `out` (default RUN/artifacts/export_FMT); returns the parity report."""
+    """Export `run` as `fmt` (safetensors | hf) into `out` (default RUN/artifacts/export_FMT); returns the parity report.
+
+    The report (also written as `parity.json` beside the export) gives the largest logit
+    difference over `PROBE_ROWS` rows of the full context and, for `hf`, the tokenizer check.
+    """
     if fmt not in ("safetensors", "hf"):
         raise CheckpointError(f"export --format: '{fmt}'; allowed: safetensors, hf")
     loaded = load_run(run)
@@ -61,6 +75,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
     ids = _probe(cfg.vocab_size, cfg.max_seq_len)
     with torch.no_grad():
         ours = model(ids).logits.float().numpy()
+    report = {"format": fmt, "out": str(out), "probe_shape": list(ids.shape), "atol": atol}
     if fmt == "safetensors":
         write_weights(tmp / "model.safetensors", model.state_dict())
         (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
@@ -73,40 +88,65 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
         with torch.no_grad():
             theirs = again(ids).logits.float().numpy()
     else:
-        from lmlab.errors import ConfigError
-        from lmlab.export.hf import target_family, to_hf
-
-        try:
-            layout = target_family(cfg)
-            to_hf(model).save_pretrained(tmp, safe_serialization=True)
-        except ConfigError:
-            layout = "remote code"
-            _write_remote_code(model, tmp)
-        shutil.copy(loaded.run.tokenizer, tmp / "lmlab_tokenizer.json")
-        np.save(tmp / "probe_ids.npy", ids.numpy())
-        proc = subprocess.run(
-            [sys.executable, "-c", _HF_CHECK, str(tmp), str(tmp / "probe_ids.npy"), str(tmp / "probe_logits.npy")],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if proc.returncode:
-            raise CheckpointError(f"export: transformers could not load {tmp}: {proc.stderr.strip().splitlines()[-1]}")
-        theirs = np.load(tmp / "probe_logits.npy")
-        for f in ("probe_ids.npy", "probe_logits.npy"):
-            (tmp / f).unlink()
+        theirs, report["layout"] = _export_hf(loaded, model, ids, tmp)
     diff = float(np.abs(theirs - ours).max())
+    report["max_abs_logit_diff"] = diff
     if not diff <= atol:
-        raise CheckpointError(f"export: logits differ by {diff:.2e} (> {atol:g}); {tmp} kept for inspection")
+        raise CheckpointError(f"export: logits differ by {diff:.2e} (> {atol:g}) over the full context; {tmp} kept")
+    (tmp / "parity.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    report = {"format": fmt, "out": str(out), "max_abs_logit_diff": diff, "probe_shape": list(ids.shape)}
-    if fmt == "hf":
-        report["layout"] = layout
     return report
 
 
-def _write_remote_code(model, out: Path) -> None:
+def _export_hf(loaded, model, ids: torch.Tensor, tmp: Path) -> tuple[np.ndarray, str]:
+    """Write the transformers directory; its logits on `ids`, computed in a process without lmlab, and its layout."""
+    from lmlab.errors import ConfigError
+    from lmlab.export.hf import target_family, to_hf
+    from lmlab.export.hf_tokenizer import save_hf_tokenizer, tokenizer_probe
+
+    cfg, tokenizer = model.config, loaded.tokenizer
+    specials = save_hf_tokenizer(tokenizer, tmp, cfg.max_seq_len)
+    try:
+        layout = target_family(cfg)
+        hf_model = to_hf(model)
+        for config in (hf_model.config, hf_model.generation_config):
+            for name, value in specials.items():
+                setattr(config, name, value)  # the run tokenizer's ids, never a family's defaults
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+    except ConfigError:
+        layout = "remote code"
+        _write_remote_code(model, tmp, specials)
+    shutil.copy(loaded.run.tokenizer, tmp / "lmlab_tokenizer.json")
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.randint(0, tokenizer.vocab_size, (PROBE_ROWS, min(64, cfg.max_seq_len)), generator=gen).tolist()
+    probe = tokenizer_probe(tokenizer, rows)
+    files = {name: tmp / name for name in ("probe.json", "probe_ids.npy", "probe_logits.npy", "probe_out.json")}
+    files["probe.json"].write_text(json.dumps(probe))
+    np.save(files["probe_ids.npy"], ids.numpy())
+    proc = subprocess.run(
+        [sys.executable, "-c", _HF_CHECK, str(tmp), *map(str, files.values())],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+    if proc.returncode:
+        raise CheckpointError(f"export: transformers could not load {tmp}: {proc.stderr.strip().splitlines()[-1]}")
+    theirs = np.load(files["probe_logits.npy"])
+    checked = json.loads(files["probe_out.json"].read_text())
+    for f in files.values():
+        f.unlink()
+    for key in ("encoded", "decoded"):
+        for i, (a, b) in enumerate(zip(checked[key], probe[key], strict=True)):
+            if a != b:
+                raise CheckpointError(
+                    f"export: the exported tokenizer {key} probe text {i} differently from lmlab: {a!r} vs {b!r}"
+                )
+    return theirs, layout
+
+
+def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None = None) -> None:
     """config.json with an auto_map to the copied `modeling_lmlab.py`, and lmlab-named safetensors weights."""
     cfg = model.config
     for field, allowed in REMOTE_CODE_BLOCKS.items():
@@ -128,8 +168,10 @@ def _write_remote_code(model, out: Path) -> None:
         "lmlab": cfg.model_dump(mode="json"),
         "tie_word_embeddings": False,
         "dtype": "float32",
+        **(specials or {}),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(specials or {}, indent=2))
     # A tied head is stored once, under tok_emb.weight: the remote model reads the embedding table.
     write_weights(out / "model.safetensors", model.state_dict(), metadata={"format": "pt"})
 

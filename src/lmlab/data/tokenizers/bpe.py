@@ -69,3 +69,8 @@ class BPETokenizer:
     def fingerprint(self) -> str:
         """Hash of the serialised tokenizer."""
         return hashlib.sha256(self.tok.to_str().encode()).hexdigest()[:16]
+
+    def hf_backend(self) -> tuple:
+        """The tokenizer itself (it is a `tokenizers.Tokenizer`) and its end-of-text token."""
+        tokenizers = require("tokenizers", "hf")
+        return tokenizers.Tokenizer.from_str(self.tok.to_str()), {"eos_token": EOT}

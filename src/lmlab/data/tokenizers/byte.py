@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmlab.errors import require
 from lmlab.registry import TOKENIZER
 
 BOS, EOS, PAD = 256, 257, 258
@@ -51,3 +52,20 @@ class ByteTokenizer:
     def fingerprint(self) -> str:
         """Constant: every byte tokenizer encodes alike."""
         return "byte-utf8-v1"
+
+    def hf_backend(self) -> tuple:
+        """The same ids as a `tokenizers.Tokenizer` (byte-level symbols, id = byte value) and its special tokens."""
+        tokenizers = require("tokenizers", "hf")
+        symbol = byte_symbols()
+        tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={symbol[b]: b for b in range(256)}, merges=[]))
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = tokenizers.decoders.ByteLevel()
+        tok.add_special_tokens(["<bos>", "<eos>", "<pad>"])  # ids 256, 257, 258
+        return tok, {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}
+
+
+def byte_symbols() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (the alphabet of byte-level BPE)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(moved)}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from lmlab.errors import DataError
+from lmlab.errors import DataError, require
 from lmlab.registry import TOKENIZER
 
 
@@ -56,3 +56,10 @@ class CharTokenizer:
     def fingerprint(self) -> str:
         """Hash of the vocabulary."""
         return hashlib.sha256("".join(self.chars).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+    def hf_backend(self) -> tuple:
+        """The same ids as a `tokenizers.Tokenizer` (one symbol per character, no merges) and its special tokens."""
+        tokenizers = require("tokenizers", "hf")
+        tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=dict(self.stoi), merges=[]))
+        tok.decoder = tokenizers.decoders.Fuse()  # characters join with nothing between them
+        return tok, {}

@@ -70,3 +70,10 @@ class HFTokenizer:
     def fingerprint(self) -> str:
         """Hash of the serialised tokenizer."""
         return hashlib.sha256(self.tok.to_str().encode()).hexdigest()[:16]
+
+    def hf_backend(self) -> tuple:
+        """The original `tokenizer.json` and its BOS/EOS tokens."""
+        tokenizers = require("tokenizers", "hf")
+        specials = {"bos_token": self.bos_id, "eos_token": self.eos_id}
+        names = {k: self.tok.id_to_token(i) for k, i in specials.items() if i is not None}
+        return tokenizers.Tokenizer.from_str(self.tok.to_str()), names

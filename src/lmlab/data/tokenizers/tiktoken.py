@@ -57,3 +57,41 @@ class TiktokenTokenizer:
     def fingerprint(self) -> str:
         """The encoding's name (tiktoken encodings are immutable by name)."""
         return f"tiktoken-{self.enc.name}"
+
+    def hf_backend(self) -> tuple:
+        """The encoding as a byte-level BPE `tokenizers.Tokenizer` with the same ids, and its end-of-text token."""
+        from lmlab.data.tokenizers.byte import byte_symbols
+
+        tokenizers = require("tokenizers", "hf")
+        ranks: dict[bytes, int] = self.enc._mergeable_ranks
+        symbol = byte_symbols()
+
+        def text(b: bytes) -> str:
+            return "".join(symbol[x] for x in b)
+
+        # tiktoken merges the adjacent pair whose union has the lowest rank; BPE merges by list
+        # order, so each token's ways of being built from two tokens are listed in its rank order.
+        merges = []
+        for token, rank in ranks.items():
+            for i in range(1, len(token)):
+                left, right = token[:i], token[i:]
+                if left in ranks and right in ranks:
+                    merges.append((rank, ranks[left], ranks[right], text(left), text(right)))
+        merges.sort()
+        vocab = {text(t): r for t, r in ranks.items()}
+        model = tokenizers.models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in merges])
+        tok = tokenizers.Tokenizer(model)
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
+            [
+                tokenizers.pre_tokenizers.Split(tokenizers.Regex(self.enc._pat_str), behavior="isolated"),
+                tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tok.decoder = tokenizers.decoders.ByteLevel()
+        for name, i in sorted(self.enc._special_tokens.items(), key=lambda kv: kv[1]):
+            if i != tok.get_vocab_size(with_added_tokens=True):
+                raise DataError(
+                    f"tokenizer export: tiktoken:{self.enc.name} special token {name} has a gap before id {i}"
+                )
+            tok.add_special_tokens([name])
+        return tok, ({"eos_token": "<|endoftext|>"} if self.eos_id is not None else {})

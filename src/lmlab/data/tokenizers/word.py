@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import hashlib
 
-from lmlab.errors import DataError
-from lmlab.reference.data.tokenization import Vocab, build_vocab
+from lmlab.errors import DataError, require
+from lmlab.reference.data.tokenization import (
+    BOS,
+    CLOSING,
+    EOS,
+    JOINING,
+    OPENING,
+    PAD,
+    TOKEN_PATTERN,
+    UNK,
+    Vocab,
+    build_vocab,
+)
 from lmlab.registry import TOKENIZER
 
 
@@ -57,3 +68,29 @@ class WordTokenizer:
     def fingerprint(self) -> str:
         """Hash of the vocabulary."""
         return hashlib.sha256("\n".join(self.vocab.itos).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+    def hf_backend(self) -> tuple:
+        """The same ids and spacing as a `tokenizers.Tokenizer` (NFKC, lower case, word/punctuation split)."""
+        tokenizers = require("tokenizers", "hf")
+        decoders, regex = tokenizers.decoders, tokenizers.Regex
+        tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=dict(self.vocab.stoi), unk_token=UNK))
+        tok.normalizer = tokenizers.normalizers.Sequence(
+            [tokenizers.normalizers.NFKC(), tokenizers.normalizers.Lowercase()]
+        )
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
+            [
+                tokenizers.pre_tokenizers.Split(regex(r"\s+"), behavior="removed"),
+                tokenizers.pre_tokenizers.Split(regex(TOKEN_PATTERN), behavior="isolated"),
+            ]
+        )
+        # `detokenize` as decoder steps: mark each token's sides that take a space, drop the marks
+        # on punctuation that glues, join, and turn each pair of facing marks into one space.
+        left, right = "\ue000", "\ue001"
+        steps = [decoders.Replace(regex("^"), left), decoders.Replace(regex("$"), right)]
+        steps += [decoders.Replace(left + c, c) for c in sorted(CLOSING | JOINING)]
+        steps += [decoders.Replace(c + right, c) for c in sorted(OPENING | JOINING)]
+        steps += [decoders.Fuse(), decoders.Replace(right + left, " ")]
+        steps += [decoders.Replace(right, ""), decoders.Replace(left, "")]
+        tok.decoder = decoders.Sequence(steps)
+        tok.add_special_tokens([PAD, BOS, EOS])  # already ids 0-2; <unk> stays an ordinary, visible token
+        return tok, {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}

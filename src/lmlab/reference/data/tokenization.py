@@ -21,10 +21,11 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
-_TOKEN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
-_CLOSING = set(".,!?;:%)]}»…")
-_OPENING = set("([{«¿¡")
-_JOINING = set("-/")  # no space on either side: "assieds-toi", "km/h"
+TOKEN_PATTERN = r"\w+(?:['’]\w+)*|[^\w\s]"
+_TOKEN = re.compile(TOKEN_PATTERN)
+CLOSING = frozenset(".,!?;:%)]}»…")
+OPENING = frozenset("([{«¿¡")
+JOINING = frozenset("-/")  # no space on either side: "assieds-toi", "km/h"
 
 
 def normalize(text: str) -> str:
@@ -42,10 +43,10 @@ def detokenize(tokens: Iterable[str]) -> str:
     out: list[str] = []
     glue = True
     for tok in tokens:
-        if out and not glue and tok not in _CLOSING and tok not in _JOINING:
+        if out and not glue and tok not in CLOSING and tok not in JOINING:
             out.append(" ")
         out.append(tok)
-        glue = tok in _OPENING or tok in _JOINING
+        glue = tok in OPENING or tok in JOINING
     return "".join(out)
 
 

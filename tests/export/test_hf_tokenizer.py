@@ -1,0 +1,182 @@
+"""Exported tokenizers load with `AutoTokenizer` and encode/decode exactly as lmlab; special ids are the run's."""
+
+import collections
+import itertools
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from lmlab.cli.app import cli
+from lmlab.data.tokenizers.base import build_tokenizer
+from lmlab.export.hf_tokenizer import save_hf_tokenizer
+from lmlab.track.run_dir import RunDir
+from tests.helpers import small_train_args
+
+transformers = pytest.importorskip("transformers")
+
+TEXT = (
+    "First Citizen: Before we proceed any further, hear me speak!\n"
+    "All: Speak, speak. (Softly) don't you know; it's 50% of km/h -- «quoted» ¿que? Ünïcode 漢字 😀\n\ttab\n"
+) * 5
+
+
+def _samples(tokenizer, n=200):
+    rng = random.Random(0)
+    out = []
+    for _ in range(n):
+        start = rng.randrange(len(TEXT))
+        out.append(TEXT[start : start + rng.randint(0, 60)])
+    if tokenizer.name != "char":  # unseen text only for vocabularies that can say it
+        out += ["Zebra xylophone!", "  spaced   out  ", ""]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "word", "bpe"])
+def test_exported_tokenizer_encodes_and_decodes_like_lmlab(tmp_path, kind):
+    tokenizer = build_tokenizer(kind, TEXT, vocab_size=300 if kind == "bpe" else None)
+    ids = save_hf_tokenizer(tokenizer, tmp_path, 64)
+    fast = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert ids["eos_token_id"] == tokenizer.eos_id and ids["bos_token_id"] == tokenizer.bos_id
+    for text in _samples(tokenizer):
+        ours = tokenizer.encode(text)
+        assert fast(text, add_special_tokens=False)["input_ids"] == ours, text
+        assert fast.decode(ours, skip_special_tokens=True) == tokenizer.decode(ours), text
+
+
+def test_hf_tokenizer_is_written_back_as_it_came(tmp_path):
+    bpe = build_tokenizer("bpe", TEXT, vocab_size=300)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe.tok, eos_token="<|endoftext|>").save_pretrained(
+        tmp_path / "src"
+    )
+    hf = build_tokenizer(f"hf:{tmp_path / 'src'}", "")
+    assert save_hf_tokenizer(hf, tmp_path / "out", 64)["eos_token_id"] == 0
+    fast = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    for text in _samples(hf, 50):
+        assert fast(text, add_special_tokens=False)["input_ids"] == hf.encode(text)
+
+
+def test_tiktoken_encodings_convert_to_the_same_ids():
+    tiktoken = pytest.importorskip("tiktoken")
+    import regex
+
+    from lmlab.data.tokenizers.tiktoken import TiktokenTokenizer
+
+    # A small encoding trained here the way tiktoken's are: byte-pair merges within GPT-2's pre-tokens.
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    words = collections.Counter(regex.findall(pattern, TEXT))
+    ranks = {bytes([b]): b for b in range(256)}
+    seqs = {w: [bytes([c]) for c in w.encode()] for w in words}
+    for _ in range(60):
+        pairs = collections.Counter()
+        for w, seq in seqs.items():
+            for a, b in itertools.pairwise(seq):
+                pairs[a, b] += words[w]
+        (a, b), _ = pairs.most_common(1)[0]
+        ranks[a + b] = len(ranks)
+        for w, seq in seqs.items():
+            merged, i = [], 0
+            while i < len(seq):
+                if seq[i : i + 2] == [a, b]:
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(seq[i])
+                    i += 1
+            seqs[w] = merged
+    enc = tiktoken.Encoding("toy", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
+    ours = TiktokenTokenizer(enc)
+    backend, specials = ours.hf_backend()
+    assert specials == {"eos_token": "<|endoftext|>"} and backend.token_to_id("<|endoftext|>") == len(ranks)
+    for text in _samples(ours):
+        ids = ours.encode(text)
+        assert backend.encode(text).ids == ids and backend.decode(ids) == ours.decode(ids), text
+
+
+def _train(tmp_path, corpus_file, *extra):
+    args = small_train_args(corpus_file, layers=1, max_steps=2, batch=2, save_dir=tmp_path / "runs", seq_len=48)
+    result = CliRunner().invoke(cli, ["train", *args, *extra])
+    assert result.exit_code == 0, result.output
+    return RunDir.latest(tmp_path / "runs")
+
+
+def _export(run, out):
+    result = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "hf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "parity.json").read_text())
+
+
+GENERATE = """
+import json, sys
+sys.modules["lmlab"] = None
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+out = sys.argv[1]
+model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+ids = tok("the quick", return_tensors="pt", add_special_tokens=False)["input_ids"]
+lengths = []
+for seed in range(16):
+    torch.manual_seed(seed)
+    lengths.append(model.generate(ids, max_new_tokens=12, do_sample=True).shape[1] - ids.shape[1])
+text = pipeline("text-generation", model=out, trust_remote_code=True)("the quick", max_new_tokens=5)[0]["generated_text"]
+print(json.dumps({"lengths": lengths, "text": text}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("preset", "tokenizer", "layout"),
+    [("llama", "char", "llama"), ("gpt2", "byte", "gpt2"), ("tiny", "word", "remote code")],
+)
+def test_exports_carry_the_run_tokenizer_and_its_special_ids(tmp_path, corpus_file, preset, tokenizer, layout):
+    extra = ["--ffn", "gated_mlp", "--pos", "alibi"] if layout == "remote code" else []
+    run = _train(tmp_path, corpus_file, "--preset", preset, "--tokenizer", tokenizer, "--heads", "2", *extra)
+    report = _export(run, tmp_path / "hf")
+    assert report["layout"] == layout and report["probe_shape"] == [3, 48] and report["max_abs_logit_diff"] <= 1e-4
+    expected = {"char": (None, None, None), "byte": (256, 257, 258), "word": (1, 2, 0)}[tokenizer]
+    for name in ("config.json", "generation_config.json"):
+        saved = json.loads((tmp_path / "hf" / name).read_text())
+        assert tuple(saved.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")) == expected, name
+    assert (tmp_path / "hf" / "model.safetensors").is_file() and not (tmp_path / "hf.partial").exists()
+    if tokenizer != "char":  # the export's own check ran AutoTokenizer and pipeline without lmlab
+        return
+    out = subprocess.run([sys.executable, "-c", GENERATE, str(tmp_path / "hf")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    checked = json.loads(out.stdout.strip().splitlines()[-1])
+    assert checked["lengths"] == [12] * 16  # no end-of-text id: nothing may stop generation early
+    assert checked["text"].startswith("the quick")
+
+
+def test_windowed_runs_export_with_their_window_checked_at_full_context(tmp_path, corpus_file, monkeypatch):
+    # A window of 40 in a context of 48: a probe of 32 tokens (as before) could not see it.
+    run = _train(tmp_path, corpus_file, "--preset", "llama", "--window", "40", "--heads", "2")
+    report = _export(run, tmp_path / "hf40")
+    config = json.loads((tmp_path / "hf40" / "config.json").read_text())
+    assert (report["layout"], config["sliding_window"], report["probe_shape"]) == ("mistral", 40, [3, 48])
+    gpt2 = _train(tmp_path, corpus_file, "--preset", "gpt2", "--window", "8", "--heads", "2")
+    assert _export(gpt2, tmp_path / "hf_gpt2")["layout"] == "remote code"
+    # The full-context probe is what catches a dropped window: exporting as plain Llama is refused.
+    import lmlab.export.hf as hf
+
+    monkeypatch.setattr(hf, "target_family", lambda cfg: "llama")
+    monkeypatch.setattr(hf, "hf_config", lambda cfg, family: _llama_without_window(cfg))
+    result = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "hf", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "logits differ" in result.output
+
+
+def _llama_without_window(cfg):
+    return transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        max_position_embeddings=cfg.max_seq_len,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_weights,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope.theta},
+    )
