@@ -148,3 +148,50 @@ def test_concurrent_requests_are_batched_and_each_equals_its_solo_run(server):
         ids = torch.tensor([loaded.tokenizer.encode(prompt)])
         alone = loaded.model.generate(ids, 10 + i, temperature=0.9, seed=i)[0, ids.shape[1] :].tolist()
         assert texts[i] == loaded.tokenizer.decode(alone), prompt
+
+
+def test_openai_logprobs_n_and_chat_options_through_the_client(server):
+    url, loaded = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY)
+    tok, model = loaded.tokenizer, loaded.model
+    # completions: logprobs=3 lists the three likeliest tokens at each step, as the model computes them
+    out = client.completions.create(model="tiny", prompt="the quick", max_tokens=6, temperature=0, logprobs=3)
+    lp = out.choices[0].logprobs
+    ids = tok.encode("the quick")
+    generated = model.generate(torch.tensor([ids]), 6, temperature=0)[0].tolist()
+    with torch.no_grad():
+        logp = model(torch.tensor([generated])).logits[0, len(ids) - 1 : -1].log_softmax(-1)
+    for step, (top, chosen) in enumerate(zip(lp.top_logprobs, lp.token_logprobs, strict=True)):
+        values, best = logp[step].topk(3)
+        assert list(top) == [tok.decode([i]) for i in best.tolist()] or len(set(top)) < 3  # distinct texts
+        assert max(top.values()) == pytest.approx(float(values[0]), abs=1e-4) and chosen <= 0
+    assert "".join(lp.tokens) == out.choices[0].text and lp.text_offset[0] == 0
+    # n > 1: extra rows of one batch, sample i seeded with seed + i, each equal to its solo run
+    before = httpx.get(f"{url}/health").json()["batching"]["tiny"]["batches"]
+    many = client.completions.create(model="tiny", prompt="the", max_tokens=8, temperature=0.9, seed=11, n=3)
+    after = httpx.get(f"{url}/health").json()["batching"]["tiny"]
+    assert [c.index for c in many.choices] == [0, 1, 2] and after["batches"] == before + 1
+    for i, choice in enumerate(many.choices):
+        prompt = torch.tensor([tok.encode("the")])
+        alone = model.generate(prompt, 8, temperature=0.9, seed=11 + i)[0, prompt.shape[1] :].tolist()
+        assert choice.text == tok.decode(alone)
+    assert many.usage.completion_tokens == 24
+    streamed: dict[int, str] = {}
+    for chunk in client.completions.create(
+        model="tiny", prompt="the", max_tokens=8, temperature=0.9, seed=11, n=3, stream=True
+    ):
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + c.text
+    assert streamed == {i: c.text for i, c in enumerate(many.choices)}
+    # chat: max_completion_tokens wins over max_tokens; logprobs and top_logprobs come back per token
+    messages = [{"role": "user", "content": "the"}]
+    chat = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=20, max_completion_tokens=4, logprobs=True, top_logprobs=2
+    )
+    content = chat.choices[0].logprobs.content
+    assert chat.usage.completion_tokens <= 4 and len(content) == chat.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 and t.bytes == list(t.token.encode()) for t in content)
+    plain = client.chat.completions.create(model="tiny", messages=messages, max_completion_tokens=4)
+    assert plain.choices[0].logprobs is None
+    first = next(iter(client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, stream=True)))
+    assert first.choices[0].delta.role == "assistant"

@@ -27,13 +27,14 @@ _END = object()
 
 @dataclass
 class Job:
-    """One request: its prompt, options, and the asyncio queue its tokens go to."""
+    """One sequence to decode: its prompt, options, and the asyncio queue its tokens go to."""
 
     ids: list[int]
     max_tokens: int
     seed: int
     options: tuple
     loop: asyncio.AbstractEventLoop
+    top_logprobs: int = 0
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     emitted: int = 0
     cancelled: bool = False
@@ -55,20 +56,35 @@ class Batcher:
 
     def __init__(self, model: torch.nn.Module, max_batch: int = 16) -> None:
         self.model, self.max_batch = model, max_batch
-        self.waiting: queue.Queue[Job] = queue.Queue()
-        self.deferred: list[Job] = []
+        self.waiting: queue.Queue[list[Job]] = queue.Queue()  # groups that must share a batch (n > 1)
+        self.deferred: list[list[Job]] = []
         self.largest_batch = 0
         self.batches = 0
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
 
-    async def tokens(self, ids: list[int], max_tokens: int, seed: int | None, **options) -> AsyncIterator:
-        """Yield (token id, log-probability) for one request as its batch decodes them."""
+    def streams(
+        self, ids: list[int], n: int, max_tokens: int, seed: int | None, top_logprobs: int = 0, **options
+    ) -> list[AsyncIterator]:
+        """`n` samples of one prompt, decoded as rows of one batch; sample i uses seed + i (random seeds if None).
+
+        Each stream yields (token id, log-probability, [(log-probability, token id)] of the `top_logprobs` likeliest).
+        """
         key = tuple(options.get(name) for name in self.OPTION_NAMES)
-        seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-        job = Job(list(ids), max_tokens, seed, key, asyncio.get_running_loop())
+        rng = random.SystemRandom()
+        seeds = [rng.randrange(2**31) if seed is None else seed + i for i in range(n)]
+        loop = asyncio.get_running_loop()
+        jobs = [Job(list(ids), max_tokens, s, key, loop, top_logprobs) for s in seeds]
         self._ensure_worker()
-        self.waiting.put(job)
+        self.waiting.put(jobs)
+        return [self._consume(job) for job in jobs]
+
+    async def tokens(self, ids: list[int], max_tokens: int, seed: int | None, **options) -> AsyncIterator:
+        """Yield (token id, log-probability, top list) for one request as its batch decodes them."""
+        async for item in self.streams(ids, 1, max_tokens, seed, **options)[0]:
+            yield item
+
+    async def _consume(self, job: Job) -> AsyncIterator:
         try:
             while True:
                 item = await job.out.get()
@@ -87,16 +103,20 @@ class Batcher:
                 self._thread.start()
 
     def _next_batch(self) -> list[Job]:
-        """The oldest waiting job plus every other waiting job with the same options, up to max_batch."""
+        """The oldest waiting group plus every other waiting group with the same options, up to max_batch rows."""
         first = self.deferred.pop(0) if self.deferred else self.waiting.get()
-        batch, rest = [first], []
+        batch, rest = list(first), []
         while True:
             try:
                 self.deferred.append(self.waiting.get_nowait())
             except queue.Empty:
                 break
-        for job in self.deferred:
-            (batch if job.options == first.options and len(batch) < self.max_batch else rest).append(job)
+        for group in self.deferred:
+            fits = group[0].options == first[0].options and len(batch) + len(group) <= self.max_batch
+            if fits:
+                batch += group
+            else:
+                rest.append(group)
         self.deferred = rest
         return [job for job in batch if not job.cancelled]
 
@@ -119,13 +139,23 @@ class Batcher:
         device = next(self.model.parameters()).device
         ids, pad = left_pad([job.ids for job in jobs], device=device)
         options = dict(zip(self.OPTION_NAMES, jobs[0].options, strict=True))
+        top = max(job.top_logprobs for job in jobs)
         steps = iter_generate(
-            self.model, ids, max(job.max_tokens for job in jobs), pad=pad, seed=[job.seed for job in jobs], **options
+            self.model,
+            ids,
+            max(job.max_tokens for job in jobs),
+            pad=pad,
+            seed=[job.seed for job in jobs],
+            top_logprobs=top,
+            **options,
         )
-        for tok, lp in steps:
+        for step in steps:
+            tok, lp = step[0], step[1]
+            top_lp, top_ids = (step[2][0].tolist(), step[2][1].tolist()) if top else (None, None)
             for row, job in enumerate(jobs):
                 if job.live:
-                    job.send((int(tok[row, 0]), float(lp[row])))
+                    best = list(zip(top_lp[row], top_ids[row], strict=True))[: job.top_logprobs] if top else []
+                    job.send((int(tok[row, 0]), float(lp[row]), best))
                     job.emitted += 1
             if not any(job.live for job in jobs):
                 return

@@ -100,8 +100,11 @@ def iter_generate(
     use_cache: bool = True,
     seed: int | Sequence[int] | None = None,
     pad: Tensor | None = None,
-) -> Iterator[tuple[Tensor, Tensor]]:
+    top_logprobs: int = 0,
+) -> Iterator[tuple[Tensor, ...]]:
     """Yield (next ids (B, 1), their log-probabilities (B,) under the model) one step at a time.
+
+    With `top_logprobs` k > 0 each step also yields the k most likely tokens: (log-probs (B, k), ids (B, k)).
 
     A row that emits a stop id keeps emitting it; iteration ends when every row has stopped.
     Past max_seq_len the context slides, so each step re-reads the last max_seq_len tokens; the
@@ -126,6 +129,7 @@ def iter_generate(
             stop=stop,
             use_cache=use_cache,
             seed=seed,
+            top_logprobs=top_logprobs,
         )
         return
     was_training = model.training
@@ -161,7 +165,10 @@ def iter_generate(
                 nxt = torch.where(done[:, None], stop_ids[0], nxt)
                 done |= torch.isin(nxt[:, 0], stop_ids)
             ids = torch.cat([ids, nxt], dim=1)
-            yield nxt, logp.gather(-1, nxt)[:, 0]
+            if top_logprobs:
+                yield nxt, logp.gather(-1, nxt)[:, 0], logp.topk(min(top_logprobs, logp.shape[-1]), dim=-1)
+            else:
+                yield nxt, logp.gather(-1, nxt)[:, 0]
             if len(stop_ids) and bool(done.all()):
                 break
     finally:
@@ -178,18 +185,24 @@ def _rows_one_by_one(model, input_ids: Tensor, pad: Tensor, max_new_tokens: int,
         iter_generate(model, row[int(p) :][None], max_new_tokens, seed=s, **options)
         for row, p, s in zip(input_ids, pad, seeds, strict=True)
     ]
-    last: list[tuple[Tensor, Tensor] | None] = [None] * len(rows)
+    last: list[tuple | None] = [None] * len(rows)
     for _ in range(max_new_tokens):
         live = False
         for i, it in enumerate(rows):
             step = next(it, None)
             if step is not None:
-                last[i], live = (step[0][0], step[1][0]), True
+                last[i], live = tuple(part[0] for part in _flat(step)), True
             elif last[i] is not None:
-                last[i] = (last[i][0], torch.zeros_like(last[i][1]))
+                last[i] = (last[i][0], torch.zeros_like(last[i][1]), *last[i][2:])
         if not live:
             return
-        yield torch.stack([t for t, _ in last]), torch.stack([lp for _, lp in last])
+        columns = [torch.stack(col) for col in zip(*last, strict=True)]
+        yield (columns[0], columns[1], (columns[2], columns[3])) if len(columns) > 2 else tuple(columns)
+
+
+def _flat(step: tuple) -> tuple:
+    """(ids, logp) or (ids, logp, (top values, top ids)) as one flat tuple."""
+    return (*step[:2], *step[2]) if len(step) > 2 else step
 
 
 @torch.no_grad()

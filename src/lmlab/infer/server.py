@@ -11,6 +11,7 @@ concurrent requests, each a 4xx in OpenAI's error format. Bearer auth when `api_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -53,11 +54,10 @@ class Served:
         self.batcher = Batcher(self.loaded.model, self.max_batch)
 
 
-class CompletionRequest(BaseModel):
-    """The subset of OpenAI's completion request lmlab honours (plus top_k, min_p, repetition_penalty)."""
+class SamplingRequest(BaseModel):
+    """Options shared by completions and chat (plus lmlab's top_k, min_p, repetition_penalty)."""
 
     model: str | None = None
-    prompt: str
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -67,9 +67,23 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
-    logprobs: int | None = Field(None, ge=0, le=5)
-    n: Literal[1] = 1
+    n: int = Field(1, ge=1, le=64, description="samples of the prompt, decoded as rows of one batch (seed + i)")
     user: str | None = None
+
+    def top(self) -> int:
+        """How many alternatives each token's log-probabilities list."""
+        return 0
+
+
+class CompletionRequest(SamplingRequest):
+    """OpenAI's completion request: a prompt, `logprobs` = how many alternatives per token (0-5)."""
+
+    prompt: str
+    logprobs: int | None = Field(None, ge=0, le=5)
+
+    def top(self) -> int:
+        """`logprobs` alternatives per token."""
+        return self.logprobs or 0
 
 
 class ChatMessage(BaseModel):
@@ -79,11 +93,22 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ChatRequest(CompletionRequest):
-    """Chat: messages instead of a prompt."""
+class ChatRequest(SamplingRequest):
+    """Chat: messages; `max_completion_tokens` (OpenAI's newer name) wins over `max_tokens`."""
 
-    prompt: str = ""
     messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def model_post_init(self, _context) -> None:
+        """Resolve the two names of the length limit."""
+        if self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+
+    def top(self) -> int:
+        """`top_logprobs` alternatives per token."""
+        return self.top_logprobs or 0
 
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
@@ -177,12 +202,16 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             raise APIError(400, "prompt: empty prompt", param="prompt")
         return ids
 
-    def tokens(s: Served, ids: list[int], req: CompletionRequest) -> AsyncIterator[tuple[int, float]]:
-        """(token id, log-probability) pairs for one request, decoded in a batch with its neighbours."""
-        return s.batcher.tokens(
+    def streams(s: Served, ids: list[int], req: SamplingRequest) -> list[AsyncIterator]:
+        """One token stream per sample (`n`), decoded as rows of one batch with their neighbours' requests."""
+        if req.n > limits.max_batch:
+            raise APIError(400, f"n: {req.n} exceeds the batch limit of {limits.max_batch}", param="n")
+        return s.batcher.streams(
             ids,
+            req.n,
             req.max_tokens,
             req.seed,
+            top_logprobs=req.top(),
             temperature=req.temperature,
             top_k=req.top_k,
             top_p=req.top_p if req.top_p < 1 else None,
@@ -190,13 +219,12 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             repetition_penalty=req.repetition_penalty,
         )
 
-    async def pieces(s: Served, ids: list[int], req: CompletionRequest):
-        """(text piece, token log-probability or None, finish reason or None), ending with a finish reason."""
+    async def pieces(s: Served, steps: AsyncIterator, req: SamplingRequest):
+        """(text piece, Token or None, finish reason or None) for one sample, ending with a finish reason."""
         stream = TextStream(s.loaded.tokenizer, _stop_list(req.stop))
-        steps = tokens(s, ids, req)
         try:
-            async for tok, lp in steps:
-                yield stream.push(tok), lp, None
+            async for tok, lp, top in steps:
+                yield stream.push(tok), Token.of(s.loaded.tokenizer, tok, lp, top), None
                 if stream.stopped:
                     yield "", None, "stop"
                     return
@@ -204,14 +232,14 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             await steps.aclose()  # frees the request's batch row at once
         yield stream.flush(), None, "length"
 
-    async def complete(s: Served, ids: list[int], req: CompletionRequest) -> tuple[str, list, str]:
-        text, logprobs, finish = "", [], "length"
-        async for piece, lp, end in pieces(s, ids, req):
+    async def complete(s: Served, steps: AsyncIterator, req: SamplingRequest) -> tuple[str, list, str]:
+        text, tokens, finish = "", [], "length"
+        async for piece, token, end in pieces(s, steps, req):
             text += piece
-            if lp is not None:
-                logprobs.append(lp)
+            if token is not None:
+                tokens.append(token)
             finish = end or finish
-        return text, logprobs, finish
+        return text, tokens, finish
 
     class Slot:
         async def __aenter__(self):
@@ -259,35 +287,58 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
         if chat:
             req.stop = [*_stop_list(req.stop), "\nuser:", "\nsystem:"]
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        obj = "chat.completion" if chat else "text_completion"
+        head = {"id": rid, "created": int(time.time()), "model": s.name}
+        wants_logprobs = req.logprobs if chat else req.logprobs is not None
+        ids = encode(s, prompt, req.max_tokens)  # errors before a stream opens are plain 4xx
         if not req.stream:
-            ids = encode(s, prompt, req.max_tokens)
             async with Slot():
-                text, logprobs, finish = await complete(s, ids, req)
-            usage = {"prompt_tokens": len(ids), "completion_tokens": len(logprobs)}
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-            if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            else:
-                lp = {"token_logprobs": logprobs} if req.logprobs is not None else None
-                choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
-            return {"id": rid, "object": obj, "created": created, "model": s.name, "choices": [choice], "usage": usage}
-        ids = encode(s, prompt, req.max_tokens)  # errors before the stream opens are plain 4xx
+                results = await asyncio.gather(*(complete(s, st, req) for st in streams(s, ids, req)))
+            choices = [
+                _choice(i, text, tokens if wants_logprobs else None, finish, chat)
+                for i, (text, tokens, finish) in enumerate(results)
+            ]
+            done = sum(len(tokens) for _, tokens, _ in results)
+            usage = {"prompt_tokens": len(ids), "completion_tokens": done, "total_tokens": len(ids) + done}
+            return {
+                **head,
+                "object": "chat.completion" if chat else "text_completion",
+                "choices": choices,
+                **{"usage": usage},
+            }
+        sample_streams = streams(s, ids, req)
         slot = Slot()
         await slot.__aenter__()
+        head["object"] = "chat.completion.chunk" if chat else "text_completion"
 
         async def events():
+            merged: asyncio.Queue = asyncio.Queue()
+
+            async def feed(index: int, steps: AsyncIterator) -> None:
+                try:
+                    if chat:  # OpenAI's first chunk of each choice names the role
+                        await merged.put({**head, "choices": [_delta(index, {"role": "assistant", "content": ""})]})
+                    async for piece, token, finish in pieces(s, steps, req):
+                        if piece:
+                            shown = [token] if wants_logprobs and token else None
+                            await merged.put({**head, "choices": [_piece(index, piece, shown, None, chat)]})
+                        if finish:
+                            await merged.put({**head, "choices": [_piece(index, "", None, finish, chat)]})
+                finally:
+                    await merged.put(None)
+
+            tasks = [asyncio.create_task(feed(i, st)) for i, st in enumerate(sample_streams)]
             try:
-                chunk_obj = "chat.completion.chunk" if chat else "text_completion"
-                async for piece, lp, finish in pieces(s, ids, req):
-                    if piece:
-                        logprob = lp if req.logprobs is not None else None
-                        yield sse(_chunk(rid, chunk_obj, created, s.name, piece, None, chat, logprob))
-                    if finish:
-                        yield sse(_chunk(rid, chunk_obj, created, s.name, "", finish, chat, None))
+                remaining = len(tasks)
+                while remaining:
+                    item = await merged.get()
+                    if item is None:
+                        remaining -= 1
+                    else:
+                        yield sse(item)
                 yield "data: [DONE]\n\n"
             finally:
+                for task in tasks:
+                    task.cancel()
                 await slot.__aexit__()
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -310,24 +361,83 @@ def create_app(runs: dict[str, Any], *, limits: Limits | None = None, api_key: s
             out = {}
             async with Slot():
                 for name, s in served.items():
-                    text, logprobs, finish = await complete(s, encode(s, req.prompt, req.max_tokens), req)
+                    (steps,) = streams(s, encode(s, req.prompt, req.max_tokens), req.model_copy(update={"n": 1}))
+                    text, tokens, finish = await complete(s, steps, req)
                     out[name] = {
                         "text": text,
                         "finish_reason": finish,
-                        "mean_logprob": sum(logprobs) / max(1, len(logprobs)),
+                        "mean_logprob": sum(t.logprob for t in tokens) / max(1, len(tokens)),
                     }
             return {"prompt": req.prompt, "seed": req.seed, "results": out}
 
     return app
 
 
-def _chunk(rid, obj, created, model, text, finish, chat, logprob) -> dict:
+@dataclass
+class Token:
+    """One generated token as the response shows it: its text, log-probability and likeliest alternatives."""
+
+    text: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+    @classmethod
+    def of(cls, tokenizer, tok: int, logprob: float, top: list[tuple[float, int]]) -> Token:
+        """From ids: each token's text is its own decoding."""
+        return cls(tokenizer.decode([tok]), logprob, [(tokenizer.decode([i]), lp) for lp, i in top])
+
+
+def _completion_logprobs(tokens: list[Token], offset: int = 0) -> dict:
+    """The legacy completions `logprobs` object: tokens, their log-probabilities, top alternatives, offsets."""
+    offsets, at = [], offset
+    for t in tokens:
+        offsets.append(at)
+        at += len(t.text)
+    top = [dict(t.top) for t in tokens] if any(t.top for t in tokens) else None
+    return {
+        "tokens": [t.text for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
+
+
+def _chat_logprobs(tokens: list[Token]) -> dict:
+    """The chat `logprobs` object: one entry per token with its bytes and top alternatives."""
+
+    def entry(text: str, logprob: float) -> dict:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [
+            {**entry(t.text, t.logprob), "top_logprobs": [entry(text, lp) for text, lp in t.top]} for t in tokens
+        ],
+        "refusal": None,
+    }
+
+
+def _choice(index: int, text: str, tokens: list[Token] | None, finish: str | None, chat: bool) -> dict:
+    """One choice of a response (or of a stream chunk when finish is None or the text is a piece)."""
     if chat:
-        choice = {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
-    else:
-        lp = {"token_logprobs": [logprob]} if logprob is not None else None
-        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
-    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+        logprobs = None if tokens is None else _chat_logprobs(tokens)
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs} | {
+            "finish_reason": finish
+        }
+    logprobs = None if tokens is None else _completion_logprobs(tokens)
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _delta(index: int, delta: dict, logprobs: dict | None = None, finish: str | None = None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _piece(index: int, text: str, tokens: list[Token] | None, finish: str | None, chat: bool) -> dict:
+    """One choice of a stream chunk: a text piece (with its tokens' log-probabilities) or the finish reason."""
+    if chat:
+        return _delta(
+            index, {"content": text} if text else {}, None if tokens is None else _chat_logprobs(tokens), finish
+        )
+    return _choice(index, text, tokens, finish, chat)
 
 
 def serve(
