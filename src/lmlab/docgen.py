@@ -186,8 +186,29 @@ def cli_reference() -> str:
     return "\n".join(out)
 
 
+def hf_import_fields() -> str:
+    """Every field of each importable transformers config and what `lmlab import` / `from_hf` does with it."""
+    from lmlab.export.hf_fields import field_table
+
+    out = [
+        "# Hugging Face config fields",
+        "",
+        "Generated at build time from `lmlab.export.hf_fields` and transformers' default configs. Each field",
+        "is *mapped* onto the lmlab config, *inert* (it cannot change the logits; the reason is given), or",
+        "*allowed* only at the listed values; anything else is refused with one line naming field and value.",
+        "A field this table does not list is accepted only at its family's default.",
+        "",
+    ]
+    for family, fields in field_table().items():
+        out += [f"## {family}", "", *_table_head("field", "treatment")]
+        out += [f"| `{name}` | {_cell(rule)} |" for name, rule in fields.items()]
+        out.append("")
+    return "\n".join(out)
+
+
 PAGES: dict[str, Callable[[], str]] = {
     "reference/blocks.md": block_catalogue,
     "reference/config.md": config_reference,
     "reference/cli.md": cli_reference,
+    "reference/hf-fields.md": hf_import_fields,
 }
