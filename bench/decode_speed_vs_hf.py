@@ -25,8 +25,8 @@ import torch
 
 from lmlab.config import ModelConfig
 from lmlab.export.hf import to_hf
-from lmlab.infer.generate import generate
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
+from lmlab.model.generate import generate
 
 
 def timed(fn) -> float:

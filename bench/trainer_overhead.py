@@ -19,7 +19,7 @@ import torch
 
 from lmlab.config import ModelConfig
 from lmlab.data.datasets import RandomWindowLoader
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.trainer.mini_trainer import MiniTrainer
 from lmlab.trainer.optim import configure_optimizer
 from lmlab.trainer.schedules import warmup_cosine_scheduler

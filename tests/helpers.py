@@ -6,7 +6,7 @@ import torch
 from torch.utils import flop_counter
 
 from lmlab.config import ModelConfig
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 
 
 def twin_models(cfg: ModelConfig, **changes):

@@ -37,7 +37,7 @@ def reference_attention(x, attn, cos=None, sin=None):
 @pytest.mark.parametrize("kv", KV_HEADS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_attention_matches_reference(attn_name, kv, bias):
-    from lmlab.model.transformer import build_model
+    from lmlab.model.build import build_model
 
     cfg = tiny_cfg("llama", attn=attn_name, n_kv_head=kv, bias=bias)
     model = build_model(cfg)
@@ -64,7 +64,7 @@ def test_mha_and_sdpa_agree_on_outputs_and_gradients(pos, kv):
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
     """n_kv_head=2 equals full MHA whose k/v weights repeat each group's head."""
-    from lmlab.model.transformer import build_model
+    from lmlab.model.build import build_model
 
     gqa_cfg = tiny_cfg("llama", n_kv_head=2, n_layer=1)
     gqa = build_model(gqa_cfg)

@@ -6,8 +6,8 @@ import torch
 from lmlab.attn.mla import MLA, mla_dims
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError
+from lmlab.model.build import build_model
 from lmlab.model.cost import kv_cache_bytes_per_token
-from lmlab.model.transformer import build_model
 from lmlab.pos.rope import RotaryPositions
 from tests.conftest import tiny_cfg
 

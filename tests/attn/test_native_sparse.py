@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 from lmlab.attn.native_sparse import NativeSparseAttention
 from lmlab.errors import ConfigError
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.pos.rope import RotaryPositions
 from tests.conftest import tiny_cfg
 

@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
+from lmlab.attn.kv_cache import WindowKVCache
 from lmlab.errors import ConfigError
-from lmlab.model.kv_cache import WindowKVCache
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from tests.conftest import tiny_cfg
 from tests.helpers import twin_models
 

@@ -5,7 +5,7 @@ import torch
 
 from lmlab.errors import ConfigError
 from lmlab.export.hf import from_hf, to_hf
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from tests.conftest import tiny_cfg
 
 transformers = pytest.importorskip("transformers")

@@ -6,7 +6,7 @@ import torch
 from lmlab.errors import ConfigError
 from lmlab.export.hf import from_hf, to_hf
 from lmlab.export.hf_fields import FAMILIES, field_table
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from tests.conftest import tiny_cfg
 
 transformers = pytest.importorskip("transformers")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmlab.export.run import _write_remote_code
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from tests.conftest import tiny_cfg
 
 transformers = pytest.importorskip("transformers")

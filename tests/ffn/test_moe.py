@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 from lmlab.errors import ConfigError
 from lmlab.ffn.moe import MoE
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.registry import FFN
 from tests.conftest import tiny_cfg
 

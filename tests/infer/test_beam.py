@@ -7,8 +7,8 @@ import torch
 
 from lmlab.config import ModelConfig
 from lmlab.infer.beam import beam_search, hypothesis_score, length_penalty
-from lmlab.infer.translate import greedy_decode
-from lmlab.model.transformer import build_model
+from lmlab.infer.decoding import greedy_decode
+from lmlab.model.build import build_model
 
 
 def _random_case(seed: int):

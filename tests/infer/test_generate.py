@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from lmlab.infer.generate import filter_logits, generate, left_pad
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
+from lmlab.model.generate import filter_logits, generate, left_pad
 from lmlab.registry import ATTN, POS
 from tests.conftest import tiny_cfg
 from tests.helpers import SMALL_SPARSE, legal_grid
@@ -95,7 +95,7 @@ def test_min_p_keeps_tokens_near_the_top():
 
 
 def test_repetition_penalty_matches_the_ctrl_rule():
-    from lmlab.infer.generate import apply_repetition_penalty
+    from lmlab.model.generate import apply_repetition_penalty
 
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
     out = apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
@@ -108,7 +108,7 @@ def test_repetition_penalty_matches_the_ctrl_rule():
 
 
 def test_logprobs_are_the_models_log_probabilities_and_streaming_matches():
-    from lmlab.infer.generate import iter_generate
+    from lmlab.model.generate import iter_generate
 
     torch.manual_seed(1)
     model = build_model(tiny_cfg("gpt2")).eval()

@@ -1,6 +1,6 @@
 from lmlab.config import ModelConfig
+from lmlab.model.build import build_model
 from lmlab.model.cost import cost_card, params_by_component
-from lmlab.model.transformer import build_model
 
 
 def test_params_by_component_sum_to_model_total():

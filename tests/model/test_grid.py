@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from lmlab.errors import ConfigError
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.registry import ATTN, FFN, NORM, POS
 from tests.conftest import tiny_cfg
 

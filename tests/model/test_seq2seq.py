@@ -11,10 +11,11 @@ from lmlab.config import ModelConfig, resolve_config
 from lmlab.data.pairs import PairLoader, read_source, to_torch
 from lmlab.errors import ConfigError
 from lmlab.infer.beam import beam_search, hypothesis_score
+from lmlab.infer.decoding import greedy_decode
 from lmlab.infer.load import load_run
-from lmlab.infer.translate import greedy_decode, translate
+from lmlab.infer.translate import translate
+from lmlab.model.build import build_model
 from lmlab.model.seq2seq import Seq2Seq
-from lmlab.model.transformer import build_model
 from lmlab.reference.data.datasets import make_batch
 from lmlab.track.run_dir import RunDir
 

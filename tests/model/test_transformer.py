@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmlab.config import ModelConfig
-from lmlab.model.transformer import build_model, build_transformer
+from lmlab.model.build import build_model, build_transformer
 from lmlab.registry import ATTN, NORM, POS
 from tests.conftest import tiny_cfg
 from tests.helpers import SMALL_SPARSE, counted_flops, decoder_presets, legal_grid

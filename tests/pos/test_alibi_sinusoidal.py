@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.pos.alibi import alibi_slopes
 from lmlab.pos.sinusoidal import SinusoidalPositions
 from tests.conftest import tiny_cfg

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.pos.learned import LearnedPositions
 from tests.conftest import tiny_cfg
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lmlab.config import ModelConfig
+from lmlab.model.build import build_model
 from lmlab.model.seq2seq import seq2seq_loss, to_reference
-from lmlab.model.transformer import build_model
 from lmlab.reference.data.datasets import make_batch
 from lmlab.reference.nn.losses import cross_entropy_masked
 from lmlab.reference.nn.transformer import Seq2Seq as RefSeq2Seq

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmlab.errors import CheckpointError
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.trainer import checkpoint as ckpt
 from tests.conftest import tiny_cfg
 
@@ -68,7 +68,7 @@ WRITER = textwrap.dedent(
     """
     import sys, torch
     from lmlab.config import ModelConfig
-    from lmlab.model.transformer import build_model
+    from lmlab.model.build import build_model
     from lmlab.trainer import checkpoint
 
     fsync = checkpoint._fsync

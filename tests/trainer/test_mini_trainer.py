@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lmlab.data.datasets import RandomWindowLoader
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.trainer.callbacks import Callback
 from lmlab.trainer.mini_trainer import MiniTrainer
 from lmlab.trainer.optim import configure_optimizer

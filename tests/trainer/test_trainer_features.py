@@ -9,7 +9,7 @@ import torch
 
 from lmlab.config import ModelConfig
 from lmlab.data.datasets import RandomWindowLoader
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.track.wandb import WandBLogger
 from lmlab.trainer import distributed as wrap
 from lmlab.trainer.callbacks import Callback, EarlyStopping, LRDecay, LRMonitor

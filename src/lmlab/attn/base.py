@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lmlab.attn.kv_cache import KVCache, WindowKVCache
 from lmlab.config import ModelConfig
-from lmlab.model.kv_cache import KVCache, WindowKVCache
 from lmlab.pos.base import PosContext
 
 

@@ -22,11 +22,16 @@ class MHA(CausalSelfAttention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
         """Explicit scores, mask, softmax and weighted sum."""
-        rep = self.n_head // self.n_kv_head
+        return self.core(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+
+    @staticmethod
+    def core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout_p: float) -> Tensor:
+        """(B, nh, T, hs) queries on (B, nkv, Tk, hs) keys/values; each key/value head serves nh / nkv queries."""
+        rep = q.shape[1] // k.shape[1]
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)  # (B, nh, Tk, hs)
             v = v.repeat_interleave(rep, dim=1)
         att = masked_scores((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])), mask, is_causal)
         att = F.softmax(att.float(), dim=-1).to(q.dtype)
-        att = F.dropout(att, p=self.dropout, training=self.training)
+        att = F.dropout(att, p=dropout_p, training=dropout_p > 0)
         return att @ v  # (B, nh, T, hs)

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lmlab.attn.base import visible
+from lmlab.attn.kv_cache import KVCache
 from lmlab.config import ModelConfig
-from lmlab.model.kv_cache import KVCache
 from lmlab.pos.base import PosContext
 from lmlab.registry import ATTN
 

@@ -20,12 +20,11 @@ class SDPA(CausalSelfAttention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
         """One fused call; dropout on the attention weights only while training."""
+        return self.core(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+
+    @staticmethod
+    def core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout_p: float) -> Tensor:
+        """(B, nh, T, hs) queries on (B, nkv, Tk, hs) keys/values through the fused kernel (GQA when nkv < nh)."""
         return F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-            enable_gqa=self.n_kv_head != self.n_head,
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=q.shape[1] != k.shape[1]
         )

@@ -10,9 +10,9 @@ import click
 
 from lmlab import __version__
 from lmlab.cli.errors import user_errors
+from lmlab.cli.reference import reference_group
 from lmlab.cli.schema_flags import collect_overrides, schema_options
 from lmlab.errors import LmlabError
-from lmlab.reference.cli import reference_group
 
 
 def _resolve(params: dict):
@@ -163,9 +163,9 @@ def generate_cmd(
     alone or in a left-padded batch with others.
     """
 
-    from lmlab.infer.generate import iter_generate, left_pad
     from lmlab.infer.load import load_run
     from lmlab.infer.text_stream import TextStream
+    from lmlab.model.generate import iter_generate, left_pad
     from lmlab.utils.hardware import resolve_device
 
     texts = list(prompts)

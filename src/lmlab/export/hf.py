@@ -13,7 +13,8 @@ import torch
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError, require
 from lmlab.export.hf_fields import GPT2_ACT, LLAMA_ACT, model_config
-from lmlab.model.transformer import CausalLM, build_model
+from lmlab.model.build import build_model
+from lmlab.model.transformer import CausalLM
 from lmlab.trainer.checkpoint import load_weights
 
 

@@ -80,7 +80,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
         write_weights(tmp / "model.safetensors", model.state_dict())
         (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
         shutil.copy(loaded.run.tokenizer, tmp / "tokenizer.json")
-        from lmlab.model.transformer import build_model
+        from lmlab.model.build import build_model
         from lmlab.trainer.checkpoint import load_weights
 
         again = build_model(cfg).eval()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmlab.infer.generate import iter_generate, left_pad
+from lmlab.model.generate import iter_generate, left_pad
 
 _END = object()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lmlab.infer.translate import start_decoding, suppress_markers
+from lmlab.infer.decoding import start_decoding, suppress_markers
 from lmlab.reference.data.tokenization import BOS_ID, EOS_ID, PAD_ID
 
 

@@ -10,7 +10,7 @@ import torch
 from lmlab.config import RunConfig
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer
 from lmlab.errors import CheckpointError
-from lmlab.model.transformer import build_model
+from lmlab.model.build import build_model
 from lmlab.track.run_dir import RunDir
 from lmlab.trainer import checkpoint as ckpt
 

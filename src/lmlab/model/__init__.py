@@ -1,20 +1,18 @@
-"""Model wiring: blocks into a CausalLM; FLOPs and KV cache helpers."""
+"""Model wiring: blocks into a CausalLM or Seq2Seq; generation, FLOPs, cost card."""
 
-from lmlab.model.kv_cache import KVCache
-
-__all__ = ["Block", "CausalLM", "CausalLMOutput", "KVCache", "build_model", "build_transformer"]
+__all__ = ["Block", "CausalLM", "ModelOutput", "build_model", "build_transformer"]
 
 
 def __getattr__(name: str):
-    # transformer.py imports the block registries, which import lmlab.model.kv_cache: keep this lazy.
-    from lmlab.model import block, transformer
+    # The block registries import torch-heavy modules: load them on first use.
+    from lmlab.model import block, build, output, transformer
 
     table = {
         "Block": block.Block,
         "CausalLM": transformer.CausalLM,
-        "CausalLMOutput": transformer.CausalLMOutput,
-        "build_model": transformer.build_model,
-        "build_transformer": transformer.build_transformer,
+        "ModelOutput": output.ModelOutput,
+        "build_model": build.build_model,
+        "build_transformer": build.build_transformer,
     }
     if name in table:
         return table[name]

@@ -7,8 +7,8 @@ from collections import Counter
 import torch
 
 from lmlab.config import ModelConfig
+from lmlab.model.build import build_model
 from lmlab.model.flops import flops_breakdown
-from lmlab.model.transformer import build_model
 from lmlab.registry import ATTN, FFN
 
 

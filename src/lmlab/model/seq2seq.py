@@ -8,7 +8,7 @@ pre-norm stacks end with a norm. `build_model(cfg)` returns a `Seq2Seq` when `cf
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -16,31 +16,23 @@ from torch.nn import functional as F
 
 from lmlab.attn.base import key_padding_mask
 from lmlab.config import ModelConfig
-from lmlab.model.transformer import init_weights
+from lmlab.model.init import init_weights
+from lmlab.model.output import ModelOutput
 from lmlab.pos.base import PosContext
 from lmlab.registry import ATTN, EMBED, FFN, NORM, POS
-
-
-@dataclass
-class Seq2SeqOutput:
-    """Logits (B, T, V) over the target vocabulary and the mean loss over unpadded targets."""
-
-    logits: Tensor
-    loss: Tensor | None = None
-    aux_loss: Tensor | None = None
 
 
 class CrossAttention(nn.Module):
     """Queries from the decoder, keys/values from the encoder output, no positions, padded sources hidden.
 
-    Mixed in front of a registered attention class (see `cross_attention_class`) so the score
-    computation is that attention's own `attend`; only the projections differ.
+    The scores are computed by the self-attention's own core function (`core` of the registered
+    class: explicit softmax for mha, fused for sdpa); only the projections differ.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        nn.Module.__init__(self)
+    def __init__(self, cfg: ModelConfig, core: Callable[..., Tensor]) -> None:
+        super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.window, self.dropout = None, cfg.dropout
+        self.core, self.dropout = core, cfg.dropout
         self.q = nn.Linear(cfg.d_model, self.n_head * self.head_dim, bias=cfg.qkv_bias)
         self.kv = nn.Linear(cfg.d_model, 2 * self.n_kv_head * self.head_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.attn_proj_bias)
@@ -56,13 +48,8 @@ class CrossAttention(nn.Module):
         """(B, T, C) decoder states -> (B, T, C)."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        y = self.attend(q, kv[0], kv[1], key_mask, False)
+        y = self.core(q, kv[0], kv[1], key_mask, False, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
-
-
-def cross_attention_class(attn_cls: type) -> type:
-    """CrossAttention whose `attend` is `attn_cls.attend` (explicit softmax for mha, fused for sdpa)."""
-    return type(f"Cross{attn_cls.__name__}", (CrossAttention, attn_cls), {})
 
 
 class EncoderLayer(nn.Module):
@@ -89,7 +76,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, *, attn_cls: type, ffn_cls: type, norm_cls: type) -> None:
         super().__init__()
         self.norm1, self.self_attn = norm_cls(cfg), attn_cls(cfg)
-        self.norm2, self.cross_attn = norm_cls(cfg), cross_attention_class(attn_cls)(cfg)
+        self.norm2, self.cross_attn = norm_cls(cfg), CrossAttention(cfg, attn_cls.core)
         self.norm3, self.ffn = norm_cls(cfg), ffn_cls(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.pre_norm = cfg.norm_position == "pre"
@@ -179,7 +166,7 @@ class Seq2Seq(nn.Module):
         src_valid: Tensor | None = None,
         tgt_valid: Tensor | None = None,
         targets: Tensor | None = None,
-    ) -> Seq2SeqOutput:
+    ) -> ModelOutput:
         """Teacher-forced logits (B, T, V); loss is cross-entropy against targets (-100 ignored)."""
         if src_valid is None:
             src_valid = torch.ones_like(src_ids, dtype=torch.bool)
@@ -189,7 +176,7 @@ class Seq2Seq(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         aux = [m.aux_loss for m in self.modules() if m is not self and getattr(m, "aux_loss", None) is not None]
-        return Seq2SeqOutput(logits=logits, loss=loss, aux_loss=sum(aux) if aux else None)
+        return ModelOutput(logits=logits, loss=loss, aux_loss=sum(aux) if aux else None)
 
     def new_cache(self, batch: int, max_len: int) -> list:
         """One empty self-attention KV cache per decoder layer."""
@@ -201,7 +188,7 @@ class Seq2Seq(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def forward_batch(model: nn.Module, batch: dict[str, Tensor]) -> Seq2SeqOutput:
+def forward_batch(model: nn.Module, batch: dict[str, Tensor]) -> ModelOutput:
     """Teacher-forced output on a (X_ids, M_src, Y_in, Y_out, M_tgt) batch, loss over unpadded targets."""
     targets = batch["Y_out"].long().masked_fill(~batch["M_tgt"].bool(), -100)
     return model(batch["X_ids"].long(), batch["Y_in"].long(), batch["M_src"], batch["M_tgt"], targets=targets)

@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lmlab.config import ModelConfig
 from lmlab.model.block import Block
 from lmlab.model.flops import flops_per_token
-from lmlab.registry import ATTN, EMBED, FFN, NORM, POS
-
-
-@dataclass
-class CausalLMOutput:
-    """Logits (B, T, V), the mean next-token loss when targets were given, and any auxiliary loss."""
-
-    logits: Tensor
-    loss: Tensor | None = None
-    aux_loss: Tensor | None = None
-
-
-def init_weights(module: nn.Module, cfg: ModelConfig, embeddings: tuple[nn.Module, ...] = ()) -> None:
-    """GPT-2 init: N(0, init_std); residual projections scaled by 1/sqrt(2 n_layer) (GPT-2 §2.3)."""
-    std = cfg.init_std
-    if isinstance(module, nn.Linear):
-        scale = 1 / math.sqrt(2 * cfg.n_layer) if getattr(module, "residual_projection", False) else 1.0
-        nn.init.normal_(module.weight, mean=0.0, std=std * scale)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding) or any(module is e for e in embeddings):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
+from lmlab.model.generate import generate
+from lmlab.model.init import init_weights
+from lmlab.model.output import ModelOutput
 
 
 class CausalLM(nn.Module):
@@ -64,7 +42,7 @@ class CausalLM(nn.Module):
         cache: list | None = None,
         last_only: bool = False,
         pad: Tensor | None = None,
-    ) -> CausalLMOutput:
+    ) -> ModelOutput:
         """input_ids (B, T) -> logits (B, T, V); loss is cross-entropy against targets (-100 ignored).
 
         `pad` (B,) is the number of left-padding slots in each row (batched prompts of different
@@ -86,7 +64,7 @@ class CausalLM(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         aux = [b.ffn.aux_loss for b in self.blocks if getattr(b.ffn, "aux_loss", None) is not None]
-        return CausalLMOutput(logits=logits, loss=loss, aux_loss=sum(aux) if aux else None)
+        return ModelOutput(logits=logits, loss=loss, aux_loss=sum(aux) if aux else None)
 
     def router_stats(self) -> dict[str, list[int]]:
         """Tokens routed to each expert in the last forward, per MoE layer (empty without MoE)."""
@@ -115,36 +93,5 @@ class CausalLM(nn.Module):
         return flops_per_token(self.config, seq_len or self.config.max_seq_len, training=training)
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
-        """Sample continuations; see `lmlab.infer.generate.generate` for the options."""
-        from lmlab.infer.generate import generate
-
+        """Sample continuations; see `lmlab.model.generate.generate` for the options."""
         return generate(self, input_ids, max_new_tokens, **kwargs)
-
-
-def build_transformer(
-    cfg: ModelConfig,
-    *,
-    attn_cls: type | None = None,
-    ffn_cls: type | None = None,
-    norm_cls: type | None = None,
-    embed_cls: type | None = None,
-    pos_cls: type | None = None,
-) -> CausalLM:
-    """A CausalLM from `cfg`, with any block class overridable by a class that follows the contract."""
-    return CausalLM(
-        cfg,
-        attn_cls=attn_cls or ATTN.get(cfg.attn),
-        ffn_cls=ffn_cls or FFN.get(cfg.ffn),
-        norm_cls=norm_cls or NORM.get(cfg.norm),
-        embed_cls=embed_cls or EMBED.get(cfg.embed),
-        pos_cls=pos_cls or POS.get(cfg.pos),
-    )
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model a config describes: a CausalLM, or a Seq2Seq when `cfg.arch == "seq2seq"`."""
-    if cfg.arch == "seq2seq":
-        from lmlab.model.seq2seq import build_seq2seq
-
-        return build_seq2seq(cfg)
-    return build_transformer(cfg)

@@ -17,8 +17,8 @@ from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_s
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
 from lmlab.errors import CheckpointError
 from lmlab.infer import load as run_load
+from lmlab.model.build import build_model
 from lmlab.model.cost import params_by_component
-from lmlab.model.transformer import build_model
 from lmlab.track.aim import AimTracker
 from lmlab.track.jsonl import JSONLLogger
 from lmlab.track.run_dir import RunDir
@@ -130,7 +130,7 @@ def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
 
 def _seq2seq_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     from lmlab.data.pairs import PairLoader, prepare_pairs, to_torch
-    from lmlab.infer.translate import greedy_decode
+    from lmlab.infer.decoding import greedy_decode
     from lmlab.model.seq2seq import seq2seq_loss
     from lmlab.reference.data.datasets import make_batch
 
