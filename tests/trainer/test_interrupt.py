@@ -23,7 +23,9 @@ BIN = Path(sys.executable).parent
 def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_prints_the_resume_command(tmp_path, corpus_file):
     args = [*small_train_args(corpus_file, max_steps=200, batch=4, train__log_interval=1), "--progress"]
     cmd = [str(BIN / "lmlab"), "train", *args, "--save-dir", str(tmp_path), "--run-tag", "c"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts jobs in the background hands them SIGINT ignored: give the run a terminal's default.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     for line in proc.stderr:
         if line.startswith("step 3/"):
             proc.send_signal(signal.SIGINT)
