@@ -13,11 +13,11 @@ import argparse
 
 import numpy as np
 
-from lmlab.reference.data.datasets import encode_pairs, make_batch, synthetic_pairs
-from lmlab.reference.data.tokenization import build_vocabs
 from lmlab.reference.nn.losses import cross_entropy_masked
 from lmlab.reference.nn.transformer import Seq2Seq, Seq2SeqConfig
 from lmlab.reference.train.loop import LoopConfig, train
+from lmlab.text.pairs import encode_pairs, make_batch, synthetic_pairs
+from lmlab.text.words import build_vocabs
 
 
 def loss_of(model: Seq2Seq, batch: dict[str, np.ndarray]) -> float:

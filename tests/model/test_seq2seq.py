@@ -16,7 +16,7 @@ from lmlab.infer.load import load_run
 from lmlab.infer.translate import translate
 from lmlab.model.build import build_model
 from lmlab.model.seq2seq import Seq2Seq
-from lmlab.reference.data.datasets import make_batch
+from lmlab.text.pairs import make_batch
 from lmlab.track.run_dir import RunDir
 
 

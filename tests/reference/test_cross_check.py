@@ -7,10 +7,10 @@ import torch
 from lmlab.config import ModelConfig
 from lmlab.model.build import build_model
 from lmlab.model.seq2seq import seq2seq_loss, to_reference
-from lmlab.reference.data.datasets import make_batch
 from lmlab.reference.nn.losses import cross_entropy_masked
 from lmlab.reference.nn.transformer import Seq2Seq as RefSeq2Seq
 from lmlab.reference.nn.transformer import Seq2SeqConfig
+from lmlab.text.pairs import make_batch
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

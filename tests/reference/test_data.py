@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lmlab.errors import DataError
-from lmlab.reference.data.datasets import (
+from lmlab.text.pairs import (
     builtin_pairs,
     encode_pairs,
     load_examples,
@@ -15,7 +15,7 @@ from lmlab.reference.data.datasets import (
     save_examples,
     synthetic_pairs,
 )
-from lmlab.reference.data.tokenization import Vocab, build_vocab, build_vocabs, detokenize, tokenize
+from lmlab.text.words import Vocab, build_vocab, build_vocabs, detokenize, tokenize
 
 
 def test_specials_and_round_trip():

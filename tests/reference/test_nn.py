@@ -5,12 +5,12 @@ import sys
 import numpy as np
 import pytest
 
-from lmlab.reference.data.datasets import make_batch
 from lmlab.reference.nn.attention import MultiHeadAttention
 from lmlab.reference.nn.layers import GELU, Embedding, LayerNorm, Linear, softmax
 from lmlab.reference.nn.losses import cross_entropy_masked
 from lmlab.reference.nn.transformer import FeedForward, Seq2Seq, Seq2SeqConfig
 from lmlab.reference.utils.mask import causal_mask, decoder_mask, pad_mask
+from lmlab.text.pairs import make_batch
 
 RNG = np.random.default_rng(0)
 

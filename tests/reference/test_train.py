@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from lmlab.cli.app import cli
-from lmlab.reference.train.metrics import bleu, corpus_bleu, exact_match, token_accuracy
+from lmlab.text.metrics import bleu, corpus_bleu, exact_match, token_accuracy
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 

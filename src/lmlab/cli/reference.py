@@ -14,10 +14,10 @@ import yaml
 
 from lmlab.cli.errors import user_errors
 from lmlab.errors import ConfigError, LmlabError
-from lmlab.reference.data.datasets import encode_pairs, load_examples, load_pairs, make_batch, save_examples
-from lmlab.reference.data.tokenization import Vocab, build_vocabs
 from lmlab.reference.nn.transformer import Seq2Seq, Seq2SeqConfig
 from lmlab.reference.train.loop import LoopConfig, evaluate, load_checkpoint, save_checkpoint, train
+from lmlab.text.pairs import encode_pairs, load_examples, load_pairs, make_batch, save_examples
+from lmlab.text.words import Vocab, build_vocabs
 
 
 @dataclass

@@ -18,8 +18,8 @@ import torch
 from lmlab.config import RunConfig
 from lmlab.data.tokenizers.word import WordTokenizer
 from lmlab.errors import ConfigError, DataError
-from lmlab.reference.data.datasets import encode_pairs, load_pairs, make_batch
-from lmlab.reference.data.tokenization import build_vocab
+from lmlab.text.pairs import encode_pairs, load_pairs, make_batch
+from lmlab.text.words import build_vocab
 
 Examples = list[tuple[list[int], list[int]]]
 PAIR_PREFIXES = ("pairs:", "task:")

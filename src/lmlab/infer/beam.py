@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lmlab.infer.decoding import start_decoding, suppress_markers
-from lmlab.reference.data.tokenization import BOS_ID, EOS_ID, PAD_ID
+from lmlab.text.words import BOS_ID, EOS_ID, PAD_ID
 
 
 def length_penalty(length: int, alpha: float) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmlab.reference.data.tokenization import BOS_ID, EOS_ID, PAD_ID
+from lmlab.text.words import BOS_ID, EOS_ID, PAD_ID
 
 
 def start_decoding(model, src_ids: Tensor, src_valid: Tensor | None, max_len: int, copies: int = 1):

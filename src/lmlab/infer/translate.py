@@ -25,7 +25,7 @@ def translate(
 ) -> list[str]:
     """Translations of `sentences` by a loaded seq2seq run (greedy for beam 1); unknown words become <unk>."""
     from lmlab.data.pairs import to_torch
-    from lmlab.reference.data.datasets import make_batch
+    from lmlab.text.pairs import make_batch
 
     if loaded.src_tokenizer is None:
         from lmlab.errors import ConfigError
@@ -46,7 +46,7 @@ def evaluate_seq2seq(loaded, *, beam: int = 1, batch_size: int = 64) -> dict:
     """On the run's validation pairs: loss, token accuracy on non-pad positions, exact match and BLEU."""
     from lmlab.data.pairs import PairLoader, prepare_pairs
     from lmlab.model.seq2seq import forward_batch
-    from lmlab.reference.train.metrics import bleu, token_accuracy
+    from lmlab.text.metrics import bleu, token_accuracy
 
     data = prepare_pairs(loaded.config, (loaded.src_tokenizer, loaded.tokenizer))
     device = next(loaded.model.parameters()).device

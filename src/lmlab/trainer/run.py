@@ -132,7 +132,7 @@ def _seq2seq_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     from lmlab.data.pairs import PairLoader, prepare_pairs, to_torch
     from lmlab.infer.decoding import greedy_decode
     from lmlab.model.seq2seq import seq2seq_loss
-    from lmlab.reference.data.datasets import make_batch
+    from lmlab.text.pairs import make_batch
 
     tc = cfg.train
     saved = (load_tokenizer(run.src_tokenizer), load_tokenizer(run.tokenizer)) if run is not None else None

@@ -1,7 +1,7 @@
 """Word tokenizer: the NumPy reference's word vocabulary behind the `BaseTokenizer` protocol.
 
 Specials `<pad>=0, <bos>=1, <eos>=2, <unk>=3`; text is NFKC-normalised, lower-cased and split
-into words and single punctuation marks (see `lmlab.reference.data.tokenization`), so
+into words and single punctuation marks (see `lmlab.text.words`), so
 `decode(encode(s))` equals `s` up to that normalisation. Unknown words encode to `<unk>`.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 
 from lmlab.errors import DataError, require
-from lmlab.reference.data.tokenization import (
+from lmlab.registry import TOKENIZER
+from lmlab.text.words import (
     BOS,
     CLOSING,
     EOS,
@@ -22,7 +23,6 @@ from lmlab.reference.data.tokenization import (
     Vocab,
     build_vocab,
 )
-from lmlab.registry import TOKENIZER
 
 
 @TOKENIZER.register("word", tags=("normalising", "specials"))

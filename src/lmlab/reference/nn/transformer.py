@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lmlab.reference.data.tokenization import BOS_ID, EOS_ID, PAD_ID
 from lmlab.reference.nn.attention import MultiHeadAttention
 from lmlab.reference.nn.layers import GELU, Embedding, LayerNorm, Linear, Module, sinusoidal_positions
 from lmlab.reference.utils.mask import decoder_mask, pad_mask
+from lmlab.text.words import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lmlab.reference.data.datasets import batches, make_batch
-from lmlab.reference.data.tokenization import EOS_ID
 from lmlab.reference.nn.losses import cross_entropy_masked
 from lmlab.reference.nn.transformer import Seq2Seq, Seq2SeqConfig
-from lmlab.reference.train.metrics import exact_match, token_accuracy
 from lmlab.reference.train.optim import SGD, Adam, clip_grad_norm
+from lmlab.text.metrics import exact_match, token_accuracy
+from lmlab.text.pairs import batches, make_batch
+from lmlab.text.words import EOS_ID
 
 Examples = list[tuple[list[int], list[int]]]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lmlab.errors import DataError
-from lmlab.reference.data.tokenization import BOS_ID, EOS_ID, PAD_ID, Vocab
+from lmlab.text.words import BOS_ID, EOS_ID, PAD_ID, Vocab
 
 TASKS = ("copy", "reverse", "sort", "add")
 
@@ -56,7 +56,7 @@ def read_pairs(path: str | Path, fmt: str = "auto") -> list[tuple[str, str]]:
 
 def builtin_pairs(name: str = "enfr") -> list[tuple[str, str]]:
     """A pair set shipped with lmlab; `enfr` is about 100 short English-French sentences."""
-    ref = resources.files("lmlab.reference.data") / f"{name}.tsv"
+    ref = resources.files("lmlab.text.data") / f"{name}.tsv"
     if not ref.is_file():
         raise DataError(f"pairs: no built-in set '{name}'; allowed: enfr")
     with resources.as_file(ref) as path:

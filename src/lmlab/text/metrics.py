@@ -53,7 +53,7 @@ def bleu(hyps: Sequence[str], refs: Sequence[str]) -> tuple[float, str]:
     try:
         import sacrebleu
     except ImportError:
-        from lmlab.reference.data.tokenization import tokenize
+        from lmlab.text.words import tokenize
 
         return corpus_bleu([tokenize(h) for h in hyps], [tokenize(r) for r in refs]), "local"
     return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)], smooth_method="none").score), "sacrebleu"
