@@ -20,7 +20,7 @@ _EXPORTS = {
     "CausalLM": "lmlab.model.transformer",
     "MiniTrainer": "lmlab.trainer.mini_trainer",
     "Callback": "lmlab.trainer.callbacks",
-    "RunDir": "lmlab.track.run_dir",
+    "RunDir": "lmlab.runs.run_dir",
     "load_run": "lmlab.infer.load",
     "train_from_config": "lmlab.trainer.run",
     "ATTN": "lmlab.registry",

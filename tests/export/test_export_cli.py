@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from lmlab.cli.app import cli
-from lmlab.track.run_dir import RunDir
+from lmlab.runs.run_dir import RunDir
 from tests.helpers import small_train_args
 
 pytest.importorskip("transformers")

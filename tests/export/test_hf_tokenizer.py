@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from lmlab.cli.app import cli
 from lmlab.data.tokenizers.base import build_tokenizer
 from lmlab.export.hf_tokenizer import save_hf_tokenizer
-from lmlab.track.run_dir import RunDir
+from lmlab.runs.run_dir import RunDir
 from tests.helpers import small_train_args
 
 transformers = pytest.importorskip("transformers")

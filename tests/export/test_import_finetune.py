@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from lmlab.cli.app import cli
 from lmlab.data.tokenizers.base import build_tokenizer
 from lmlab.infer.load import load_run
-from lmlab.track.run_dir import RunDir
+from lmlab.runs.run_dir import RunDir
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from lmlab.cli.app import cli
 from lmlab.infer.load import load_run
-from lmlab.track.run_dir import RunDir
+from lmlab.runs.run_dir import RunDir
 from tests.helpers import small_train_args
 
 pytest.importorskip("fastapi")

@@ -16,8 +16,8 @@ from lmlab.infer.load import load_run
 from lmlab.infer.translate import translate
 from lmlab.model.build import build_model
 from lmlab.model.seq2seq import Seq2Seq
+from lmlab.runs.run_dir import RunDir
 from lmlab.text.pairs import make_batch
-from lmlab.track.run_dir import RunDir
 
 
 def _model(attn="sdpa", pos="rope", **kw):

@@ -10,10 +10,10 @@ import pytest
 
 from lmlab.config import resolve_config
 from lmlab.errors import CheckpointError
+from lmlab.runs.run_dir import RunDir
 from lmlab.track import compare
 from lmlab.track.base import SafeTracker
 from lmlab.track.plots import html_report, plot_curves
-from lmlab.track.run_dir import RunDir
 from lmlab.trainer.run import train_from_config
 
 

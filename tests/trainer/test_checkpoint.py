@@ -10,7 +10,7 @@ import torch
 
 from lmlab.errors import CheckpointError
 from lmlab.model.build import build_model
-from lmlab.trainer import checkpoint as ckpt
+from lmlab.runs import checkpoint as ckpt
 from tests.conftest import tiny_cfg
 
 
@@ -69,7 +69,7 @@ WRITER = textwrap.dedent(
     import sys, torch
     from lmlab.config import ModelConfig
     from lmlab.model.build import build_model
-    from lmlab.trainer import checkpoint
+    from lmlab.runs import checkpoint
 
     fsync = checkpoint._fsync
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from lmlab.cli.app import cli
 from lmlab.infer.load import load_run
-from lmlab.track.run_dir import RunDir
-from lmlab.trainer import checkpoint as ckpt
+from lmlab.runs import checkpoint as ckpt
+from lmlab.runs.run_dir import RunDir
 from tests.helpers import small_train_args
 
 BIN = Path(sys.executable).parent

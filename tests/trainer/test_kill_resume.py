@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.trainer import checkpoint as ckpt
+from lmlab.runs import checkpoint as ckpt
 from tests.helpers import small_train_args
 
 BIN = Path(sys.executable).parent

@@ -10,10 +10,10 @@ import torch
 from lmlab.config import ModelConfig
 from lmlab.data.datasets import RandomWindowLoader
 from lmlab.model.build import build_model
+from lmlab.runs.checkpoint import list_checkpoints
 from lmlab.track.wandb import WandBLogger
 from lmlab.trainer import distributed as wrap
 from lmlab.trainer.callbacks import Callback, EarlyStopping, LRDecay, LRMonitor
-from lmlab.trainer.checkpoint import list_checkpoints
 from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
 from lmlab.trainer.optim import configure_optimizer
 from lmlab.utils.meters import AverageMeter, ThroughputMeter

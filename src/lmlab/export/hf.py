@@ -15,7 +15,7 @@ from lmlab.errors import ConfigError, require
 from lmlab.export.hf_fields import GPT2_ACT, LLAMA_ACT, model_config
 from lmlab.model.build import build_model
 from lmlab.model.transformer import CausalLM
-from lmlab.trainer.checkpoint import load_weights
+from lmlab.runs.checkpoint import load_weights
 
 
 def _gpt2_keymap(n_layer: int) -> list[tuple[str, str, bool]]:

@@ -22,7 +22,7 @@ import torch
 
 from lmlab.errors import CheckpointError
 from lmlab.infer.load import load_run
-from lmlab.trainer.checkpoint import read_weights, write_weights
+from lmlab.runs.checkpoint import read_weights, write_weights
 
 # Blocks `modeling_lmlab.py` implements; anything else exports as safetensors only.
 REMOTE_CODE_BLOCKS = {
@@ -68,7 +68,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
         raise CheckpointError(f"export --format: '{fmt}'; allowed: safetensors, hf")
     loaded = load_run(run)
     model, cfg = loaded.model.float().eval(), loaded.config.model
-    out = Path(out) if out else loaded.run.path / "artifacts" / f"export_{fmt}"
+    out = Path(out) if out else loaded.run.export_dir(fmt)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -81,7 +81,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
         (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
         shutil.copy(loaded.run.tokenizer, tmp / "tokenizer.json")
         from lmlab.model.build import build_model
-        from lmlab.trainer.checkpoint import load_weights
+        from lmlab.runs.checkpoint import load_weights
 
         again = build_model(cfg).eval()
         load_weights(again, read_weights(tmp / "model.safetensors"), tmp)
@@ -185,8 +185,8 @@ def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "
     from lmlab.data.tokenizers.base import build_tokenizer, save_tokenizer
     from lmlab.errors import require
     from lmlab.export.hf import from_hf
-    from lmlab.model.cost import params_by_component
-    from lmlab.track.run_dir import RunDir
+    from lmlab.model.cost import param_counts
+    from lmlab.runs.run_dir import RunDir
 
     transformers = require("transformers", "hf")
     directory = Path(directory).expanduser()
@@ -202,9 +202,7 @@ def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "
     cfg = RunConfig.model_validate({"model": model.config.model_dump(), "data": {"tokenizer": f"hf:{directory}"}})
     run = RunDir.create(save_dir, tag)
     save_tokenizer(tokenizer, run.tokenizer)
-    write_weights(run.export / "model.safetensors", model.state_dict())
-    (run.export / "config.json").write_text(json.dumps(cfg.model.model_dump(mode="json"), indent=2))
-    parts = params_by_component(cfg.model)
+    run.write_final(model.state_dict(), cfg.model.model_dump(mode="json"))
     source = {"imported_from": str(directory), "family": hf_model.config.model_type}
-    run.write_meta(cfg, {"data.json": source, "params.json": {"total": sum(parts.values()), "by_component": parts}})
+    run.write_meta(cfg, {"data.json": source, "params.json": param_counts(cfg.model)})
     return run.path

@@ -9,10 +9,9 @@ import torch
 
 from lmlab.config import RunConfig
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer
-from lmlab.errors import CheckpointError
 from lmlab.model.build import build_model
-from lmlab.track.run_dir import RunDir
-from lmlab.trainer import checkpoint as ckpt
+from lmlab.runs import checkpoint as ckpt
+from lmlab.runs.run_dir import RunDir
 
 
 @dataclass
@@ -27,17 +26,6 @@ class LoadedRun:
     src_tokenizer: BaseTokenizer | None = None  # encoder-decoder runs only
 
 
-def final_weights(run: RunDir) -> Path:
-    """A run's exported final weights, or else its newest valid checkpoint's."""
-    final = run.export / "model.safetensors"
-    if final.is_file():
-        return final
-    latest = ckpt.latest_valid(run.checkpoints, ckpt.WEIGHTS)  # the optimizer state may be gone
-    if latest is None:
-        raise CheckpointError(f"run: {run.path} has no weights (no artifacts/export/model.safetensors, no checkpoint)")
-    return latest / "model.safetensors"
-
-
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None) -> LoadedRun:
     """The model of a run: its exported final weights, or else its newest valid checkpoint."""
     run = RunDir.open(path)
@@ -47,7 +35,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint
         weights = Path(checkpoint) / "model.safetensors"
         ckpt.verify_checkpoint(checkpoint, ckpt.WEIGHTS)
     else:
-        weights = final_weights(run)
+        weights = run.final_weights()
     ckpt.load_weights(model, ckpt.read_weights(weights), weights)
     src_tok = load_tokenizer(run.src_tokenizer) if cfg.model.arch == "seq2seq" else None
     return LoadedRun(run, cfg, model.to(device).eval(), load_tokenizer(run.tokenizer), weights, src_tok)

@@ -12,6 +12,15 @@ from lmlab.model.flops import flops_breakdown
 from lmlab.registry import ATTN, FFN
 
 
+def param_counts(cfg: ModelConfig) -> dict:
+    """What a run's meta/params.json holds: the total and, for decoders, the count per component."""
+    if cfg.arch == "seq2seq":
+        with torch.device("meta"):
+            return {"total": build_model(cfg).num_params()}
+    parts = params_by_component(cfg)
+    return {"total": sum(parts.values()), "by_component": parts}
+
+
 def params_by_component(cfg: ModelConfig) -> dict[str, int]:
     """Parameter counts grouped as embedding, position, attn, ffn, norm and lm_head (tied weights once)."""
     with torch.device("meta"):

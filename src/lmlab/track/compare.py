@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmlab.errors import CheckpointError
+from lmlab.runs.run_dir import RUN_RE, RunDir
 from lmlab.track.jsonl import read_metrics
-from lmlab.track.run_dir import RUN_RE, RunDir
 
 AXES = ("step", "tokens", "flops", "wall")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from lmlab.data.sources import load_corpus
 from lmlab.errors import CheckpointError, DataError
+from lmlab.runs.run_dir import RunDir
 from lmlab.track.jsonl import read_metrics
-from lmlab.track.run_dir import RunDir
 from lmlab.trainer.callbacks import Callback
 
 

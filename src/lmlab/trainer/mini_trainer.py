@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import CheckpointError
-from lmlab.trainer import checkpoint as ckpt
+from lmlab.runs import checkpoint as ckpt
 from lmlab.trainer import distributed as wrap
 from lmlab.trainer.callbacks import Callback
 from lmlab.utils import dist

@@ -16,16 +16,15 @@ from lmlab.config import RunConfig
 from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
 from lmlab.errors import CheckpointError
-from lmlab.infer import load as run_load
 from lmlab.model.build import build_model
-from lmlab.model.cost import params_by_component
+from lmlab.model.cost import param_counts
+from lmlab.runs.checkpoint import load_weights, read_weights
+from lmlab.runs.run_dir import RunDir
 from lmlab.track.aim import AimTracker
 from lmlab.track.jsonl import JSONLLogger
-from lmlab.track.run_dir import RunDir
 from lmlab.track.tensorboard import TensorBoardTracker
 from lmlab.track.wandb import WandBLogger
 from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
-from lmlab.trainer.checkpoint import load_weights, read_weights, write_weights
 from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
 from lmlab.trainer.optim import configure_optimizer
 from lmlab.trainer.schedules import warmup_cosine_scheduler
@@ -165,14 +164,6 @@ def _seq2seq_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     return _Task(cfg, data.meta, summary, save, loaders, sample, seq2seq_loss)
 
 
-def _param_counts(model_cfg) -> dict:
-    if model_cfg.arch == "seq2seq":
-        with torch.device("meta"):
-            return {"total": build_model(model_cfg).num_params()}
-    parts = params_by_component(model_cfg)
-    return {"total": sum(parts.values()), "by_component": parts}
-
-
 def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), quiet: bool = False) -> TrainResult:
     """Train the model `cfg` describes on its corpus, leaving a complete run directory."""
     tc = cfg.train
@@ -195,7 +186,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
         if main:
             task.save_tokenizers(run)
-            params = _param_counts(model_cfg)
+            params = param_counts(model_cfg)
             run.write_meta(cfg, {"data.json": task.meta, "params.json": params})  # last: marks the run complete
         resume = None
     else:
@@ -204,7 +195,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
 
     model = build_model(model_cfg)
     if tc.init_from and resume is None:  # fine-tuning: the config above is already the source's
-        weights = run_load.final_weights(RunDir.open(tc.init_from))
+        weights = RunDir.open(tc.init_from).final_weights()
         load_weights(model, read_weights(weights), weights)
     seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
     optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
@@ -279,8 +270,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     final_weights = trainer.full_state_dict()  # collective under FSDP
     if not main:
         return TrainResult(run, metrics, [])
-    write_weights(run.export / "model.safetensors", final_weights)
-    (run.export / "config.json").write_text(json.dumps(model_cfg.model_dump(mode="json"), indent=2))
+    run.write_final(final_weights, model_cfg.model_dump(mode="json"))
     if metrics.get("already_complete"):  # the export above completes a run killed after its last checkpoint
         return TrainResult(run, metrics, [])
     if trainer.strategy == "fsdp":  # sample from an unsharded copy: rank 0 alone cannot run a sharded forward

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lmlab.config import RunConfig
 from lmlab.errors import CheckpointError
+from lmlab.runs import checkpoint
 
 RUN_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{3,})(?:_(.*))?$")
 
@@ -55,6 +56,28 @@ class RunDir:
     @property
     def config_path(self) -> Path:
         return self.meta / "full_config.json"
+
+    def export_dir(self, fmt: str) -> Path:
+        """Where `lmlab export --format FMT` writes by default."""
+        return self.path / "artifacts" / f"export_{fmt}"
+
+    def final_weights(self) -> Path:
+        """The run's exported final weights, or else its newest checkpoint's (no optimizer state needed)."""
+        final = self.export / "model.safetensors"
+        if final.is_file():
+            return final
+        latest = checkpoint.latest_valid(self.checkpoints, checkpoint.WEIGHTS)
+        if latest is None:
+            raise CheckpointError(
+                f"run: {self.path} has no weights (no artifacts/export/model.safetensors, no checkpoint)"
+            )
+        return latest / "model.safetensors"
+
+    def write_final(self, weights: dict, model_config: dict) -> None:
+        """The final weights and the model config that rebuilds them, in `artifacts/export/`."""
+        self.export.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_weights(self.export / "model.safetensors", weights)
+        (self.export / "config.json").write_text(json.dumps(model_config, indent=2))
 
     @classmethod
     def create(cls, root: str | Path, tag: str = "", *, today: dt.date | None = None) -> RunDir:
