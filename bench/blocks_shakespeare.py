@@ -14,7 +14,7 @@ import time
 
 from lmlab.config import resolve_config
 from lmlab.model.cost import active_params, params_by_component
-from lmlab.trainer.run import train_from_config
+from lmlab.pipeline.train import train_from_config
 
 VARIANTS = {
     "mha": {"attn": "mha"},

@@ -34,7 +34,7 @@ import train_speed_vs_hf
 
 from lmlab.data.sources import load_corpus
 from lmlab.track import compare
-from lmlab.track.ablate import markdown_table, run_ablation
+from lmlab.pipeline.ablate import markdown_table, run_ablation
 from lmlab.track.plots import plot_curves
 
 ROOT = Path(__file__).resolve().parent.parent

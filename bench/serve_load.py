@@ -29,7 +29,7 @@ import uvicorn
 from lmlab.config import resolve_config
 from lmlab.infer.load import load_run
 from lmlab.infer.server import Limits, create_app
-from lmlab.trainer.run import train_from_config
+from lmlab.pipeline.train import train_from_config
 
 BAD = [
     (b"{not json", 400),

@@ -18,7 +18,7 @@ import torch
 
 from lmlab.config import resolve_config
 from lmlab.infer.evaluate import evaluate_run
-from lmlab.trainer.run import train_from_config
+from lmlab.pipeline.train import train_from_config
 
 ARMS = {"char": {"tokenizer": "char"}, "bpe-2048": {"tokenizer": "bpe", "vocab_size": 2048}}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmlab.track.ablate import markdown_table, run_ablation
+from lmlab.pipeline.ablate import markdown_table, run_ablation
 
 
 def main() -> None:

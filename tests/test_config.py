@@ -137,3 +137,12 @@ def test_combination_rules_from_registry_caps():
         ModelConfig(attn="mha", pos="learned")
     finally:
         del entry.caps["supports"]
+
+
+def test_trackers_are_chosen_by_registered_name_and_old_switches_still_load():
+    from lmlab.config import TrackConfig
+
+    assert TrackConfig(trackers="tensorboard, aim").trackers == ["jsonl", "tensorboard", "aim"]
+    assert TrackConfig(tensorboard=True, wandb=False).trackers == ["jsonl", "tensorboard"]  # a config saved earlier
+    with pytest.raises(ConfigError, match="track.trackers: unknown tracker 'mlflow'; known: aim, jsonl, tensorboard"):
+        TrackConfig(trackers=["mlflow"])

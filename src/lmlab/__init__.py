@@ -22,7 +22,7 @@ _EXPORTS = {
     "Callback": "lmlab.trainer.callbacks",
     "RunDir": "lmlab.runs.run_dir",
     "load_run": "lmlab.infer.load",
-    "train_from_config": "lmlab.trainer.run",
+    "train_from_config": "lmlab.pipeline.train",
     "ATTN": "lmlab.registry",
     "FFN": "lmlab.registry",
     "NORM": "lmlab.registry",

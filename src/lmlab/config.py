@@ -373,17 +373,46 @@ class TrainConfig(Section):
 
 
 class TrackConfig(Section):
-    """Where metrics go besides logs/metrics.jsonl (always written). Trackers are optional extras."""
+    """Where metrics go: registered trackers (`lmlab list` shows them); jsonl is always written."""
 
-    tensorboard: bool = Field(False, description="write logs/tensorboard event files (extra [track])")
-    wandb: bool = Field(False, description="log to Weights & Biases; set WANDB_MODE=offline to stay local")
-    aim: bool = Field(False, description="write an Aim repo under logs/aim (extra [track])")
+    trackers: list[str] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="jsonl (logs/metrics.jsonl), tensorboard (logs/tensorboard), aim (logs/aim), wandb "
+        "(WANDB_MODE=offline stays local); extra [track]; comma-separated on the command line",
+    )
     hist_interval: int = Field(100, ge=1, description="steps between parameter/gradient histograms")
     project: str = Field("lmlab", description="project name for W&B, experiment name for Aim")
 
     @classmethod
     def _section_name(cls) -> str:
         return "track"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tracker_switches(cls, data: Any) -> Any:
+        # `tensorboard: true` (earlier runs' configs, and a shorter flag) adds that tracker.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        names = data.get("trackers", ["jsonl"])
+        names = [n.strip() for n in names.split(",") if n.strip()] if isinstance(names, str) else list(names)
+        for switch in ("tensorboard", "aim", "wandb"):
+            if switch in data and str(data.pop(switch)).lower() in ("true", "1", "yes"):
+                names.append(switch)
+        data["trackers"] = names
+        return data
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        from lmlab.registry import TRACKER
+
+        out = ["jsonl"]  # always on: compare, replay and the results page read it
+        for name in names:
+            canonical = _lookup(TRACKER, "trackers", name, section="track")
+            if canonical not in out:
+                out.append(canonical)
+        return out
 
 
 class RunConfig(BaseModel):

@@ -104,7 +104,6 @@ NORM = Registry("norm", "lmlab.norm")
 POS = Registry("position", "lmlab.pos")
 EMBED = Registry("embedding", "lmlab.embed")
 TOKENIZER = Registry("tokenizer", "lmlab.data.tokenizers")
-DATASET = Registry("dataset")
-CALLBACK = Registry("callback")
+TRACKER = Registry("tracker", "lmlab.track")
 
 BLOCK_REGISTRIES: dict[str, Registry] = {"attn": ATTN, "ffn": FFN, "norm": NORM, "pos": POS, "embed": EMBED}

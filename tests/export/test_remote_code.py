@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lmlab.export.run import _write_remote_code
 from lmlab.model.build import build_model
+from lmlab.pipeline.export import _write_remote_code
 from tests.conftest import tiny_cfg
 
 transformers = pytest.importorskip("transformers")

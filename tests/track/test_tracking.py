@@ -10,11 +10,11 @@ import pytest
 
 from lmlab.config import resolve_config
 from lmlab.errors import CheckpointError
+from lmlab.pipeline.train import train_from_config
 from lmlab.runs.run_dir import RunDir
 from lmlab.track import compare
 from lmlab.track.base import SafeTracker
 from lmlab.track.plots import html_report, plot_curves
-from lmlab.trainer.run import train_from_config
 
 
 def _train(tmp_path, corpus_file, tag="t", *, callbacks=(), tensorboard=True, aim=False, **train):
@@ -34,7 +34,10 @@ def _train(tmp_path, corpus_file, tag="t", *, callbacks=(), tensorboard=True, ai
                 "progress": False,
                 **train,
             },
-            "track": {"tensorboard": tensorboard, "aim": aim, "hist_interval": 2},
+            "track": {
+                "trackers": [n for n, on in (("tensorboard", tensorboard), ("aim", aim)) if on],
+                "hist_interval": 2,
+            },
         },
         environ={},
     )

@@ -14,7 +14,7 @@ from lmlab.registry import ATTN
 @ATTN.register(
     "mha",
     tags=("dense", "reference", "gqa"),
-    caps={"kv_cache": True, "seq2seq": True, "left_pad": True},
+    caps={"remote_code": True, "kv_cache": True, "seq2seq": True, "left_pad": True},
     paper="Vaswani et al. 2017, arXiv:1706.03762",
 )
 class MHA(CausalSelfAttention):

@@ -68,7 +68,7 @@ class _RMS(nn.Module):
 @ATTN.register(
     "mla",
     tags=("latent", "low-rank", "compressed-cache"),
-    caps={"kv_cache": True, "short": "MLA", "left_pad": True},
+    caps={"remote_code": True, "kv_cache": True, "short": "MLA", "left_pad": True},
     paper="DeepSeek-AI 2024 (DeepSeek-V2), arXiv:2405.04434",
 )
 class MLA(nn.Module):

@@ -31,7 +31,7 @@ COMMON = [
 
 @user_errors
 def _train(**params) -> None:
-    from lmlab.trainer.run import train_from_config
+    from lmlab.pipeline.train import train_from_config
 
     result = train_from_config(_resolve(params))
     m = result.metrics
@@ -325,7 +325,7 @@ def serve_cmd(
 @user_errors
 def export_cmd(run: str, fmt: str, out: str | None) -> None:
     """Export a run's weights; `hf` is loadable by transformers.AutoModelForCausalLM and parity-checked."""
-    from lmlab.export.run import export_run
+    from lmlab.pipeline.export import export_run
 
     report = export_run(run, fmt, out)
     layout = f", {report['layout']}" if "layout" in report else ""
@@ -341,7 +341,7 @@ def export_cmd(run: str, fmt: str, out: str | None) -> None:
 @user_errors
 def import_cmd(hf_dir: str, save_dir: str, run_tag: str) -> None:
     """Turn a local transformers checkpoint into a run directory (fine-tune with --train.init_from RUN)."""
-    from lmlab.export.run import import_hf
+    from lmlab.pipeline.export import import_hf
 
     click.echo(f"imported {hf_dir} -> {import_hf(hf_dir, save_dir, run_tag)}")
 
@@ -432,7 +432,7 @@ def compare_cmd(
 def _ablate(base: str, swap: tuple[str, ...], seeds: int, match: str, out: str, **params) -> None:
     from rich.console import Console
 
-    from lmlab.track.ablate import markdown_table, run_ablation
+    from lmlab.pipeline.ablate import markdown_table, run_ablation
 
     params.pop("preset", None)
     params.pop("config", None)
@@ -478,7 +478,7 @@ ablate_command = click.Command(
 def _sweep(param: tuple[str, ...], sampler: str, trials: int | None, metric: str, out: str, **params) -> None:
     from rich.console import Console
 
-    from lmlab.track.sweep import markdown_table, run_sweep
+    from lmlab.pipeline.sweep import markdown_table, run_sweep
 
     preset = params.pop("preset", None)
     params.pop("config", None)
@@ -525,7 +525,7 @@ sweep_command = click.Command(
 @user_errors
 def replay_cmd(run: str, steps: int, rtol: float, out: str | None) -> None:
     """Re-run RUN from its recorded config and data fingerprint; check its first losses match."""
-    from lmlab.track.replay import replay
+    from lmlab.pipeline.replay import replay
 
     result = replay(run, steps=steps, rtol=rtol, save_dir=out)
     for r in result["rows"]:

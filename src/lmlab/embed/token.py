@@ -10,7 +10,9 @@ from lmlab.config import ModelConfig
 from lmlab.registry import EMBED
 
 
-@EMBED.register("token", tags=("dense",), caps={"short": "Tok"}, paper="Press & Wolf 2017 (weight tying)")
+@EMBED.register(
+    "token", tags=("dense",), caps={"remote_code": True, "short": "Tok"}, paper="Press & Wolf 2017 (weight tying)"
+)
 class TokenEmbedding(nn.Module):
     """ids (B, T) -> vectors (B, T, C); the model's initialiser fills the table."""
 

@@ -14,7 +14,7 @@ from lmlab.registry import FFN
 @FFN.register(
     "gated_mlp",
     tags=("gated",),
-    caps={"d_ff_mult": 8 / 3, "short": "Gated{act}"},
+    caps={"remote_code": True, "d_ff_mult": 8 / 3, "short": "Gated{act}"},
     paper="Shazeer 2020, arXiv:2002.05202",
 )
 class GatedMLP(nn.Module):

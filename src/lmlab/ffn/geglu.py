@@ -14,7 +14,10 @@ from lmlab.registry import FFN
 
 
 @FFN.register(
-    "geglu", tags=("gated",), caps={"d_ff_mult": 8 / 3, "short": "GeGLU"}, paper="Shazeer 2020, arXiv:2002.05202"
+    "geglu",
+    tags=("gated",),
+    caps={"remote_code": True, "d_ff_mult": 8 / 3, "short": "GeGLU"},
+    paper="Shazeer 2020, arXiv:2002.05202",
 )
 class GeGLU(GatedMLP):
     """down(gelu(gate(x)) * up(x)); `activation: gelu_tanh` selects the tanh approximation (Gemma)."""

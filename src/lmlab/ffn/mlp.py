@@ -9,7 +9,9 @@ from lmlab.ffn.activations import activation
 from lmlab.registry import FFN
 
 
-@FFN.register("mlp", tags=("dense",), caps={"d_ff_mult": 4.0, "short": "{act}"}, paper="Vaswani et al. 2017")
+@FFN.register(
+    "mlp", tags=("dense",), caps={"remote_code": True, "d_ff_mult": 4.0, "short": "{act}"}, paper="Vaswani et al. 2017"
+)
 class MLP(nn.Module):
     """proj(act(fc(x))), hidden width d_ff (4 d_model by default)."""
 

@@ -13,7 +13,10 @@ from lmlab.registry import FFN
 
 
 @FFN.register(
-    "swiglu", tags=("gated",), caps={"d_ff_mult": 8 / 3, "short": "SwiGLU"}, paper="Shazeer 2020, arXiv:2002.05202"
+    "swiglu",
+    tags=("gated",),
+    caps={"remote_code": True, "d_ff_mult": 8 / 3, "short": "SwiGLU"},
+    paper="Shazeer 2020, arXiv:2002.05202",
 )
 class SwiGLU(GatedMLP):
     """down(silu(gate(x)) * up(x)), whatever `model.activation` says."""

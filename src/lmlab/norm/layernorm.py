@@ -8,7 +8,12 @@ from lmlab.config import ModelConfig
 from lmlab.registry import NORM
 
 
-@NORM.register("layernorm", tags=("centering",), caps={"short": "LN"}, paper="Ba et al. 2016, arXiv:1607.06450")
+@NORM.register(
+    "layernorm",
+    tags=("centering",),
+    caps={"remote_code": True, "short": "LN"},
+    paper="Ba et al. 2016, arXiv:1607.06450",
+)
 class LayerNorm(nn.LayerNorm):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dim."""
 
@@ -18,7 +23,9 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(cfg.d_model, eps=cfg.norm_eps, bias=self.has_bias)
 
 
-@NORM.register("layernorm_nobias", tags=("centering",), caps={"short": "LNnb"}, paper="Ba et al. 2016")
+@NORM.register(
+    "layernorm_nobias", tags=("centering",), caps={"remote_code": True, "short": "LNnb"}, paper="Ba et al. 2016"
+)
 class LayerNormNoBias(LayerNorm):
     """LayerNorm with a gain but no bias (as in many recent GPT-style models)."""
 

@@ -9,7 +9,12 @@ from lmlab.config import ModelConfig
 from lmlab.registry import NORM
 
 
-@NORM.register("rmsnorm", tags=("scaling",), caps={"short": "RMS"}, paper="Zhang & Sennrich 2019, arXiv:1910.07467")
+@NORM.register(
+    "rmsnorm",
+    tags=("scaling",),
+    caps={"remote_code": True, "short": "RMS"},
+    paper="Zhang & Sennrich 2019, arXiv:1910.07467",
+)
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight; no centering, no bias."""
 

@@ -27,7 +27,12 @@ def alibi_slopes(n_head: int) -> Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-@POS.register("alibi", tags=("relative", "bias"), caps={"short": "ALiBi"}, paper="Press et al. 2022, arXiv:2108.12409")
+@POS.register(
+    "alibi",
+    tags=("relative", "bias"),
+    caps={"remote_code": True, "short": "ALiBi"},
+    paper="Press et al. 2022, arXiv:2108.12409",
+)
 class ALiBiPositions(PositionScheme):
     """No embeddings; each head penalises attention linearly in query-key distance. Extrapolates."""
 

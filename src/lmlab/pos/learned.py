@@ -12,7 +12,7 @@ from lmlab.registry import POS
 @POS.register(
     "learned",
     tags=("absolute",),
-    caps={"short": "Learned", "seq2seq": True},
+    caps={"remote_code": True, "short": "Learned", "seq2seq": True},
     paper="Radford et al. 2018/2019 (GPT, GPT-2)",
 )
 class LearnedPositions(PositionScheme):

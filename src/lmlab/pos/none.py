@@ -5,7 +5,10 @@ from lmlab.registry import POS
 
 
 @POS.register(
-    "none", tags=("relative",), caps={"short": "NoPE", "seq2seq": True}, paper="Haviv et al. 2022, arXiv:2203.16634"
+    "none",
+    tags=("relative",),
+    caps={"remote_code": True, "short": "NoPE", "seq2seq": True},
+    paper="Haviv et al. 2022, arXiv:2203.16634",
 )
 class NoPositions(PositionScheme):
     """Adds nothing; attention sees only token content and the causal mask."""

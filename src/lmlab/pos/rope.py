@@ -13,7 +13,7 @@ from lmlab.registry import POS
 @POS.register(
     "rope",
     tags=("relative", "rotary"),
-    caps={"short": "RoPE", "seq2seq": True},
+    caps={"remote_code": True, "short": "RoPE", "seq2seq": True},
     paper="Su et al. 2021, arXiv:2104.09864",
 )
 class RotaryPositions(PositionScheme):

@@ -23,7 +23,10 @@ def sinusoidal_table(positions: Tensor, d_model: int) -> Tensor:
 
 
 @POS.register(
-    "sinusoidal", tags=("absolute", "fixed"), caps={"short": "Sin", "seq2seq": True}, paper="Vaswani et al. 2017, §3.5"
+    "sinusoidal",
+    tags=("absolute", "fixed"),
+    caps={"remote_code": True, "short": "Sin", "seq2seq": True},
+    paper="Vaswani et al. 2017, §3.5",
 )
 class SinusoidalPositions(PositionScheme):
     """No parameters; computed for any position, so it works past max_seq_len."""

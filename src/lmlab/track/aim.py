@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import require
-from lmlab.registry import CALLBACK
+from lmlab.registry import TRACKER
 from lmlab.track.base import SafeTracker, scalars
 from lmlab.track.tensorboard import TRAIN_SCALARS
 
@@ -15,7 +15,7 @@ from lmlab.track.tensorboard import TRAIN_SCALARS
 AXES = ("tokens", "flops", "wall")
 
 
-@CALLBACK.register("aim")
+@TRACKER.register("aim")
 class AimTracker(SafeTracker):
     """Writes an Aim repo under logs/aim (open it with `aim up --repo RUN/logs/aim`)."""
 
@@ -35,6 +35,18 @@ class AimTracker(SafeTracker):
         self.repo, self.experiment, self.run_name = Path(repo), experiment, run_name
         self.hparams, self.meta_dir, self.hist_interval = hparams or {}, meta_dir, hist_interval
         self.run = None
+
+    @classmethod
+    def for_run(cls, run: Any, cfg: Any) -> AimTracker:
+        """The tracker for a run directory: an Aim repo in `logs/aim`, the run's config as hyperparameters."""
+        return cls(
+            run.logs / "aim",
+            experiment=cfg.track.project,
+            run_name=run.path.name,
+            hparams=cfg.model_dump(mode="json"),
+            meta_dir=run.meta,
+            hist_interval=cfg.track.hist_interval,
+        )
 
     def start(self, trainer: Any) -> None:
         """Open the Aim run and record hyperparameters and provenance."""

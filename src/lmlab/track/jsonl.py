@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmlab.registry import CALLBACK
+from lmlab.registry import TRACKER
 from lmlab.trainer.callbacks import Callback
 
 
-@CALLBACK.register("jsonl")
+@TRACKER.register("jsonl")
 class JSONLLogger(Callback):
     """Appends train metrics every `log_interval` steps and every evaluation, tagged by split."""
 
@@ -18,6 +18,11 @@ class JSONLLogger(Callback):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.log_interval = log_interval
+
+    @classmethod
+    def for_run(cls, run: Any, cfg: Any) -> JSONLLogger:
+        """The tracker for a run directory: `logs/metrics.jsonl`."""
+        return cls(run.logs / "metrics.jsonl", cfg.train.log_interval)
 
     def _write(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import require
-from lmlab.registry import CALLBACK
+from lmlab.registry import TRACKER
 from lmlab.track.base import SafeTracker, scalars
 
 TRAIN_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time", "data_wait")
 
 
-@CALLBACK.register("tensorboard")
+@TRACKER.register("tensorboard")
 class TensorBoardTracker(SafeTracker):
     """Writes logs/tensorboard/ event files; histograms of parameters and gradients every `hist_interval` steps.
 
@@ -28,6 +28,11 @@ class TensorBoardTracker(SafeTracker):
         super().__init__()
         self.log_dir, self.hist_interval = Path(log_dir), hist_interval
         self.writer = None
+
+    @classmethod
+    def for_run(cls, run: Any, cfg: Any) -> TensorBoardTracker:
+        """The tracker for a run directory: `logs/tensorboard/`."""
+        return cls(run.logs / "tensorboard", cfg.track.hist_interval)
 
     def start(self, trainer: Any) -> None:
         """Open the event-file writer."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from lmlab.errors import require
-from lmlab.registry import CALLBACK
+from lmlab.registry import TRACKER
 from lmlab.track.base import SafeTracker, scalars
 
 
-@CALLBACK.register("wandb")
+@TRACKER.register("wandb")
 class WandBLogger(SafeTracker):
     """Logs step metrics (train/...), evaluations (val/loss) and the run config to W&B."""
 
@@ -19,6 +19,11 @@ class WandBLogger(SafeTracker):
         super().__init__()
         self.project, self.config, self.init_kwargs = project, config or {}, init_kwargs
         self.run = None
+
+    @classmethod
+    def for_run(cls, run: Any, cfg: Any) -> WandBLogger:
+        """The tracker for a run directory: a W&B run named after it, files under `logs/`."""
+        return cls(cfg.track.project, cfg.model_dump(mode="json"), name=run.path.name, dir=str(run.logs))
 
     def start(self, trainer: Any) -> None:
         """Open the W&B run."""

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmlab.registry import CALLBACK
-
 
 class Callback:
     """Override any hook; each receives the trainer and, where relevant, the latest metrics."""
@@ -35,7 +33,6 @@ class Callback:
         """After the last step."""
 
 
-@CALLBACK.register("progress")
 class ProgressBar(Callback):
     """A rich progress bar with loss, tokens/s, MFU and ETA; plain lines when not on a terminal."""
 
@@ -91,7 +88,6 @@ class ProgressBar(Callback):
             self.progress.stop()
 
 
-@CALLBACK.register("early_stopping")
 class EarlyStopping(Callback):
     """Stop when the validation loss has not improved by `min_delta` for `patience` evaluations."""
 
@@ -111,7 +107,6 @@ class EarlyStopping(Callback):
             )
 
 
-@CALLBACK.register("lr_monitor")
 class LRMonitor(Callback):
     """Adds every parameter group's learning rate to the step metrics (`lr_group0`, `lr_group1`, ...)."""
 
@@ -121,7 +116,6 @@ class LRMonitor(Callback):
             metrics[f"lr_group{i}"] = group["lr"]
 
 
-@CALLBACK.register("lr_decay")
 class LRDecay(Callback):
     """Multiply the learning rate by `factor` when the validation loss stops improving (floor `min_lr`).
 

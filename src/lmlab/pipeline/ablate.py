@@ -78,7 +78,7 @@ def run_ablation(
     train_fn=None,
 ) -> dict:
     """Train every variant for `seeds` seeds and return the table as a dict (also written to save_dir)."""
-    from lmlab.trainer.run import train_from_config
+    from lmlab.pipeline.train import train_from_config
 
     train_fn = train_fn or train_from_config
     if seeds < 2:

@@ -7,9 +7,9 @@ from click.testing import CliRunner
 
 from lmlab.cli.app import cli
 from lmlab.errors import CheckpointError, DataError
+from lmlab.pipeline.replay import replay
 from lmlab.runs.run_dir import RunDir
 from lmlab.track.jsonl import read_metrics
-from lmlab.track.replay import replay
 from tests.helpers import small_train_args
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from lmlab.cli.app import cli
 from lmlab.errors import ConfigError
-from lmlab.track.sweep import parse_dim, run_sweep
+from lmlab.pipeline.sweep import parse_dim, run_sweep
 from tests.helpers import small_train_args
 
 pytest.importorskip("optuna")

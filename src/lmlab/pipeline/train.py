@@ -18,12 +18,9 @@ from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_token
 from lmlab.errors import CheckpointError
 from lmlab.model.build import build_model
 from lmlab.model.cost import param_counts
+from lmlab.registry import TRACKER
 from lmlab.runs.checkpoint import load_weights, read_weights
 from lmlab.runs.run_dir import RunDir
-from lmlab.track.aim import AimTracker
-from lmlab.track.jsonl import JSONLLogger
-from lmlab.track.tensorboard import TensorBoardTracker
-from lmlab.track.wandb import WandBLogger
 from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
 from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
 from lmlab.trainer.optim import configure_optimizer
@@ -207,26 +204,9 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     )
     cbs: list[Callback] = []
     if main:
-        cbs.append(JSONLLogger(run.logs / "metrics.jsonl", tc.log_interval))
+        cbs += [TRACKER.get(name).for_run(run, cfg) for name in cfg.track.trackers]
         if tc.progress and not quiet:
             cbs.append(ProgressBar(tc.log_interval))
-        if cfg.track.tensorboard:
-            cbs.append(TensorBoardTracker(run.logs / "tensorboard", cfg.track.hist_interval))
-        if cfg.track.aim:
-            cbs.append(
-                AimTracker(
-                    run.logs / "aim",
-                    experiment=cfg.track.project,
-                    run_name=run.path.name,
-                    hparams=cfg.model_dump(mode="json"),
-                    meta_dir=run.meta,
-                    hist_interval=cfg.track.hist_interval,
-                )
-            )
-        if cfg.track.wandb:
-            cbs.append(
-                WandBLogger(cfg.track.project, cfg.model_dump(mode="json"), name=run.path.name, dir=str(run.logs))
-            )
     if tc.early_stopping:
         cbs.append(EarlyStopping(tc.early_stopping))
     trainer = MiniTrainer(

@@ -111,7 +111,7 @@ def run_sweep(
     train_fn=None,
 ) -> dict:
     """Run the search and return (and write to save_dir/sweep.json and .md) every trial, best first."""
-    from lmlab.trainer.run import train_from_config
+    from lmlab.pipeline.train import train_from_config
 
     optuna = require("optuna", "sweep")
     train_fn = train_fn or train_from_config

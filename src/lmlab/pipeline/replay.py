@@ -31,7 +31,7 @@ def replay(
     run: str | Path, *, steps: int = 20, rtol: float = 1e-5, save_dir: str | Path | None = None, train_fn=None
 ) -> dict:
     """Retrain `run` up to `steps` and compare the losses it logged there; `ok` says whether all match."""
-    from lmlab.trainer.run import train_from_config
+    from lmlab.pipeline.train import train_from_config
 
     train_fn = train_fn or train_from_config
     src = RunDir.open(run)

@@ -6,7 +6,7 @@ from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model.cost import params_by_component
 from lmlab.model.flops import flops_per_token
-from lmlab.track.ablate import match_width, parse_swaps, run_ablation
+from lmlab.pipeline.ablate import match_width, parse_swaps, run_ablation
 
 
 def test_parse_swaps():

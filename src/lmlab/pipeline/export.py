@@ -20,18 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import lmlab.export as export_package
 from lmlab.errors import CheckpointError
 from lmlab.infer.load import load_run
+from lmlab.registry import BLOCK_REGISTRIES
 from lmlab.runs.checkpoint import read_weights, write_weights
-
-# Blocks `modeling_lmlab.py` implements; anything else exports as safetensors only.
-REMOTE_CODE_BLOCKS = {
-    "attn": ("mha", "sdpa", "sliding_window", "mla"),
-    "ffn": ("mlp", "gated_mlp", "swiglu", "geglu"),
-    "norm": ("layernorm", "layernorm_nobias", "rmsnorm"),
-    "pos": ("learned", "sinusoidal", "rope", "alibi", "none"),
-    "embed": ("token",),
-}
 
 _HF_CHECK = """
 import json, sys
@@ -149,15 +142,16 @@ def _export_hf(loaded, model, ids: torch.Tensor, tmp: Path) -> tuple[np.ndarray,
 def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None = None) -> None:
     """config.json with an auto_map to the copied `modeling_lmlab.py`, and lmlab-named safetensors weights."""
     cfg = model.config
-    for field, allowed in REMOTE_CODE_BLOCKS.items():
-        if getattr(cfg, field) not in allowed:
+    for field, reg in BLOCK_REGISTRIES.items():  # blocks `modeling_lmlab.py` implements carry the cap remote_code
+        if not reg.entry(getattr(cfg, field)).caps.get("remote_code"):
+            allowed = [e.name for e in reg.entries() if e.caps.get("remote_code")]
             raise CheckpointError(
                 f"export --format hf: model.{field}='{getattr(cfg, field)}' has neither a transformers family nor "
                 f"a remote-code implementation (allowed: {', '.join(allowed)}); use --format safetensors"
             )
     if cfg.arch != "decoder":
         raise CheckpointError("export --format hf: only decoder models; use --format safetensors for seq2seq")
-    shutil.copy(Path(__file__).with_name("modeling_lmlab.py"), out / "modeling_lmlab.py")
+    shutil.copy(Path(export_package.__file__).with_name("modeling_lmlab.py"), out / "modeling_lmlab.py")
     config = {
         "model_type": "lmlab",
         "architectures": ["LmlabForCausalLM"],
