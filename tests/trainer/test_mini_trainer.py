@@ -191,3 +191,25 @@ def test_moe_aux_loss_and_router_stats_reach_the_metrics(tmp_path):
 
     loss = causal_lm_loss(model, (x, y))
     assert loss.item() == pytest.approx((out.loss + out.aux_loss).item(), rel=1e-5)
+
+
+def test_from_config_takes_every_train_setting_and_steps_compose_the_loop(tmp_path):
+    from lmlab.config import TrainConfig
+
+    cfg = TrainConfig(max_steps=3, grad_accum=2, clip_grad=0.5, eval_interval=2, eval_iters=1, device="cpu")
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama"))
+    opt = configure_optimizer(model, lr=3e-3, weight_decay=0.1)
+    loader = RandomWindowLoader(_tokens(), 4, 16, seed=1)
+    trainer = MiniTrainer.from_config(cfg, model, opt, train_loader=loader, val_loader=loader, ckpt_dir=tmp_path)
+    assert (trainer.grad_accum, trainer.clip_grad, trainer.eval_interval, trainer.total_steps) == (2, 0.5, 2, 3)
+    assert trainer.ckpt_interval == 2 and trainer.nonfinite == "skip" and str(trainer.device) == "cpu"
+    # train_step is one optimizer step; after_step counts it and evaluates/checkpoints when due
+    trainer._t_start = 0.0
+    batches = trainer._batches()
+    step = trainer.train_step(batches)
+    assert step.finite and step.n_tokens == 2 * 4 * 16 and trainer.step == 0
+    metrics = trainer.after_step(step, 0.1)
+    assert trainer.step == 1 and metrics["loss"] == step.loss and "val_loss" not in metrics
+    metrics = trainer.after_step(trainer.train_step(batches), 0.1)
+    assert "val_loss" in metrics and (tmp_path / "step_00000002").is_dir()

@@ -209,33 +209,17 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
             cbs.append(ProgressBar(tc.log_interval))
     if tc.early_stopping:
         cbs.append(EarlyStopping(tc.early_stopping))
-    trainer = MiniTrainer(
+    trainer = MiniTrainer.from_config(
+        tc,
         model,
         optimizer,
         loss_fn=task.loss_fn,
         train_loader=train_loader,
         val_loader=val_loader,
-        epochs=tc.epochs,
-        max_steps=tc.max_steps,
-        device=tc.device,
-        precision=tc.precision,
-        grad_accum=tc.grad_accum,
-        clip_grad=tc.clip_grad,
         scheduler=scheduler,
         callbacks=[*cbs, *callbacks],
         ckpt_dir=run.checkpoints,
-        eval_interval=tc.eval_interval,
-        eval_iters=tc.eval_iters,
-        ckpt_interval=tc.ckpt_interval,
-        keep_last=tc.keep_last,
         resume=resume,
-        distributed=tc.distributed,
-        compile=tc.compile,
-        activation_checkpointing=tc.activation_checkpointing,
-        ac_every=tc.ac_every,
-        nonfinite=tc.nonfinite,
-        peak_flops_override=tc.peak_flops,
-        max_time=tc.max_time,
     )
     if main and not quiet:
         print(

@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmlab.config import TrainConfig
 from lmlab.errors import CheckpointError
 from lmlab.runs import checkpoint as ckpt
 from lmlab.trainer import distributed as wrap
@@ -60,6 +62,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step measured: its mean loss, gradient norm, tokens, and whether it was applied."""
+
+    loss: float = 0.0
+    grad_norm: float = 0.0
+    n_tokens: int = 0
+    seq_len: int = 0
+    data_wait: float = 0.0
+    finite: bool = True
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -114,13 +128,32 @@ class MiniTrainer:
             raise ValueError("train_loader is required")
         if max_steps is None and epochs is None:
             raise ValueError("set max_steps or epochs")
+        self._place(
+            model, optimizer, scheduler, device, precision, distributed, compile, activation_checkpointing, ac_every
+        )
+        self.loss_fn, self.train_loader, self.val_loader = loss_fn, train_loader, val_loader
+        self.grad_accum, self.clip_grad, self.nonfinite = grad_accum, clip_grad, nonfinite
+        self.callbacks = list(callbacks)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+        self.eval_iters, self.keep_last, self.resume = eval_iters, keep_last, resume
+        self.total_steps = self.plan_steps(
+            len(train_loader) if epochs is not None else 0, grad_accum, epochs=epochs, max_steps=max_steps
+        )
+        self.eval_interval = eval_interval or self.total_steps
+        self.ckpt_interval = ckpt_interval or self.eval_interval
+        self.peak = peak_flops(self.device, self.precision, override=peak_flops_override)
+        self.max_time = max_time
+        self._reset_progress()
+
+    def _place(self, model, optimizer, scheduler, device, precision, distributed, compile, ac_mode, ac_every) -> None:
+        """Device, precision, activation checkpointing, DDP/FSDP and compile, in torchtitan's order."""
         if isinstance(device, str) and device == "auto" and torch.cuda.is_available() and dist.get_world_size() > 1:
             device = f"cuda:{dist.get_local_rank()}"
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device)
         self.strategy = wrap.resolve_strategy(distributed)
         self.raw_model = model.to(self.device)
-        wrap.apply_activation_checkpointing(self.raw_model, activation_checkpointing, ac_every)
+        wrap.apply_activation_checkpointing(self.raw_model, ac_mode, ac_every)
         self.model: nn.Module = self.raw_model
         if self.strategy == "ddp":
             self.model = wrap.wrap_ddp(self.raw_model, self.device)
@@ -132,17 +165,10 @@ class MiniTrainer:
         self.compiled = compile
         if compile:
             self.model = wrap.compile_model(self.model)
-        self.optimizer, self.loss_fn, self.scheduler = optimizer, loss_fn, scheduler
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self.grad_accum, self.clip_grad, self.nonfinite = grad_accum, clip_grad, nonfinite
-        self.callbacks = list(callbacks)
-        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
-        self.eval_iters, self.keep_last, self.resume = eval_iters, keep_last, resume
-        self.total_steps = self.plan_steps(
-            len(train_loader) if epochs is not None else 0, grad_accum, epochs=epochs, max_steps=max_steps
-        )
-        self.eval_interval = eval_interval or self.total_steps
-        self.ckpt_interval = ckpt_interval or self.eval_interval
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def _reset_progress(self) -> None:
         self.step = self.start_step = self.epoch = 0
         self.tokens_seen = self.skipped_steps = 0
         self.flops_seen = 0.0
@@ -153,11 +179,42 @@ class MiniTrainer:
         self.resumed_from: Path | None = None
         self.interrupted = False  # set by the first Ctrl-C: the step finishes, a checkpoint is written
         self._saved_step: int | None = None
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.peak = peak_flops(self.device, self.precision, override=peak_flops_override)
-        self.max_time = max_time
         self.loss_meter = AverageMeter()
         self.throughput = ThroughputMeter()
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: TrainConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] = causal_lm_loss,
+        train_loader: Iterable | None = None,
+        val_loader: Iterable | None = None,
+        **runtime: Any,
+    ) -> MiniTrainer:
+        """A trainer with every setting of `cfg` (the `train` section); `runtime` adds what a config cannot hold
+        (scheduler, callbacks, ckpt_dir, resume) or overrides a setting."""
+        settings = dict(
+            epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+            device=cfg.device,
+            precision=cfg.precision,
+            grad_accum=cfg.grad_accum,
+            clip_grad=cfg.clip_grad,
+            eval_interval=cfg.eval_interval,
+            eval_iters=cfg.eval_iters,
+            ckpt_interval=cfg.ckpt_interval,
+            keep_last=cfg.keep_last,
+            distributed=cfg.distributed,
+            compile=cfg.compile,
+            activation_checkpointing=cfg.activation_checkpointing,
+            ac_every=cfg.ac_every,
+            nonfinite=cfg.nonfinite,
+            peak_flops_override=cfg.peak_flops,
+            max_time=cfg.max_time,
+        )
+        return cls(model, optimizer, loss_fn, train_loader, val_loader, **{**settings, **runtime})
 
     @staticmethod
     def plan_steps(loader_len: int, grad_accum: int, *, epochs: float | None, max_steps: int | None) -> int:
@@ -384,85 +441,98 @@ class MiniTrainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         batches = self._batches()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         metrics: dict = {}
-        t_start = time.perf_counter()
+        self._t_start = time.perf_counter()
         while self.step < self.total_steps and not self.should_stop:
             t0 = time.perf_counter()
-            data_wait, n_tokens, seq_len = 0.0, 0, 0
-            loss_sum = torch.zeros((), device=self.device)
-            for micro in range(self.grad_accum):
-                td = time.perf_counter()
-                batch = _to_device(next(batches), self.device)
-                data_wait += time.perf_counter() - td
-                first = _first_tensor(batch)
-                if first is not None:
-                    n_tokens, seq_len = n_tokens + first.numel(), first.shape[-1]
-                with self._sync_context(micro == self.grad_accum - 1):
-                    loss = self._loss(batch)
-                    self.scaler.scale(loss / self.grad_accum).backward()
-                loss_sum += loss.detach()
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad or math.inf)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            for cb in self.callbacks:
-                cb.on_before_optimizer_step(self)
-            loss_value = dist.all_reduce_mean(loss_sum) / self.grad_accum
-            finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or self.precision == "fp16")
-            if finite:
-                self.scaler.step(self.optimizer)  # fp16: GradScaler itself skips steps with inf gradients
-            else:
-                self.skipped_steps += 1
-                if self.nonfinite == "stop":
-                    self.should_stop = f"non-finite loss/gradient at step {self.step + 1}; last good checkpoint kept"
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.should_stop and not finite:
+            step = self.train_step(batches)
+            if self.should_stop and not step.finite:
                 break
-            lr = self.optimizer.param_groups[0]["lr"]
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.step += 1
-            global_tokens = n_tokens * dist.get_world_size()
-            self.tokens_seen += global_tokens
-            step_flops = self.step_flops(global_tokens, seq_len)
-            self.flops_seen += step_flops or 0.0
-            dt = time.perf_counter() - t0
-            self.throughput.update(global_tokens, dt, data_wait)
-            if finite:
-                self.loss_meter.update(loss_value)
-            metrics = {
-                "step": self.step,
-                "tokens": self.tokens_seen,
-                "flops": self.flops_seen,
-                "wall": time.perf_counter() - t_start,
-                "loss": loss_value,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "step_time": dt,
-                "data_wait": data_wait,
-                "tokens_per_s": global_tokens / dt,
-                "mfu": (step_flops / dt / self.peak / dist.get_world_size()) if step_flops and self.peak else None,
-                "skipped_steps": self.skipped_steps,
-                "peak_mem": peak_memory_bytes(self.device),
-            }
-            router = getattr(self.raw_model, "router_stats", None)
-            if router is not None and (stats := router()):
-                metrics["tokens_per_expert"] = stats  # MoE load, per layer, for the last micro-batch
+            metrics = self.after_step(step, time.perf_counter() - t0)
+        return metrics
+
+    def train_step(self, batches: Iterator) -> StepResult:
+        """One optimizer step over `grad_accum` micro-batches: forward, backward, unscale, clip, step (or skip)."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        result = StepResult()
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            td = time.perf_counter()
+            batch = _to_device(next(batches), self.device)
+            result.data_wait += time.perf_counter() - td
+            first = _first_tensor(batch)
+            if first is not None:
+                result.n_tokens, result.seq_len = result.n_tokens + first.numel(), first.shape[-1]
+            with self._sync_context(micro == self.grad_accum - 1):
+                loss = self._loss(batch)
+                self.scaler.scale(loss / self.grad_accum).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad or math.inf)
+        result.grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        for cb in self.callbacks:
+            cb.on_before_optimizer_step(self)
+        result.loss = dist.all_reduce_mean(loss_sum) / self.grad_accum
+        result.finite = math.isfinite(result.loss) and (math.isfinite(result.grad_norm) or self.precision == "fp16")
+        if result.finite:
+            self.scaler.step(self.optimizer)  # fp16: GradScaler itself skips steps with inf gradients
+        else:
+            self.skipped_steps += 1
+            if self.nonfinite == "stop":
+                self.should_stop = f"non-finite loss/gradient at step {self.step + 1}; last good checkpoint kept"
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return result
+
+    def after_step(self, step: StepResult, dt: float) -> dict:
+        """Schedule, counters, metrics and callbacks after a step; then evaluation and checkpoint when due."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        global_tokens = step.n_tokens * dist.get_world_size()
+        self.tokens_seen += global_tokens
+        step_flops = self.step_flops(global_tokens, step.seq_len)
+        self.flops_seen += step_flops or 0.0
+        self.throughput.update(global_tokens, dt, step.data_wait)
+        if step.finite:
+            self.loss_meter.update(step.loss)
+        metrics = self._step_metrics(step, lr, dt, global_tokens, step_flops)
+        for cb in self.callbacks:
+            cb.on_batch_end(self, metrics)
+        if self.max_time is not None and metrics["wall"] >= self.max_time:
+            self.should_stop = f"time budget of {self.max_time:g} s reached at step {self.step}"
+        last = self.step == self.total_steps or bool(self.should_stop)
+        due = self.step % self.eval_interval == 0 or last
+        if self.val_loader is not None and due and not self.interrupted:
+            val = self.evaluate()
+            self.last_val = val["val_loss"]
+            metrics.update(val)
             for cb in self.callbacks:
-                cb.on_batch_end(self, metrics)
-            if self.max_time is not None and metrics["wall"] >= self.max_time:
-                self.should_stop = f"time budget of {self.max_time:g} s reached at step {self.step}"
-            last = self.step == self.total_steps or bool(self.should_stop)
-            due = self.step % self.eval_interval == 0 or last
-            if self.val_loader is not None and due and not self.interrupted:
-                val = self.evaluate()
-                self.last_val = val["val_loss"]
-                metrics.update(val)
-                for cb in self.callbacks:
-                    cb.on_eval_end(self, val)
-            if self.ckpt_dir is not None and (self.step % self.ckpt_interval == 0 or last or self.should_stop):
-                self.save_checkpoint()
+                cb.on_eval_end(self, val)
+        if self.ckpt_dir is not None and (self.step % self.ckpt_interval == 0 or last or self.should_stop):
+            self.save_checkpoint()
+        return metrics
+
+    def _step_metrics(self, step: StepResult, lr: float, dt: float, tokens: int, flops: float | None) -> dict:
+        metrics = {
+            "step": self.step,
+            "tokens": self.tokens_seen,
+            "flops": self.flops_seen,
+            "wall": time.perf_counter() - self._t_start,
+            "loss": step.loss,
+            "lr": lr,
+            "grad_norm": step.grad_norm,
+            "step_time": dt,
+            "data_wait": step.data_wait,
+            "tokens_per_s": tokens / dt,
+            "mfu": (flops / dt / self.peak / dist.get_world_size()) if flops and self.peak else None,
+            "skipped_steps": self.skipped_steps,
+            "peak_mem": peak_memory_bytes(self.device),
+        }
+        router = getattr(self.raw_model, "router_stats", None)
+        if router is not None and (stats := router()):
+            metrics["tokens_per_expert"] = stats  # MoE load, per layer, for the last micro-batch
         return metrics
 
     def step_flops(self, n_tokens: int, seq_len: int) -> float | None:
