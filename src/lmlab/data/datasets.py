@@ -57,55 +57,63 @@ def prepare_tokens(
     folder = cache / "tokens" / key
     reused = (folder / "manifest.json").is_file()
     if not reused:
-        workers = max(1, workers or os.cpu_count() or 1)
-        # Four pieces per worker balance the load; pieces stay between 256 KB and 4 MB of text.
-        size = min(PIECE_CHARS, max(1 << 18, len(corpus.text) // (4 * workers)))
-        pieces = split_pieces(corpus.text, corpus.documents, size)
-        workers = min(workers, len(pieces))
-        # Build beside the target and rename, so a killed build never leaves a half-written cache.
-        tmp = folder.with_name(f".{key}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        stats = build_shards(
-            tmp, pieces, tokenizer, store, workers=workers, is_documents=corpus.documents is not None, on_piece=on_piece
-        )
-        n = sum(stats["counts"])
-        if n < 2:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"data: corpus '{corpus.name}' tokenises to {n} tokens; it needs at least 2")
-        n_val = max(1, int(n * val_fraction))
-        tokens = ShardedTokens([tmp / f"shard_{i:05d}.bin" for i in range(len(pieces))], stats["counts"], store)
-        val_chars = len(tokenizer.decode(tokens[n - n_val :].tolist()))
-        n_bytes = len(corpus.text.encode("utf-8", "surrogatepass"))
-        manifest = {
-            "format": 2,
-            "corpus": corpus.name,
-            "corpus_sha256": corpus.sha256,
-            "sources": corpus.sources or [],
-            "documents": len(corpus.documents) if corpus.documents is not None else 1,
-            "tokenizer": tokenizer.fingerprint(),
-            "tokenizer_name": tokenizer.name,
-            "vocab_size": tokenizer.vocab_size,
-            "eos_id": getattr(tokenizer, "eos_id", None),
-            "dtype": store.name,
-            "n_tokens": n,
-            "n_train": n - n_val,
-            "n_val": n_val,
-            "n_chars": len(corpus.text),
-            "n_bytes": n_bytes,
-            "val_chars": val_chars,
-            "shards": [{"file": f"shard_{i:05d}.bin", "tokens": c} for i, c in enumerate(stats["counts"])],
-            "workers": workers,
-            "processes": stats["processes"],
-            "build_seconds": stats["seconds"],
-            "mb_per_s": n_bytes / 1e6 / max(stats["seconds"], 1e-9),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        publish(tmp, folder)
+        _build(corpus, tokenizer, folder, val_fraction, store, workers, on_piece)
     tokens, manifest = ShardedTokens.open(folder)
     meta = {k: v for k, v in manifest.items() if k != "shards"} | {"cache": str(folder), "reused": reused}
     n_train = manifest["n_train"]
     return TokenSplits(train=tokens[:n_train], val=tokens[n_train:], meta=meta)
+
+
+def _build(
+    corpus: Corpus, tokenizer: BaseTokenizer, folder: Path, val_fraction: float, store, workers, on_piece
+) -> None:
+    """Tokenise into a temporary folder beside `folder` with its manifest, then publish it in one rename."""
+    key = folder.name
+    workers = max(1, workers or os.cpu_count() or 1)
+    # Four pieces per worker balance the load; pieces stay between 256 KB and 4 MB of text.
+    size = min(PIECE_CHARS, max(1 << 18, len(corpus.text) // (4 * workers)))
+    pieces = split_pieces(corpus.text, corpus.documents, size)
+    workers = min(workers, len(pieces))
+    # Build beside the target and rename, so a killed build never leaves a half-written cache.
+    tmp = folder.with_name(f".{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stats = build_shards(
+        tmp, pieces, tokenizer, store, workers=workers, is_documents=corpus.documents is not None, on_piece=on_piece
+    )
+    n = sum(stats["counts"])
+    if n < 2:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"data: corpus '{corpus.name}' tokenises to {n} tokens; it needs at least 2")
+    n_val = max(1, int(n * val_fraction))
+    tokens = ShardedTokens([tmp / f"shard_{i:05d}.bin" for i in range(len(pieces))], stats["counts"], store)
+    val_chars = len(tokenizer.decode(tokens[n - n_val :].tolist()))
+    n_bytes = len(corpus.text.encode("utf-8", "surrogatepass"))
+    manifest = {
+        "format": 2,
+        "corpus": corpus.name,
+        "corpus_sha256": corpus.sha256,
+        "sources": corpus.sources or [],
+        "documents": len(corpus.documents) if corpus.documents is not None else 1,
+        "tokenizer": tokenizer.fingerprint(),
+        "tokenizer_name": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": getattr(tokenizer, "eos_id", None),
+        "dtype": store.name,
+        "n_tokens": n,
+        "n_train": n - n_val,
+        "n_val": n_val,
+        "n_chars": len(corpus.text),
+        "n_bytes": n_bytes,
+        "val_chars": val_chars,
+        "shards": [{"file": f"shard_{i:05d}.bin", "tokens": c} for i, c in enumerate(stats["counts"])],
+        "workers": workers,
+        "processes": stats["processes"],
+        "build_seconds": stats["seconds"],
+        "mb_per_s": n_bytes / 1e6 / max(stats["seconds"], 1e-9),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    publish(tmp, folder)
 
 
 def prepare_data(data, tokenizer: BaseTokenizer | None = None, *, on_piece=None):

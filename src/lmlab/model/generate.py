@@ -116,48 +116,19 @@ def iter_generate(
     if pad is not None and not bool(pad.any()):
         pad = None
     if pad is not None and not supports_left_pad(model):
-        yield from _rows_one_by_one(
-            model,
-            input_ids,
-            pad,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            stop=stop,
-            use_cache=use_cache,
-            seed=seed,
-            top_logprobs=top_logprobs,
-        )
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, seed=seed)
+        options |= dict(repetition_penalty=repetition_penalty, use_cache=use_cache, top_logprobs=top_logprobs)
+        yield from _rows_one_by_one(model, input_ids, pad, max_new_tokens, **options)
         return
     was_training = model.training
     model.eval()
-    generator = None
-    if isinstance(seed, Sequence):
-        if len(seed) != input_ids.shape[0]:
-            raise ValueError(f"seed: {len(seed)} seeds for a batch of {input_ids.shape[0]} rows")
-        generator = [torch.Generator(device=input_ids.device).manual_seed(s) for s in seed]
-    elif seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-    max_len = model.config.max_seq_len
+    generator = _generators(seed, input_ids)
     stop_ids = torch.tensor(list(stop or []), device=input_ids.device, dtype=input_ids.dtype)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    ids, cache = input_ids, None
+    ids, cache = input_ids, [] if use_cache else None
     try:
         for _ in range(max_new_tokens):
-            if use_cache and ids.shape[1] <= max_len:
-                if cache is None:
-                    cache = model.new_cache(ids.shape[0], max_len)
-                    logits = model(ids, cache=cache, last_only=True, pad=pad).logits
-                else:
-                    logits = model(ids[:, -1:], cache=cache, last_only=True, pad=pad).logits
-            else:
-                # The window drops the oldest slots, padding first.
-                window_pad = None if pad is None else (pad - (ids.shape[1] - max_len)).clamp_min(0)
-                logits = model(ids[:, -max_len:], last_only=True, pad=window_pad).logits
-            last = logits[:, -1].float()
+            last = _next_logits(model, ids, cache, pad)
             logp = last.log_softmax(-1)
             last = apply_repetition_penalty(last, ids, repetition_penalty)
             nxt = sample_next(last, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator)
@@ -173,6 +144,28 @@ def iter_generate(
                 break
     finally:
         model.train(was_training)
+
+
+def _generators(seed: int | Sequence[int] | None, input_ids: Tensor):
+    """One generator for the batch, one per row, or None."""
+    if isinstance(seed, Sequence):
+        if len(seed) != input_ids.shape[0]:
+            raise ValueError(f"seed: {len(seed)} seeds for a batch of {input_ids.shape[0]} rows")
+        return [torch.Generator(device=input_ids.device).manual_seed(s) for s in seed]
+    return None if seed is None else torch.Generator(device=input_ids.device).manual_seed(seed)
+
+
+def _next_logits(model, ids: Tensor, cache: list | None, pad: Tensor | None) -> Tensor:
+    """Last-position logits (B, V) in float32; `cache` is [] before the first cached step, None without a cache."""
+    max_len = model.config.max_seq_len
+    if cache is not None and ids.shape[1] <= max_len:
+        if not cache:
+            cache.append(model.new_cache(ids.shape[0], max_len))
+            return model(ids, cache=cache[0], last_only=True, pad=pad).logits[:, -1].float()
+        return model(ids[:, -1:], cache=cache[0], last_only=True, pad=pad).logits[:, -1].float()
+    # Past the context the window drops the oldest slots, padding first.
+    window_pad = None if pad is None else (pad - (ids.shape[1] - max_len)).clamp_min(0)
+    return model(ids[:, -max_len:], last_only=True, pad=window_pad).logits[:, -1].float()
 
 
 def _rows_one_by_one(model, input_ids: Tensor, pad: Tensor, max_new_tokens: int, **options) -> Iterator:

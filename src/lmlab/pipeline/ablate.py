@@ -94,6 +94,18 @@ def run_ablation(
     variants = parse_swaps(swaps)
     # Validate every arm (unknown block, illegal combination) before training any of them.
     configs = [resolve_config(preset=base, cli=deep_merge(layered, {"model": v.swaps})) for v in variants]
+    _train_arms(variants, configs, base_cfg, seeds=seeds, match=match, save_dir=save_dir, train_fn=train_fn)
+    rows = _rows(variants, base_cfg.seq_len)
+    report = {"base": base, "swaps": swaps, "match": match, "seeds": seeds, "rows": rows}
+    out = Path(save_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(report, indent=2))
+    (out / "ablation.md").write_text(markdown_table(report))
+    return report
+
+
+def _train_arms(variants, configs, base_cfg, *, seeds: int, match: str, save_dir, train_fn) -> None:
+    """Train every variant for every seed, recording its validation losses, trained config and run paths."""
     base_time = None
     for v, cfg in zip(variants, configs, strict=True):
         model = match_width(base_cfg.model, cfg.model, match, cfg.seq_len)
@@ -110,6 +122,10 @@ def run_ablation(
             v.runs.append(str(result.run.path))
             if match == "time" and v.name == "base" and seed == 0:
                 base_time = float(result.metrics["wall"])
+
+
+def _rows(variants, seq_len: int) -> list[dict]:
+    """One table row per variant: mean and 95% CI of its losses, its difference from the base and Welch's p."""
     base_losses = variants[0].losses
     rows = []
     for v in variants:
@@ -120,7 +136,7 @@ def run_ablation(
                 "variant": v.name,
                 "arch": v.config.arch_name(),
                 "params": sum(params_by_component(v.config).values()),
-                "flops_per_token": flops_per_token(v.config, base_cfg.seq_len),
+                "flops_per_token": flops_per_token(v.config, seq_len),
                 "seeds": s.n,
                 "mean": s.mean,
                 "ci95": s.ci95,
@@ -131,12 +147,7 @@ def run_ablation(
                 "runs": v.runs,
             }
         )
-    report = {"base": base, "swaps": swaps, "match": match, "seeds": seeds, "rows": rows}
-    out = Path(save_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(report, indent=2))
-    (out / "ablation.md").write_text(markdown_table(report))
-    return report
+    return rows
 
 
 def markdown_table(report: dict) -> str:

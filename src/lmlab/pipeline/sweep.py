@@ -117,32 +117,10 @@ def run_sweep(
     train_fn = train_fn or train_from_config
     if sampler not in SAMPLERS:
         raise ConfigError(f"sweep --sampler: '{sampler}'; allowed: {', '.join(SAMPLERS)}")
-    if not params:
-        raise ConfigError("sweep: give at least one --param FIELD=SPEC")
-    dims = [parse_dim(p) for p in params]
-    if len({d.name for d in dims}) != len(dims):
-        raise ConfigError("sweep --param: a field is searched twice")
     overrides = overrides or {}
-    # Every value at the edge of the space must make a valid config before any trial trains.
-    for d in dims:
-        for value in d.corners():
-            resolve_config(preset=preset, cli=deep_merge(overrides, nested(d.path, value)))
+    dims = _dims(params, preset, overrides)
     base = resolve_config(preset=preset, cli=overrides)
-    if sampler == "grid":
-        ranged = [d.name for d in dims if d.kind != "choice"]
-        if ranged:
-            raise ConfigError(f"sweep --sampler grid: {', '.join(ranged)} is a range; grid takes a,b,c choices")
-        grid = {d.name: d.choices for d in dims}
-        size = math.prod(len(c) for c in grid.values())
-        trials = min(trials or size, size)
-        chosen = optuna.samplers.GridSampler(grid, seed=base.train.seed)
-    else:
-        if trials is None:
-            raise ConfigError(f"sweep --trials: required with --sampler {sampler}; allowed: >= 1")
-        cls = optuna.samplers.TPESampler if sampler == "tpe" else optuna.samplers.RandomSampler
-        chosen = cls(seed=base.train.seed)
-    if trials < 1:
-        raise ConfigError(f"sweep --trials: {trials}; allowed: >= 1")
+    chosen, trials = _sampler(optuna, sampler, dims, trials, base.train.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=chosen)
     rows: list[dict] = []
@@ -171,19 +149,46 @@ def run_sweep(
     rows.sort(key=lambda r: r[metric])
     if not rows:
         raise ConfigError(f"sweep: every trial's config was invalid, e.g. {invalid[0]['error']}")
-    report = {
-        "preset": preset,
-        "sampler": sampler,
-        "metric": metric,
-        "space": params,
-        "trials": rows,
-        "invalid": invalid,
-    }
+    report = {"preset": preset, "sampler": sampler, "metric": metric, "space": params, "trials": rows}
+    report["invalid"] = invalid
     out = Path(save_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(report, indent=2))
     (out / "sweep.md").write_text(markdown_table(report))
     return report
+
+
+def _dims(params: list[str], preset: str | None, overrides: dict) -> list:
+    """The searched fields, after checking that every value at the edge of the space makes a valid config."""
+    if not params:
+        raise ConfigError("sweep: give at least one --param FIELD=SPEC")
+    dims = [parse_dim(p) for p in params]
+    if len({d.name for d in dims}) != len(dims):
+        raise ConfigError("sweep --param: a field is searched twice")
+    for d in dims:
+        for value in d.corners():
+            resolve_config(preset=preset, cli=deep_merge(overrides, nested(d.path, value)))
+    return dims
+
+
+def _sampler(optuna: Any, sampler: str, dims: list, trials: int | None, seed: int) -> tuple[Any, int]:
+    """The Optuna sampler and the number of trials (a grid defaults to its size and never exceeds it)."""
+    if sampler == "grid":
+        ranged = [d.name for d in dims if d.kind != "choice"]
+        if ranged:
+            raise ConfigError(f"sweep --sampler grid: {', '.join(ranged)} is a range; grid takes a,b,c choices")
+        grid = {d.name: d.choices for d in dims}
+        size = math.prod(len(c) for c in grid.values())
+        trials = min(trials or size, size)
+        chosen = optuna.samplers.GridSampler(grid, seed=seed)
+    else:
+        if trials is None:
+            raise ConfigError(f"sweep --trials: required with --sampler {sampler}; allowed: >= 1")
+        cls = optuna.samplers.TPESampler if sampler == "tpe" else optuna.samplers.RandomSampler
+        chosen = cls(seed=seed)
+    if trials < 1:
+        raise ConfigError(f"sweep --trials: {trials}; allowed: >= 1")
+    return chosen, trials
 
 
 def markdown_table(report: dict) -> str:

@@ -165,8 +165,39 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     """Train the model `cfg` describes on its corpus, leaving a complete run directory."""
     tc = cfg.train
     dist.init_distributed()
-    main = dist.is_main()
     seed_everything(tc.seed)  # identical on every rank: FSDP shards each rank's own initialisation
+    task, run, resume = _open_run(cfg)
+    cfg, model_cfg = task.cfg, task.cfg.model
+    model = build_model(model_cfg)
+    if tc.init_from and resume is None:  # fine-tuning: the config above is already the source's
+        weights = RunDir.open(tc.init_from).final_weights()
+        load_weights(model, read_weights(weights), weights)
+    seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
+    optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
+    train_loader, val_loader = task.loaders(dist.get_rank(), dist.get_world_size())
+    trainer = MiniTrainer.from_config(
+        tc,
+        model,
+        optimizer,
+        loss_fn=task.loss_fn,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        scheduler=_scheduler(tc, optimizer, len(train_loader)),
+        callbacks=[*_callbacks(cfg, run, quiet), *callbacks],
+        ckpt_dir=run.checkpoints,
+        resume=resume,
+    )
+    if dist.is_main() and not quiet:
+        print(
+            f"run {run.path} | {model_cfg.arch_name()} | {model.num_params():,} params | "
+            f"{task.summary} | device {trainer.device} {trainer.precision}"
+        )
+    return _finish(task, run, trainer, trainer.train())
+
+
+def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None]:
+    """The task, the run directory (new, resumed or fine-tuned from another) and what to resume from."""
+    tc = cfg.train
     run = _resume_target(cfg)
     if run is None and tc.init_from:
         # Fine-tuning continues the source's architecture and tokenizer; only dropout is this run's own.
@@ -177,56 +208,42 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         )
     saved = run.config() if run is not None else None
     task = _seq2seq_task(cfg, run) if cfg.model.arch == "seq2seq" else _lm_task(cfg, run)
-    cfg, model_cfg = task.cfg, task.cfg.model
-    if run is None:
-        run = RunDir.create(tc.save_dir, tc.run_tag) if main else None
-        run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
-        if main:
-            task.save_tokenizers(run)
-            params = param_counts(model_cfg)
-            run.write_meta(cfg, {"data.json": task.meta, "params.json": params})  # last: marks the run complete
-        resume = None
-    else:
-        check_same_architecture(saved, cfg, run.path)
-        resume = tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
+    if run is not None:
+        check_same_architecture(saved, task.cfg, run.path)
+        return task, run, tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
+    run = RunDir.create(tc.save_dir, tc.run_tag) if dist.is_main() else None
+    run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
+    if dist.is_main():
+        task.save_tokenizers(run)
+        meta = {"data.json": task.meta, "params.json": param_counts(task.cfg.model)}
+        run.write_meta(task.cfg, meta)  # last: marks the run complete
+    return task, run, None
 
-    model = build_model(model_cfg)
-    if tc.init_from and resume is None:  # fine-tuning: the config above is already the source's
-        weights = RunDir.open(tc.init_from).final_weights()
-        load_weights(model, read_weights(weights), weights)
-    seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
-    optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
-    train_loader, val_loader = task.loaders(dist.get_rank(), dist.get_world_size())
-    total = MiniTrainer.plan_steps(len(train_loader), tc.grad_accum, epochs=tc.epochs, max_steps=tc.max_steps)
+
+def _scheduler(tc, optimizer, loader_len: int):
+    """Warmup then cosine decay to min_lr over the planned steps."""
+    total = MiniTrainer.plan_steps(loader_len, tc.grad_accum, epochs=tc.epochs, max_steps=tc.max_steps)
     min_ratio = (tc.min_lr if tc.min_lr is not None else tc.lr / 10) / tc.lr
-    scheduler = warmup_cosine_scheduler(
+    return warmup_cosine_scheduler(
         optimizer, warmup=tc.warmup_steps, decay_steps=tc.decay_steps or total, min_ratio=min_ratio
     )
+
+
+def _callbacks(cfg: RunConfig, run: RunDir, quiet: bool) -> list[Callback]:
+    """The run's trackers and progress bar (rank 0 only), and early stopping."""
     cbs: list[Callback] = []
-    if main:
+    if dist.is_main():
         cbs += [TRACKER.get(name).for_run(run, cfg) for name in cfg.track.trackers]
-        if tc.progress and not quiet:
-            cbs.append(ProgressBar(tc.log_interval))
-    if tc.early_stopping:
-        cbs.append(EarlyStopping(tc.early_stopping))
-    trainer = MiniTrainer.from_config(
-        tc,
-        model,
-        optimizer,
-        loss_fn=task.loss_fn,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        scheduler=scheduler,
-        callbacks=[*cbs, *callbacks],
-        ckpt_dir=run.checkpoints,
-        resume=resume,
-    )
-    if main and not quiet:
-        print(
-            f"run {run.path} | {model_cfg.arch_name()} | {model.num_params():,} params | "
-            f"{task.summary} | device {trainer.device} {trainer.precision}"
-        )
-    metrics = trainer.train()
+        if cfg.train.progress and not quiet:
+            cbs.append(ProgressBar(cfg.train.log_interval))
+    if cfg.train.early_stopping:
+        cbs.append(EarlyStopping(cfg.train.early_stopping))
+    return cbs
+
+
+def _finish(task: _Task, run: RunDir, trainer: MiniTrainer, metrics: dict) -> TrainResult:
+    """Final weights, samples and metrics into the run directory (nothing after an interrupt)."""
+    main = dist.is_main()
     if metrics.get("stopped") and main and not metrics.get("interrupted"):
         print(f"stopped: {metrics['stopped']}", file=sys.stderr)
     if metrics.get("interrupted"):  # the checkpoint is the state to resume; no export, no samples
@@ -234,9 +251,11 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     final_weights = trainer.full_state_dict()  # collective under FSDP
     if not main:
         return TrainResult(run, metrics, [])
+    model_cfg = task.cfg.model
     run.write_final(final_weights, model_cfg.model_dump(mode="json"))
     if metrics.get("already_complete"):  # the export above completes a run killed after its last checkpoint
         return TrainResult(run, metrics, [])
+    model = trainer.raw_model
     if trainer.strategy == "fsdp":  # sample from an unsharded copy: rank 0 alone cannot run a sharded forward
         model = build_model(model_cfg).to(trainer.device)
         load_weights(model, {k: v.to(trainer.device) for k, v in final_weights.items()}, run.export)
