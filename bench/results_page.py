@@ -33,8 +33,8 @@ import decode_speed_vs_hf
 import train_speed_vs_hf
 
 from lmlab.data.sources import load_corpus
-from lmlab.track import compare
 from lmlab.pipeline.ablate import markdown_table, run_ablation
+from lmlab.track import compare
 from lmlab.track.plots import plot_curves
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,3 +37,13 @@ def test_register_with_metadata_and_aliases():
     entry = reg.entry("big_widget")
     assert entry.tags == ("x",) and entry.caps == {"k": 1}
     assert BigWidget.registry_name == "big_widget"
+
+
+def test_a_block_missing_part_of_its_contract_fails_when_it_registers():
+    class Incomplete(nn.Module):
+        def forward(self, x, *, pos, cache=None):
+            return x
+
+    with pytest.raises(TypeError, match="attention 'half' .* lacks new_cache, flops_per_token, kv_bytes_per_token"):
+        ATTN.register("half")(Incomplete)
+    assert "half" not in ATTN

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from lmlab.errors import ConfigError
 
@@ -72,56 +72,6 @@ class Section(BaseModel):
         return ""
 
 
-class RopeConfig(BaseModel):
-    """Rotary embedding settings (RoFormer; Llama's half-split convention)."""
-
-    model_config = ConfigDict(extra="forbid")
-    theta: float = Field(10000.0, gt=0)
-    fraction: float = Field(1.0, gt=0, le=1, description="fraction of each head's dims that rotate")
-
-
-class MLAConfig(BaseModel):
-    """Multi-head Latent Attention dims (DeepSeek-V2 §2.1); None derives from head_dim."""
-
-    model_config = ConfigDict(extra="forbid")
-    kv_lora_rank: int | None = Field(
-        None, ge=1, description="latent width of the joint KV compression; default 4*head_dim"
-    )
-    q_lora_rank: int | None = Field(
-        None, ge=1, description="latent width of the query compression; None = full-rank query"
-    )
-    qk_rope_head_dim: int | None = Field(None, ge=0, description="decoupled rotary dims per head; default head_dim/2")
-    qk_nope_head_dim: int | None = Field(None, ge=1, description="non-rotary query/key dims per head; default head_dim")
-    v_head_dim: int | None = Field(None, ge=1, description="value dims per head; default head_dim")
-    kv_norm: bool = Field(True, description="RMSNorm on the compressed latents, as in DeepSeek-V2")
-
-
-class NSAConfig(BaseModel):
-    """Native Sparse Attention (Yuan et al. 2025) branch sizes."""
-
-    model_config = ConfigDict(extra="forbid")
-    block_size: int = Field(16, ge=1, description="tokens per compressed block (l)")
-    stride: int = Field(8, ge=1, description="stride between compressed blocks (d)")
-    select_block: int = Field(16, ge=1, description="tokens per selection block (l')")
-    n_select: int = Field(4, ge=1, description="selected blocks per query (n), incl. the first and local ones")
-    window: int = Field(64, ge=1, description="sliding-window branch span (w)")
-
-
-class MoEConfig(BaseModel):
-    """Mixture-of-experts FFN settings (Shazeer et al. 2017; Fedus et al. 2021; DeepSeekMoE 2024)."""
-
-    model_config = ConfigDict(extra="forbid")
-    n_experts: int = Field(8, ge=1)
-    top_k: int = Field(2, ge=1)
-    n_shared: int = Field(0, ge=0, description="always-active shared experts (DeepSeekMoE)")
-    d_expert: int | None = Field(None, ge=1, description="hidden width of one expert; default d_ff")
-    expert: str = Field("swiglu", description="FFN block used for each expert")
-    score: Literal["softmax", "sigmoid"] = "softmax"
-    norm_topk: bool = Field(True, description="renormalise the top-k weights to sum to 1")
-    aux_loss_weight: float = Field(0.01, ge=0, description="load-balancing loss weight")
-    z_loss_weight: float = Field(0.001, ge=0, description="router z-loss weight")
-
-
 class ModelConfig(Section):
     """Architecture of a decoder-only language model."""
 
@@ -159,14 +109,44 @@ class ModelConfig(Section):
     )
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
-    rope: RopeConfig = Field(default_factory=RopeConfig)
-    mla: MLAConfig = Field(default_factory=MLAConfig)
-    nsa: NSAConfig = Field(default_factory=NSAConfig)
-    moe: MoEConfig = Field(default_factory=MoEConfig)
+    block_options: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
 
     @classmethod
     def _section_name(cls) -> str:
         return "model"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _block_options(cls, data: Any) -> Any:
+        # Each block declares its settings in its own file; model.<key> is validated by that class.
+        from lmlab.registry import option_sections
+
+        if not isinstance(data, dict):
+            return data
+        data = canonicalize("model", data)
+        given = data.pop("block_options", None) or {}
+        options = {}
+        for key, options_cls in option_sections().items():
+            value = data.pop(key, given.get(key, {}))
+            if isinstance(value, BaseModel):
+                value = value.model_dump()
+            try:
+                options[key] = options_cls.model_validate(value or {})
+            except ValidationError as exc:
+                raise ValueError(format_validation_error(exc, options_cls, f"model.{key}")) from None
+        return {**data, "block_options": options}
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("block_options") or {}
+        if name in options:
+            return options[name]
+        return super().__getattr__(name)
+
+    @model_serializer(mode="wrap")
+    def _with_block_options(self, handler, info) -> dict[str, Any]:
+        out = handler(self)
+        out.update({k: v.model_dump(mode=info.mode) for k, v in self.block_options.items()})
+        return out
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelConfig:
@@ -486,18 +466,26 @@ def canonicalize(section: str, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def section_fields(section: str) -> list[str]:
+    """The keys a section accepts: its schema fields and, for `model`, every block's options section."""
+    names = [n for n in SECTIONS[section].model_fields if n != "block_options"]
+    if section == "model":
+        from lmlab.registry import option_sections
+
+        names += list(option_sections())
+    return names
+
+
 def field_path(name: str) -> tuple[str, ...]:
     """`train.lr` -> ("train", "lr"); a bare name (`lr`, `d_model`, `n_embd`) is looked up across sections."""
     parts = tuple(name.strip().split("."))
     if parts[0] in SECTIONS:
         if len(parts) < 2:
-            raise ConfigError(
-                f"{name}: name a field of the section, e.g. {parts[0]}.{next(iter(SECTIONS[parts[0]].model_fields))}"
-            )
+            raise ConfigError(f"{name}: name a field of the section, e.g. {parts[0]}.{section_fields(parts[0])[0]}")
         return (parts[0], ALIASES.get(parts[0], {}).get(parts[1], parts[1]), *parts[2:])
-    owners = [sec for sec, cls in SECTIONS.items() if ALIASES.get(sec, {}).get(parts[0], parts[0]) in cls.model_fields]
+    owners = [sec for sec in SECTIONS if ALIASES.get(sec, {}).get(parts[0], parts[0]) in section_fields(sec)]
     if len(owners) != 1:
-        known = sorted({f for cls in SECTIONS.values() for f in cls.model_fields})
+        known = sorted({f for sec in SECTIONS for f in section_fields(sec)})
         close = difflib.get_close_matches(parts[0], known, n=1)
         why = f"in {' and '.join(owners)}; write section.field" if owners else "unknown field"
         hint = f"; did you mean '{close[0]}'?" if close and not owners else ""
@@ -617,6 +605,10 @@ def validate(cls: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
 
 
 def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
+    if cls is ModelConfig and not loc:
+        return section_fields("model")
+    if cls is RunConfig and loc == ("model",):
+        return section_fields("model")
     node: Any = cls
     for part in loc:
         field = getattr(node, "model_fields", {}).get(part)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,14 +22,17 @@ class Entry:
     caps: dict[str, Any] = field(default_factory=dict)
     paper: str = ""
     aliases: tuple[str, ...] = ()
+    options: type | None = None  # the block's own settings (a pydantic model), validated as model.<options_key>
+    options_key: str | None = None
 
 
 class Registry:
     """Case-insensitive name -> component map; unknown names raise with the known names."""
 
-    def __init__(self, kind: str, package: str | None = None) -> None:
+    def __init__(self, kind: str, package: str | None = None, contract: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.package = package
+        self.contract = contract  # what every registered class must provide, checked when it registers
         self._entries: dict[str, Entry] = {}
         self._alias: dict[str, str] = {}
         self._discovered = package is None
@@ -41,12 +45,34 @@ class Registry:
         caps: dict[str, Any] | None = None,
         paper: str = "",
         aliases: tuple[str, ...] | list[str] = (),
+        options: type | None = None,
+        options_key: str | None = None,
     ):
-        """Class decorator that registers the class under `name` (and its aliases)."""
+        """Class decorator that registers the class under `name` (and its aliases).
+
+        `options` is the block's settings class, declared in the block's own file; the model config
+        validates it under `model.<options_key>` (default: the name), and flags, environment
+        variables, YAML keys and the docs pick it up from here.
+        """
 
         def deco(cls: type) -> type:
+            missing = [attr for attr in self.contract if not hasattr(cls, attr)]
+            if missing:
+                raise TypeError(
+                    f"{self.kind} '{name}' ({cls.__qualname__}) lacks {', '.join(missing)}; "
+                    f"every {self.kind} provides: {', '.join(self.contract)}"
+                )
             key = name.lower()
-            entry = Entry(key, cls, tuple(tags), dict(caps or {}), paper, tuple(a.lower() for a in aliases))
+            entry = Entry(
+                key,
+                cls,
+                tuple(tags),
+                dict(caps or {}),
+                paper,
+                tuple(a.lower() for a in aliases),
+                options,
+                (options_key or key) if options is not None else None,
+            )
             self._entries[key] = entry
             for alias in (key, *entry.aliases):
                 self._alias[alias] = key
@@ -60,6 +86,7 @@ class Registry:
         if self._discovered:
             return
         self._discovered = True
+        load_plugins()
         pkg = importlib.import_module(self.package)
         for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
             if not info.name.startswith("_"):
@@ -98,11 +125,22 @@ class Registry:
         return self.entry(name).cls
 
 
-ATTN = Registry("attention", "lmlab.attn")
-FFN = Registry("feed-forward", "lmlab.ffn")
-NORM = Registry("norm", "lmlab.norm")
-POS = Registry("position", "lmlab.pos")
-EMBED = Registry("embedding", "lmlab.embed")
+def load_plugins() -> None:
+    """Import the modules named in LMLAB_PLUGINS (comma-separated): blocks registered outside the package."""
+    for name in filter(None, (n.strip() for n in os.environ.get("LMLAB_PLUGINS", "").split(","))):
+        importlib.import_module(name)
+
+
+def option_sections() -> dict[str, type]:
+    """{model.<key>: options class} of every registered block that declares settings."""
+    return {e.options_key: e.options for reg in BLOCK_REGISTRIES.values() for e in reg.entries() if e.options}
+
+
+ATTN = Registry("attention", "lmlab.attn", contract=("forward", "new_cache", "flops_per_token", "kv_bytes_per_token"))
+FFN = Registry("feed-forward", "lmlab.ffn", contract=("forward", "flops_per_token", "aux_loss"))
+NORM = Registry("norm", "lmlab.norm", contract=("forward",))
+POS = Registry("position", "lmlab.pos", contract=("embed", "context"))
+EMBED = Registry("embedding", "lmlab.embed", contract=("forward",))
 TOKENIZER = Registry("tokenizer", "lmlab.data.tokenizers")
 TRACKER = Registry("tracker", "lmlab.track")
 

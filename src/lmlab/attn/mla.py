@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -65,11 +66,28 @@ class _RMS(nn.Module):
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
+class MLAOptions(BaseModel):
+    """Multi-head Latent Attention dims (DeepSeek-V2 §2.1); None derives from head_dim."""
+
+    model_config = ConfigDict(extra="forbid")
+    kv_lora_rank: int | None = Field(
+        None, ge=1, description="latent width of the joint KV compression; default 4*head_dim"
+    )
+    q_lora_rank: int | None = Field(
+        None, ge=1, description="latent width of the query compression; None = full-rank query"
+    )
+    qk_rope_head_dim: int | None = Field(None, ge=0, description="decoupled rotary dims per head; default head_dim/2")
+    qk_nope_head_dim: int | None = Field(None, ge=1, description="non-rotary query/key dims per head; default head_dim")
+    v_head_dim: int | None = Field(None, ge=1, description="value dims per head; default head_dim")
+    kv_norm: bool = Field(True, description="RMSNorm on the compressed latents, as in DeepSeek-V2")
+
+
 @ATTN.register(
     "mla",
     tags=("latent", "low-rank", "compressed-cache"),
     caps={"remote_code": True, "kv_cache": True, "short": "MLA", "left_pad": True},
     paper="DeepSeek-AI 2024 (DeepSeek-V2), arXiv:2405.04434",
+    options=MLAOptions,
 )
 class MLA(nn.Module):
     """Low-rank joint KV compression, optional low-rank query, decoupled RoPE; no biases (as in DeepSeek-V2)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -55,12 +56,25 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: f
     return probs @ v
 
 
+class NSAOptions(BaseModel):
+    """Native Sparse Attention (Yuan et al. 2025) branch sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+    block_size: int = Field(16, ge=1, description="tokens per compressed block (l)")
+    stride: int = Field(8, ge=1, description="stride between compressed blocks (d)")
+    select_block: int = Field(16, ge=1, description="tokens per selection block (l')")
+    n_select: int = Field(4, ge=1, description="selected blocks per query (n), incl. the first and local ones")
+    window: int = Field(64, ge=1, description="sliding-window branch span (w)")
+
+
 @ATTN.register(
     "native_sparse",
     tags=("sparse", "hierarchical", "gqa"),
     caps={"kv_cache": True, "short": "NSA", "supports": {"pos": ["rope", "none", "learned", "sinusoidal"]}},
     paper="Yuan et al. 2025 (DeepSeek), arXiv:2502.11089",
     aliases=("nsa",),
+    options=NSAOptions,
+    options_key="nsa",
 )
 class NativeSparseAttention(nn.Module):
     """Compressed + selected + sliding-window attention mixed by learned per-head gates."""

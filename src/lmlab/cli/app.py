@@ -11,7 +11,7 @@ import click
 from lmlab import __version__
 from lmlab.cli.errors import user_errors
 from lmlab.cli.reference import reference_group
-from lmlab.cli.schema_flags import collect_overrides, schema_options
+from lmlab.cli.schema_flags import SchemaCommand, collect_overrides
 from lmlab.errors import LmlabError
 
 
@@ -66,10 +66,10 @@ def _resume_command(run: Path) -> str:
     return shlex.join(["lmlab", *args, "--train.resume", str(run)])
 
 
-train_command = click.Command(
+train_command = SchemaCommand(
     "train",
     callback=_train,
-    params=[*COMMON, *schema_options()],
+    params=[*COMMON],
     help="Train a model; every config field is a flag (precedence: flags > LMLAB_* env > --config > --preset).",
 )
 
@@ -82,8 +82,9 @@ def _arch(seq_len_flops: int | None, **params) -> None:
     click.echo(cost_card(cfg.model, seq_len_flops or cfg.model.max_seq_len))
 
 
-arch_command = click.Command(
+arch_command = SchemaCommand(
     "arch",
+    sections=("model",),
     callback=_arch,
     params=[
         *COMMON,
@@ -93,7 +94,6 @@ arch_command = click.Command(
             default=None,
             help="sequence length for FLOPs (default max_seq_len)",
         ),
-        *schema_options(("model",)),
     ],
     help="Components, parameters per component and FLOPs per token of a config, without training.",
 )
@@ -247,10 +247,11 @@ def _prepare(**params) -> None:
         console.print(f"[bold]{k:>16}[/bold]  {v}")
 
 
-prepare_command = click.Command(
+prepare_command = SchemaCommand(
     "prepare",
+    sections=("data",),
     callback=_prepare,
-    params=[*COMMON, *schema_options(("data",))],
+    params=[*COMMON],
     help="Tokenise a corpus ahead of training (in parallel, into the shard cache) and print its statistics.",
 )
 
@@ -359,12 +360,13 @@ def list_cmd(kind: str | None) -> None:
 
     console = Console(width=160)
     if kind != "presets":
-        table = Table("kind", "name", "tags", "paper")
+        table = Table("kind", "name", "tags", "options", "paper")
         for field, reg in BLOCK_REGISTRIES.items():
             if kind in (None, field):
                 for e in reg.entries():
                     aliases = f" ({', '.join(e.aliases)})" if e.aliases else ""
-                    table.add_row(field, e.name + aliases, ", ".join(e.tags), e.paper)
+                    options = f"model.{e.options_key}: {', '.join(e.options.model_fields)}" if e.options else ""
+                    table.add_row(field, e.name + aliases, ", ".join(e.tags), options, e.paper)
         console.print(table)
     if kind in (None, "presets"):
         console.print("presets: " + ", ".join(list_presets()))
@@ -451,7 +453,7 @@ def _study_report(runs: list[str], out: Path, table: str) -> None:
     click.echo(f"table: {out / table}\nreport: {html_report(summaries, pngs, out / 'report.html')}")
 
 
-ablate_command = click.Command(
+ablate_command = SchemaCommand(
     "ablate",
     callback=_ablate,
     params=[
@@ -467,7 +469,6 @@ ablate_command = click.Command(
         ),
         click.Option(["--out"], default="runs/ablate", show_default=True, help="where runs and the report go"),
         *COMMON,
-        *schema_options(),
     ],
     help="Each swap alone and all together vs the base, over seeds: mean +- 95% CI, difference, Welch p. "
     "Runs at laptop scale (4L-4H-128D, context 128, batch 16) unless flags say otherwise.",
@@ -495,7 +496,7 @@ def _sweep(param: tuple[str, ...], sampler: str, trials: int | None, metric: str
     _study_report([t["run"] for t in report["trials"]], Path(out), "sweep.md")
 
 
-sweep_command = click.Command(
+sweep_command = SchemaCommand(
     "sweep",
     callback=_sweep,
     params=[
@@ -510,7 +511,6 @@ sweep_command = click.Command(
         click.Option(["--metric"], default="val_loss", show_default=True, help="final metric to minimise"),
         click.Option(["--out"], default="runs/sweep", show_default=True, help="where trial runs and the report go"),
         *COMMON,
-        *schema_options(),
     ],
     help="Hyperparameter search with Optuna over any config field; each trial is a run directory, "
     "results in sweep.md and the compare report.",

@@ -14,7 +14,8 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from lmlab.config import SECTIONS
+from lmlab.config import SECTIONS, ModelConfig
+from lmlab.registry import option_sections
 
 # Short flags researchers type most, as (flag, dotted field).
 SHORTCUTS: dict[str, str] = {
@@ -38,14 +39,22 @@ SHORTCUTS: dict[str, str] = {
 
 
 def leaf_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    """(path, pydantic field) for every scalar field, nested models flattened (("rope", "theta"), ...)."""
+    """(path, pydantic field) for every scalar field, nested models flattened (("rope", "theta"), ...).
+
+    The model section also holds every registered block's own options (`model.rope.theta`).
+    """
     out = []
     for name, field in model.model_fields.items():
+        if model is ModelConfig and name == "block_options":
+            continue
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out += leaf_fields(ann, (*prefix, name))
         else:
             out.append(((*prefix, name), field))
+    if model is ModelConfig:
+        for key, options in option_sections().items():
+            out += leaf_fields(options, (*prefix, key))
     return out
 
 
@@ -103,3 +112,22 @@ def collect_overrides(params: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[leaf] = value
     return out
+
+
+class SchemaCommand(click.Command):
+    """A command whose schema flags are made on first use: block options need the block registries (torch)."""
+
+    def __init__(self, name: str, *, sections: tuple[str, ...] = tuple(SECTIONS), **kwargs: Any) -> None:
+        self._sections, self._built, self._extra = sections, None, []
+        super().__init__(name, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        """The command's own parameters, then one flag per schema field."""
+        if self._built is None:
+            self._built = [*self._extra, *schema_options(self._sections)]
+        return self._built
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._extra, self._built = list(value or []), None

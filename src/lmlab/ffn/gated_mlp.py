@@ -20,6 +20,8 @@ from lmlab.registry import FFN
 class GatedMLP(nn.Module):
     """down(act(gate(x)) * up(x)) with `model.activation`; 8/3 d_model keeps a 4x MLP's parameters."""
 
+    aux_loss: Tensor | None = None  # no auxiliary loss (MoE sets one after each forward)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias)

@@ -15,6 +15,8 @@ from lmlab.registry import FFN
 class MLP(nn.Module):
     """proj(act(fc(x))), hidden width d_ff (4 d_model by default)."""
 
+    aux_loss: Tensor | None = None  # no auxiliary loss (MoE sets one after each forward)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias)

@@ -11,7 +11,10 @@ mean(logsumexp(logits)^2) (ST-MoE, Zoph et al. 2022, eq. 5).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -24,14 +27,32 @@ def expert_config(cfg: ModelConfig, width: int) -> ModelConfig:
     return cfg.model_copy(update={"d_ff": width})
 
 
+class MoEOptions(BaseModel):
+    """Mixture-of-experts FFN settings (Shazeer et al. 2017; Fedus et al. 2021; DeepSeekMoE 2024)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_experts: int = Field(8, ge=1)
+    top_k: int = Field(2, ge=1)
+    n_shared: int = Field(0, ge=0, description="always-active shared experts (DeepSeekMoE)")
+    d_expert: int | None = Field(None, ge=1, description="hidden width of one expert; default d_ff")
+    expert: str = Field("swiglu", description="FFN block used for each expert")
+    score: Literal["softmax", "sigmoid"] = "softmax"
+    norm_topk: bool = Field(True, description="renormalise the top-k weights to sum to 1")
+    aux_loss_weight: float = Field(0.01, ge=0, description="load-balancing loss weight")
+    z_loss_weight: float = Field(0.001, ge=0, description="router z-loss weight")
+
+
 @FFN.register(
     "moe",
     tags=("sparse", "routed"),
     caps={"d_ff_mult": 4.0, "short": "MoE{cfg.moe.n_experts}x{cfg.moe.top_k}"},
     paper="Shazeer et al. 2017; Fedus et al. 2021; Dai et al. 2024 (DeepSeekMoE)",
+    options=MoEOptions,
 )
 class MoE(nn.Module):
     """Top-k routed experts (any registered FFN) plus optional shared experts."""
+
+    aux_loss: Tensor | None = None  # set after each training forward: weighted balance + z losses
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from lmlab.config import ModelConfig
@@ -10,11 +11,20 @@ from lmlab.pos.base import PosContext, PositionScheme, row_tables
 from lmlab.registry import POS
 
 
+class RopeOptions(BaseModel):
+    """Rotary embedding settings (RoFormer; Llama's half-split convention)."""
+
+    model_config = ConfigDict(extra="forbid")
+    theta: float = Field(10000.0, gt=0)
+    fraction: float = Field(1.0, gt=0, le=1, description="fraction of each head's dims that rotate")
+
+
 @POS.register(
     "rope",
     tags=("relative", "rotary"),
     caps={"remote_code": True, "short": "RoPE", "seq2seq": True},
     paper="Su et al. 2021, arXiv:2104.09864",
+    options=RopeOptions,
 )
 class RotaryPositions(PositionScheme):
     """Rotates pairs (i, i + rot/2) by angle pos * theta^(-2i/rot); `rope.fraction` of each head rotates."""
