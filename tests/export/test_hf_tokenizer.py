@@ -161,22 +161,10 @@ def test_windowed_runs_export_with_their_window_checked_at_full_context(tmp_path
     # The full-context probe is what catches a dropped window: exporting as plain Llama is refused.
     import lmlab.export.hf as hf
 
+    real_hf_config = hf.hf_config
     monkeypatch.setattr(hf, "target_family", lambda cfg: "llama")
-    monkeypatch.setattr(hf, "hf_config", lambda cfg, family: _llama_without_window(cfg))
+    monkeypatch.setattr(
+        hf, "hf_config", lambda cfg, _: real_hf_config(cfg.model_copy(update={"window": None}), "llama")
+    )
     result = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "hf", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "logits differ" in result.output
-
-
-def _llama_without_window(cfg):
-    return transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        max_position_embeddings=cfg.max_seq_len,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_kv_head,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_ff,
-        rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=cfg.tie_weights,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope.theta},
-    )
