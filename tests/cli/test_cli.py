@@ -192,3 +192,16 @@ def test_compare_command(tmp_path):
     assert d.returncode == 0 and "model.d_model" not in d.stdout and "train.batch_size" in d.stdout
     none = run("lmlab", "compare")
     assert none.returncode == 2 and "no runs given" in none.stderr
+
+
+def test_one_spelling_per_concept_and_one_device_default():
+    from click.testing import CliRunner
+
+    from lmlab.cli.app import cli
+
+    for command in ("train", "eval", "generate"):
+        text = CliRunner().invoke(cli, [command, "--help"]).output
+        assert "--batch-size" in text and "--batch" in text, command
+    for command in ("eval", "generate", "translate", "serve"):
+        text = CliRunner().invoke(cli, [command, "--help"]).output
+        assert "[default: auto]" in text.split("--device")[1].split("\n  -")[0], command

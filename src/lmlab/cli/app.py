@@ -29,6 +29,16 @@ COMMON = [
 ]
 
 
+@click.group(
+    name="lmlab",
+    help="A plug-and-play transformer laboratory: compose, train, compare, sample and serve language models.",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+)
+@click.version_option(__version__, prog_name="lmlab")
+def cli() -> None:
+    """Top-level group."""
+
+
 @user_errors
 def _train(**params) -> None:
     from lmlab.pipeline.train import train_from_config
@@ -66,12 +76,12 @@ def _resume_command(run: Path) -> str:
     return shlex.join(["lmlab", *args, "--train.resume", str(run)])
 
 
-train_command = SchemaCommand(
+train_command = cli.command(
     "train",
-    callback=_train,
+    cls=SchemaCommand,
     params=[*COMMON],
     help="Train a model; every config field is a flag (precedence: flags > LMLAB_* env > --config > --preset).",
-)
+)(_train)
 
 
 @user_errors
@@ -82,10 +92,10 @@ def _arch(seq_len_flops: int | None, **params) -> None:
     click.echo(cost_card(cfg.model, seq_len_flops or cfg.model.max_seq_len))
 
 
-arch_command = SchemaCommand(
+arch_command = cli.command(
     "arch",
+    cls=SchemaCommand,
     sections=("model",),
-    callback=_arch,
     params=[
         *COMMON,
         click.Option(
@@ -96,24 +106,16 @@ arch_command = SchemaCommand(
         ),
     ],
     help="Components, parameters per component and FLOPs per token of a config, without training.",
-)
-
-
-@click.group(
-    name="lmlab",
-    help="A plug-and-play transformer laboratory: compose, train, compare, sample and serve language models.",
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
-)
-@click.version_option(__version__, prog_name="lmlab")
-def cli() -> None:
-    """Top-level group."""
+)(_arch)
 
 
 @cli.command("eval")
 @click.option("--run", "run", required=True, help="run directory")
 @click.option("--iters", default=50, show_default=True, help="validation batches")
-@click.option("--batch", type=int, default=None, help="batch size (default the run's)")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--batch-size", "--batch", "batch", type=int, default=None, help="batch size (default the run's)")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
+)
 @user_errors
 def eval_cmd(run: str, iters: int, batch: int | None, device: str) -> None:
     """Validation loss (and bits per token) of a trained run; writes eval/eval.json."""
@@ -127,7 +129,9 @@ def eval_cmd(run: str, iters: int, batch: int | None, device: str) -> None:
 @click.option("--run", "run", required=True, help="run directory")
 @click.option("--prompt", "prompts", multiple=True, help="text to continue (repeat for a batch; default a newline)")
 @click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False), default=None, help="one prompt per line")
-@click.option("--batch-size", default=8, show_default=True, help="rows decoded together (left-padded)")
+@click.option(
+    "--batch-size", "--batch", "batch_size", default=8, show_default=True, help="rows decoded together (left-padded)"
+)
 @click.option("--max-new-tokens", default=200, show_default=True, help="tokens to add")
 @click.option("--temperature", default=0.8, show_default=True, help="0 = greedy")
 @click.option("--top-k", type=int, default=None, help="keep the k most likely tokens")
@@ -138,7 +142,9 @@ def eval_cmd(run: str, iters: int, batch: int | None, device: str) -> None:
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="CTRL penalty on seen tokens")
 @click.option("--stream", is_flag=True, help="print tokens as they are generated")
 @click.option("--no-cache", is_flag=True, help="recompute the full context each step")
-@click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
+)
 @user_errors
 def generate_cmd(
     run: str,
@@ -247,13 +253,13 @@ def _prepare(**params) -> None:
         console.print(f"[bold]{k:>16}[/bold]  {v}")
 
 
-prepare_command = SchemaCommand(
+prepare_command = cli.command(
     "prepare",
+    cls=SchemaCommand,
     sections=("data",),
-    callback=_prepare,
     params=[*COMMON],
     help="Tokenise a corpus ahead of training (in parallel, into the shard cache) and print its statistics.",
-)
+)(_prepare)
 
 
 @cli.command("translate")
@@ -262,7 +268,9 @@ prepare_command = SchemaCommand(
 @click.option("--beam", default=1, show_default=True, help="beam size (1 = greedy)")
 @click.option("--alpha", default=0.6, show_default=True, help="length penalty exponent ((5 + len) / 6) ** alpha")
 @click.option("--max-len", type=int, default=None, help="most output tokens (default: the model's context - 1)")
-@click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
+)
 @user_errors
 def translate_cmd(
     run: str, sentences: tuple[str, ...], beam: int, alpha: float, max_len: int | None, device: str
@@ -292,7 +300,9 @@ def translate_cmd(
 @click.option("--max-concurrent", default=64, show_default=True, help="requests in flight before 429")
 @click.option("--max-batch", default=16, show_default=True, help="requests decoded together (1: no batching)")
 @click.option("--max-body-kb", default=1024, show_default=True, help="largest request body")
-@click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
+)
 @user_errors
 def serve_cmd(
     runs, compare, host, port, api_key_env, max_tokens, max_concurrent, max_batch, max_body_kb, device
@@ -453,9 +463,9 @@ def _study_report(runs: list[str], out: Path, table: str) -> None:
     click.echo(f"table: {out / table}\nreport: {html_report(summaries, pngs, out / 'report.html')}")
 
 
-ablate_command = SchemaCommand(
+ablate_command = cli.command(
     "ablate",
-    callback=_ablate,
+    cls=SchemaCommand,
     params=[
         click.Option(["--base"], required=True, help="base preset, e.g. gpt2"),
         click.Option(["--swap"], multiple=True, required=True, help="field=value, repeatable (pos=rope, ffn=swiglu)"),
@@ -472,7 +482,7 @@ ablate_command = SchemaCommand(
     ],
     help="Each swap alone and all together vs the base, over seeds: mean +- 95% CI, difference, Welch p. "
     "Runs at laptop scale (4L-4H-128D, context 128, batch 16) unless flags say otherwise.",
-)
+)(_ablate)
 
 
 @user_errors
@@ -496,9 +506,9 @@ def _sweep(param: tuple[str, ...], sampler: str, trials: int | None, metric: str
     _study_report([t["run"] for t in report["trials"]], Path(out), "sweep.md")
 
 
-sweep_command = SchemaCommand(
+sweep_command = cli.command(
     "sweep",
-    callback=_sweep,
+    cls=SchemaCommand,
     params=[
         click.Option(
             ["--param"],
@@ -514,7 +524,7 @@ sweep_command = SchemaCommand(
     ],
     help="Hyperparameter search with Optuna over any config field; each trial is a run directory, "
     "results in sweep.md and the compare report.",
-)
+)(_sweep)
 
 
 @cli.command("replay")
@@ -538,12 +548,7 @@ def replay_cmd(run: str, steps: int, rtol: float, out: str | None) -> None:
     click.echo(result["message"])
 
 
-cli.add_command(train_command)
 cli.add_command(reference_group)
-cli.add_command(ablate_command)
-cli.add_command(sweep_command)
-cli.add_command(prepare_command)
-cli.add_command(arch_command)
 
 
 def main() -> None:
