@@ -146,3 +146,5 @@ def test_trackers_are_chosen_by_registered_name_and_old_switches_still_load():
     assert TrackConfig(tensorboard=True, wandb=False).trackers == ["jsonl", "tensorboard"]  # a config saved earlier
     with pytest.raises(ConfigError, match="track.trackers: unknown tracker 'mlflow'; known: aim, jsonl, tensorboard"):
         TrackConfig(trackers=["mlflow"])
+    with pytest.raises(ConfigError, match="track.aim: not a boolean; allowed: true, false"):
+        TrackConfig(aim="maybe")

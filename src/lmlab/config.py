@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from lmlab.errors import ConfigError
 
@@ -377,7 +386,13 @@ class TrackConfig(Section):
         names = data.get("trackers", ["jsonl"])
         names = [n.strip() for n in names.split(",") if n.strip()] if isinstance(names, str) else list(names)
         for switch in ("tensorboard", "aim", "wandb"):
-            if switch in data and str(data.pop(switch)).lower() in ("true", "1", "yes"):
+            if switch not in data:
+                continue
+            try:
+                on = TypeAdapter(bool).validate_python(data.pop(switch))
+            except ValidationError:
+                raise ValueError(f"track.{switch}: not a boolean; allowed: true, false") from None
+            if on:
                 names.append(switch)
         data["trackers"] = names
         return data
@@ -605,17 +620,13 @@ def validate(cls: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
 
 
 def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
-    if cls is ModelConfig and not loc:
-        return section_fields("model")
-    if cls is RunConfig and loc == ("model",):
-        return section_fields("model")
     node: Any = cls
     for part in loc:
         field = getattr(node, "model_fields", {}).get(part)
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         node = field.annotation
-    return list(node.model_fields)
+    return section_fields("model") if node is ModelConfig else list(node.model_fields)
 
 
 def format_validation_error(exc: ValidationError, cls: type[BaseModel], prefix: str) -> str:

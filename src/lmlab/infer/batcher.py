@@ -79,11 +79,6 @@ class Batcher:
         self.waiting.put(jobs)
         return [self._consume(job) for job in jobs]
 
-    async def tokens(self, ids: list[int], max_tokens: int, seed: int | None, **options) -> AsyncIterator:
-        """Yield (token id, log-probability, top list) for one request as its batch decodes them."""
-        async for item in self.streams(ids, 1, max_tokens, seed, **options)[0]:
-            yield item
-
     async def _consume(self, job: Job) -> AsyncIterator:
         try:
             while True:

@@ -1,11 +1,12 @@
 """`lmlab export`: a run's final weights as safetensors, or as a transformers directory, each verified by logits.
 
-`hf` writes what `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads: the GPT-2 or
-Llama family when the blocks match one, else lmlab's names and weights with the self-contained
-`modeling_lmlab.py` (loaded with `trust_remote_code=True`). It then loads the directory back in a
-separate Python process in which `import lmlab` fails, runs the same input through it and through
-lmlab, and reports the largest logit difference; the export only counts as done when that is
-within `atol`.
+`hf` writes what `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads: the GPT-2,
+Llama, Mistral or Qwen2 family when the blocks match one exactly, else lmlab's names and weights
+with the self-contained `modeling_lmlab.py` (loaded with `trust_remote_code=True`), plus the run's
+tokenizer for `AutoTokenizer`. It then loads the directory back in a separate Python process in
+which `import lmlab` fails, runs the full context through it and through lmlab, checks the
+tokenizer and `pipeline()`, and reports the largest logit difference; the export only counts as
+done when that is within `atol`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import lmlab.export as export_package
 from lmlab.errors import CheckpointError
 from lmlab.infer.load import load_run
 from lmlab.registry import BLOCK_REGISTRIES
-from lmlab.runs.checkpoint import read_weights, write_weights
+from lmlab.runs.checkpoint import read_weights, write_model, write_weights
 
 _HF_CHECK = """
 import json, sys
@@ -70,8 +71,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
         ours = model(ids).logits.float().numpy()
     report = {"format": fmt, "out": str(out), "probe_shape": list(ids.shape), "atol": atol}
     if fmt == "safetensors":
-        write_weights(tmp / "model.safetensors", model.state_dict())
-        (tmp / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        write_model(tmp, model.state_dict(), cfg.model_dump(mode="json"))
         shutil.copy(loaded.run.tokenizer, tmp / "tokenizer.json")
         from lmlab.model.build import build_model
         from lmlab.runs.checkpoint import load_weights
@@ -171,7 +171,7 @@ def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None 
 
 
 def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "imported") -> Path:
-    """A run directory holding a local transformers GPT-2 or Llama checkpoint (weights, config, tokenizer).
+    """A run directory holding a local transformers GPT-2, Llama, Mistral or Qwen2 checkpoint and its tokenizer.
 
     Fine-tune it with `lmlab train --train.init_from RUN --data ...`; generate, eval and serve read it as is.
     """

@@ -131,17 +131,32 @@ def save_checkpoint(
     return final
 
 
-def verify_checkpoint(path: str | Path, files: tuple[str, ...] = FILES) -> dict:
-    """The checkpoint's meta after checking that `files` (default all) are present, complete and unaltered."""
-    path = Path(path)
-    meta_path = path / "meta.json"
+def read_meta(path: str | Path) -> dict:
+    """A checkpoint's meta.json (step, file sizes and hashes, val_loss), without hashing the files."""
+    meta_path = Path(path) / "meta.json"
     if not meta_path.is_file():
         raise CheckpointError(f"checkpoint: {path} is not a checkpoint (no meta.json)")
     try:
         meta = json.loads(meta_path.read_text())
-        recorded = meta["files"]
+        meta["files"]  # noqa: B018 - a meta without its file table is as unreadable as broken JSON
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint: {meta_path} is unreadable") from None
+    return meta
+
+
+def write_model(folder: str | Path, weights: dict[str, Tensor], model_config: dict) -> None:
+    """`model.safetensors` and the `config.json` that rebuilds the model, in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_weights(folder / "model.safetensors", weights)
+    (folder / "config.json").write_text(json.dumps(model_config, indent=2))
+
+
+def verify_checkpoint(path: str | Path, files: tuple[str, ...] = FILES) -> dict:
+    """The checkpoint's meta after checking that `files` (default all) are present, complete and unaltered."""
+    path = Path(path)
+    meta = read_meta(path)
+    recorded = meta["files"]
     for name in files:
         f = path / name
         if not f.is_file():

@@ -75,9 +75,7 @@ class RunDir:
 
     def write_final(self, weights: dict, model_config: dict) -> None:
         """The final weights and the model config that rebuilds them, in `artifacts/export/`."""
-        self.export.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_weights(self.export / "model.safetensors", weights)
-        (self.export / "config.json").write_text(json.dumps(model_config, indent=2))
+        checkpoint.write_model(self.export, weights, model_config)
 
     @classmethod
     def create(cls, root: str | Path, tag: str = "", *, today: dt.date | None = None) -> RunDir:

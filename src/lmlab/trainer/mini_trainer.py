@@ -344,7 +344,7 @@ class MiniTrainer:
         weights, state = ckpt.read_checkpoint(path, map_location="cpu")
         self.load_state_dict(state, weights, path)
         self.resumed_from = path
-        self.last_val = ckpt.verify_checkpoint(path).get("val_loss")
+        self.last_val = ckpt.read_meta(path).get("val_loss")  # read_checkpoint verified the files
 
     # ------------------------------------------------------------------ loop
 
