@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LMLAB_DATA_DIR="${LMLAB_DATA_DIR:-../shared/data}"
 exec .venv/bin/lmlab train --preset gpt2 --data shakespeare \
-  --layers 4 --heads 4 --dim 128 --seq-len 64 --batch 12 --dropout 0 \
+  --layers 4 --heads 4 --dim 128 --context 64 --batch 12 --dropout 0 \
   --lr 1e-3 --train.min_lr 1e-4 --max-steps 2000 --train.warmup_steps 100 --train.beta2 0.99 \
   --train.eval_interval 250 --train.eval_iters 200 --run-tag baby-shakespeare "$@"

@@ -71,7 +71,7 @@ def small_train_args(
         str(dim),
         "--heads",
         str(heads),
-        "--seq-len",
+        "--context",
         str(seq_len),
         "--train.sample_tokens",
         "0",

@@ -21,7 +21,7 @@ LAYERS = [
     {"data"},
     {"runs"},
     {"reference"},
-    {"config", "registry", "errors", "utils", "text", "presets"},
+    {"config", "command_config", "registry", "errors", "utils", "text", "presets"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -436,7 +436,7 @@ class RunConfig(BaseModel):
         if seq is not None and seq > self.model.max_seq_len:
             raise ValueError(
                 f"train.seq_len: {seq} exceeds model.max_seq_len={self.model.max_seq_len}; "
-                f"allowed: 1..{self.model.max_seq_len}"
+                f"allowed: 1..{self.model.max_seq_len} (the model's context is --context / model.max_seq_len)"
             )
         return self
 
@@ -574,15 +574,16 @@ def normalize_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def env_overrides(environ: dict[str, str] | None = None, sections: dict[str, Any] | None = None) -> dict[str, Any]:
     """Nested overrides from ``LMLAB_SECTION__FIELD[__SUB]=value`` environment variables."""
     environ = os.environ if environ is None else environ
+    sections = SECTIONS if sections is None else sections
     out: dict[str, Any] = {}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
-        if path[0] not in SECTIONS:
+        if path[0] not in sections:
             continue
         node = out
         for part in path[:-1]:

@@ -130,19 +130,23 @@ def _constraints(field) -> str:
 
 def config_reference() -> str:
     """Every config field: type, default, allowed values, flag(s), environment variable and description."""
-    from lmlab.cli.schema_flags import leaf_fields, schema_options
+    from lmlab.cli.schema_flags import ALL_SECTIONS, leaf_fields, schema_options
+    from lmlab.command_config import COMMAND_SECTIONS
 
-    flags = {opt.name: [o for o in opt.opts if not o.startswith("--no-")] for opt in schema_options()}
+    # a command sees only its own sections, so its bare flags are the ones unique among them
+    groups = [tuple(SECTIONS), *((name,) for name in COMMAND_SECTIONS)]
+    flags = {opt.name: [o for o in opt.opts if not o.startswith("--no-")] for g in groups for opt in schema_options(g)}
     out = [
         "# Configuration reference",
         "",
         "Generated from the pydantic schema at build time. Every field is a YAML/JSON key",
         "(`--config run.yaml`), a flag and an environment variable; precedence is flags > environment >",
         "config file > preset > defaults. Invalid values fail before any tensor is made, naming the",
-        "field and the allowed values.",
+        "field and the allowed values. The sections after `track` are the settings of the commands that",
+        "use a trained run (`sample` is `lmlab generate`'s).",
         "",
     ]
-    for section, cls in SECTIONS.items():
+    for section, cls in ALL_SECTIONS.items():
         out += [
             f"## `{section}`",
             "",

@@ -204,4 +204,29 @@ def test_one_spelling_per_concept_and_one_device_default():
         assert "--batch-size" in text and "--batch" in text, command
     for command in ("eval", "generate", "translate", "serve"):
         text = CliRunner().invoke(cli, [command, "--help"]).output
-        assert "[default: auto]" in text.split("--device")[1].split("\n  -")[0], command
+        assert "default: auto" in text.split("--device")[1].split("\n  -")[0], command
+
+
+def test_command_settings_are_schema_sections(monkeypatch):
+    """eval/generate/translate/serve/export flags come from their schema sections and validate like train's."""
+    from click.testing import CliRunner
+
+    from lmlab.cli.app import cli
+    from lmlab.cli.schema_flags import collect_overrides, schema_options
+    from lmlab.command_config import COMMAND_SECTIONS, command_settings
+
+    for section, cls in COMMAND_SECTIONS.items():
+        dests = {opt.name for opt in schema_options((section,))}
+        assert {f"{section}__{name}" for name in cls.model_fields} <= dests, section
+    bad = CliRunner().invoke(cli, ["generate", "--run", "nowhere", "--temperature", "-1"])
+    assert bad.exit_code == 2 and "sample.temperature" in bad.output and "greater than or equal to 0" in bad.output
+    bad = CliRunner().invoke(cli, ["export", "--run", "nowhere", "--format", "onnx"])
+    assert bad.exit_code == 2 and "export.format" in bad.output and "'hf'" in bad.output
+    monkeypatch.setenv("LMLAB_SERVE__PORT", "9001")
+    assert command_settings("serve", {}).port == 9001
+    assert command_settings("serve", {"port": "9002"}).port == 9002  # a flag beats the environment
+    train = {opt.name: opt for opt in schema_options(("model", "train"))}
+    assert "--seq-len" in train["train__seq_len"].opts and "--context" in train["model__max_seq_len"].opts
+    args = ["--seq-len", "64"]
+    ctx = cli.commands["train"].make_context("train", args)
+    assert collect_overrides(ctx.params) == {"train": {"seq_len": "64"}}

@@ -120,7 +120,7 @@ def test_pair_loader_resumes_mid_epoch():
 def test_learns_reverse_on_held_out_sequences(tmp_path):
     args = ["train", "--preset", "seq2seq", "--data", "task:reverse:3000", "--max-steps", "500", "--dropout", "0"]
     args += ["--layers", "2", "--model.n_enc_layer", "2", "--dim", "64", "--batch", "32", "--lr", "2e-3"]
-    args += ["--train.warmup_steps", "50", "--train.eval_interval", "500", "--seq-len", "16", "--no-progress"]
+    args += ["--train.warmup_steps", "50", "--train.eval_interval", "500", "--context", "16", "--no-progress"]
     args += ["--save-dir", str(tmp_path), "--train.sample_tokens", "0"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

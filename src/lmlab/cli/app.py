@@ -109,100 +109,89 @@ arch_command = cli.command(
 )(_arch)
 
 
-@cli.command("eval")
-@click.option("--run", "run", required=True, help="run directory")
-@click.option("--iters", default=50, show_default=True, help="validation batches")
-@click.option("--batch-size", "--batch", "batch", type=int, default=None, help="batch size (default the run's)")
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
-)
+def _settings(section: str, params: dict):
+    """A command's own validated settings (`lmlab.command_config`) from its schema flags."""
+    from lmlab.command_config import command_settings
+
+    return command_settings(section, collect_overrides(params).get(section, {}))
+
+
+RUN = click.Option(["--run", "run"], required=True, help="run directory")
+
+
 @user_errors
-def eval_cmd(run: str, iters: int, batch: int | None, device: str) -> None:
-    """Validation loss (and bits per token) of a trained run; writes eval/eval.json."""
+def _eval(run: str, **params) -> None:
     from lmlab.infer.evaluate import evaluate_run
 
-    result = evaluate_run(run, iters=iters, batch_size=batch, device=device)
+    opts = _settings("eval", params)
+    result = evaluate_run(run, iters=opts.iters, batch_size=opts.batch_size, device=opts.device)
     click.echo(json.dumps(result, indent=2))
 
 
-@cli.command("generate")
-@click.option("--run", "run", required=True, help="run directory")
-@click.option("--prompt", "prompts", multiple=True, help="text to continue (repeat for a batch; default a newline)")
-@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False), default=None, help="one prompt per line")
-@click.option(
-    "--batch-size", "--batch", "batch_size", default=8, show_default=True, help="rows decoded together (left-padded)"
-)
-@click.option("--max-new-tokens", default=200, show_default=True, help="tokens to add")
-@click.option("--temperature", default=0.8, show_default=True, help="0 = greedy")
-@click.option("--top-k", type=int, default=None, help="keep the k most likely tokens")
-@click.option("--top-p", type=float, default=None, help="nucleus sampling mass")
-@click.option("--num-samples", default=1, show_default=True, help="independent samples")
-@click.option("--seed", default=0, show_default=True, help="sampling seed")
-@click.option("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="CTRL penalty on seen tokens")
-@click.option("--stream", is_flag=True, help="print tokens as they are generated")
-@click.option("--no-cache", is_flag=True, help="recompute the full context each step")
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
-)
+eval_command = cli.command(
+    "eval",
+    cls=SchemaCommand,
+    sections=("eval",),
+    params=[RUN],
+    help="Validation loss (and bits per token) of a trained run; writes eval/eval.json.",
+)(_eval)
+
+
 @user_errors
-def generate_cmd(
-    run: str,
-    prompts: tuple[str, ...],
-    prompts_file: str | None,
-    batch_size: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    num_samples: int,
-    seed: int,
-    min_p: float | None,
-    repetition_penalty: float,
-    stream: bool,
-    no_cache: bool,
-    device: str,
-) -> None:
-    """Sample continuations of one or more prompts from a trained run.
-
-    Sample i of every prompt uses seed + i, so a prompt's text is the same whether it is decoded
-    alone or in a left-padded batch with others.
-    """
-
+def _generate(run: str, prompts: tuple[str, ...], prompts_file: str | None, **params) -> None:
     from lmlab.infer.load import load_run
     from lmlab.infer.text_stream import TextStream
     from lmlab.model.generate import iter_generate, left_pad
     from lmlab.utils.hardware import resolve_device
 
+    opts = _settings("sample", params)
     texts = list(prompts)
     if prompts_file:
         texts += [line for line in Path(prompts_file).read_text(encoding="utf-8").splitlines() if line]
     texts = texts or ["\n"]
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     loaded = load_run(run, device=dev)
-    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
-    options |= {"repetition_penalty": repetition_penalty, "use_cache": not no_cache}
-    rows = [(p, i, text) for p, text in enumerate(texts) for i in range(num_samples)]  # (prompt, sample, text)
-    size = 1 if stream else max(1, batch_size)
+    options = {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "min_p": opts.min_p}
+    options |= {"repetition_penalty": opts.repetition_penalty, "use_cache": opts.cache}
+    rows = [(p, i, text) for p, text in enumerate(texts) for i in range(opts.num_samples)]  # (prompt, sample, text)
+    size = 1 if opts.stream else opts.batch_size
     for start in range(0, len(rows), size):
         chunk = rows[start : start + size]
         ids, pad = left_pad([loaded.tokenizer.encode(text) for *_, text in chunk], device=dev)
         streams = [TextStream(loaded.tokenizer, []) for _ in chunk]
         pieces = [""] * len(chunk)
-        if stream:
-            _echo_sample_header(chunk[0], len(texts), num_samples)
-        seeds = [seed + i for _, i, _ in chunk]
-        steps = iter_generate(loaded.model, ids, max_new_tokens, seed=seeds, pad=pad, **options)
+        if opts.stream:
+            _echo_sample_header(chunk[0], len(texts), opts.num_samples)
+        seeds = [opts.seed + i for _, i, _ in chunk]
+        steps = iter_generate(loaded.model, ids, opts.max_new_tokens, seed=seeds, pad=pad, **options)
         for tok, _ in steps:
             for r, dec in enumerate(streams):
                 pieces[r] += dec.push(int(tok[r, 0]))
-            if stream:
+            if opts.stream:
                 click.echo(pieces[0], nl=False)
                 pieces[0] = ""
         for r, row in enumerate(chunk):
-            if not stream:
-                _echo_sample_header(row, len(texts), num_samples)
+            if not opts.stream:
+                _echo_sample_header(row, len(texts), opts.num_samples)
             click.echo(pieces[r] + streams[r].flush())
+
+
+generate_command = cli.command(
+    "generate",
+    cls=SchemaCommand,
+    sections=("sample",),
+    params=[
+        RUN,
+        click.Option(
+            ["--prompt", "prompts"], multiple=True, help="text to continue (repeat for a batch; default a newline)"
+        ),
+        click.Option(
+            ["--prompts-file"], type=click.Path(exists=True, dir_okay=False), default=None, help="one prompt per line"
+        ),
+    ],
+    help="Sample continuations of one or more prompts from a trained run. Sample i of every prompt uses "
+    "seed + i, so a prompt's text is the same whether it is decoded alone or in a left-padded batch.",
+)(_generate)
 
 
 def _echo_sample_header(row: tuple[int, int, str], n_prompts: int, num_samples: int) -> None:
@@ -262,52 +251,32 @@ prepare_command = cli.command(
 )(_prepare)
 
 
-@cli.command("translate")
-@click.option("--run", "run", required=True, help="run directory of an encoder-decoder (arch=seq2seq) run")
-@click.argument("sentences", nargs=-1, required=True)
-@click.option("--beam", default=1, show_default=True, help="beam size (1 = greedy)")
-@click.option("--alpha", default=0.6, show_default=True, help="length penalty exponent ((5 + len) / 6) ** alpha")
-@click.option("--max-len", type=int, default=None, help="most output tokens (default: the model's context - 1)")
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
-)
 @user_errors
-def translate_cmd(
-    run: str, sentences: tuple[str, ...], beam: int, alpha: float, max_len: int | None, device: str
-) -> None:
-    """Translate sentences with a trained encoder-decoder run (unknown words become <unk>)."""
+def _translate(run: str, sentences: tuple[str, ...], **params) -> None:
     from lmlab.infer.load import load_run
     from lmlab.infer.translate import translate
     from lmlab.utils.hardware import resolve_device
 
-    loaded = load_run(run, device=resolve_device(device))
-    for out in translate(loaded, list(sentences), beam=beam, alpha=alpha, max_len=max_len):
+    opts = _settings("translate", params)
+    loaded = load_run(run, device=resolve_device(opts.device))
+    for out in translate(loaded, list(sentences), beam=opts.beam, alpha=opts.alpha, max_len=opts.max_len):
         click.echo(out)
 
 
-@cli.command("serve")
-@click.option("--run", "runs", multiple=True, help="run directory to serve (repeat for several models)")
-@click.option("--compare", nargs=2, default=None, help="RUN_A RUN_B: serve both and add POST /v1/compare")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
-@click.option(
-    "--api-key-env",
-    default="LMLAB_API_KEY",
-    show_default=True,
-    help="env var holding the bearer token (unset: no auth)",
-)
-@click.option("--max-tokens", default=512, show_default=True, help="largest max_tokens a request may ask for")
-@click.option("--max-concurrent", default=64, show_default=True, help="requests in flight before 429")
-@click.option("--max-batch", default=16, show_default=True, help="requests decoded together (1: no batching)")
-@click.option("--max-body-kb", default=1024, show_default=True, help="largest request body")
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
-)
+translate_command = cli.command(
+    "translate",
+    cls=SchemaCommand,
+    sections=("translate",),
+    params=[
+        click.Option(["--run", "run"], required=True, help="run directory of an encoder-decoder (arch=seq2seq) run"),
+        click.Argument(["sentences"], nargs=-1, required=True),
+    ],
+    help="Translate sentences with a trained encoder-decoder run (unknown words become <unk>).",
+)(_translate)
+
+
 @user_errors
-def serve_cmd(
-    runs, compare, host, port, api_key_env, max_tokens, max_concurrent, max_batch, max_body_kb, device
-) -> None:
-    """Serve trained runs over an OpenAI-compatible HTTP API (extra [serve])."""
+def _serve(runs: tuple[str, ...], compare: tuple[str, str] | None, **params) -> None:
     import os
 
     from lmlab.errors import ConfigError
@@ -315,34 +284,57 @@ def serve_cmd(
     from lmlab.infer.server import Limits, serve
     from lmlab.utils.hardware import resolve_device
 
+    opts = _settings("serve", params)
     paths = list(runs) + list(compare or [])
     if not paths:
         raise ConfigError("serve: give --run DIR (or --compare RUN_A RUN_B)")
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     loaded = {}
     for p in paths:
         name = Path(p).name
         loaded[name if name not in loaded else f"{name}-{len(loaded)}"] = load_run(p, device=dev)
     limits = Limits(
-        max_tokens=max_tokens, max_body_bytes=max_body_kb * 1024, max_concurrent=max_concurrent, max_batch=max_batch
+        max_tokens=opts.max_tokens,
+        max_body_bytes=opts.max_body_kb * 1024,
+        max_concurrent=opts.max_concurrent,
+        max_batch=opts.max_batch,
     )
-    serve(loaded, host=host, port=port, limits=limits, api_key=os.environ.get(api_key_env) or None)
+    serve(loaded, host=opts.host, port=opts.port, limits=limits, api_key=os.environ.get(opts.api_key_env) or None)
 
 
-@cli.command("export")
-@click.option("--run", "run", required=True, help="run directory")
-@click.option("--format", "fmt", type=click.Choice(["safetensors", "hf"]), default="hf", show_default=True)
-@click.option("--out", default=None, help="output directory (default RUN/artifacts/export_FORMAT)")
+serve_command = cli.command(
+    "serve",
+    cls=SchemaCommand,
+    sections=("serve",),
+    params=[
+        click.Option(["--run", "runs"], multiple=True, help="run directory to serve (repeat for several models)"),
+        click.Option(["--compare"], nargs=2, default=None, help="RUN_A RUN_B: serve both and add POST /v1/compare"),
+    ],
+    help="Serve trained runs over an OpenAI-compatible HTTP API (extra [serve]).",
+)(_serve)
+
+
 @user_errors
-def export_cmd(run: str, fmt: str, out: str | None) -> None:
-    """Export a run's weights; `hf` is loadable by transformers.AutoModelForCausalLM and parity-checked."""
+def _export(run: str, **params) -> None:
     from lmlab.pipeline.export import export_run
 
-    report = export_run(run, fmt, out)
+    opts = _settings("export", params)
+    report = export_run(run, opts.format, opts.out)
     layout = f", {report['layout']}" if "layout" in report else ""
-    click.echo(f"exported {report['out']} ({fmt}{layout}); logit parity max |diff| {report['max_abs_logit_diff']:.2e}")
+    click.echo(
+        f"exported {report['out']} ({opts.format}{layout}); logit parity max |diff| {report['max_abs_logit_diff']:.2e}"
+    )
     if report.get("layout") == "remote code":
         click.echo("load it with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)")
+
+
+export_command = cli.command(
+    "export",
+    cls=SchemaCommand,
+    sections=("export",),
+    params=[RUN],
+    help="Export a run's weights; `hf` is loadable by transformers.AutoModelForCausalLM and parity-checked.",
+)(_export)
 
 
 @cli.command("import")
@@ -563,4 +555,4 @@ def exp_train() -> None:
 
 def exp_eval() -> None:
     """Entry point of `exp-eval`, an alias of `lmlab eval`."""
-    eval_cmd(prog_name="exp-eval")
+    eval_command(prog_name="exp-eval")

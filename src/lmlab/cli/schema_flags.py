@@ -14,11 +14,15 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
+from lmlab.command_config import COMMAND_SECTIONS
 from lmlab.config import SECTIONS, ModelConfig
 from lmlab.registry import option_sections
 
-# Short flags researchers type most, as (flag, dotted field).
-SHORTCUTS: dict[str, str] = {
+# Every section a command can take flags from: the run config's and the commands' own.
+ALL_SECTIONS = {**SECTIONS, **COMMAND_SECTIONS}
+
+# Short flags researchers type most, as (flag, dotted field or the fields it names in each section).
+SHORTCUTS: dict[str, str | tuple[str, ...]] = {
     "attn": "model.attn",
     "ffn": "model.ffn",
     "norm": "model.norm",
@@ -26,9 +30,10 @@ SHORTCUTS: dict[str, str] = {
     "layers": "model.n_layer",
     "heads": "model.n_head",
     "dim": "model.d_model",
-    "seq-len": "model.max_seq_len",
+    "seq-len": "train.seq_len",
+    "context": "model.max_seq_len",
     "dropout": "model.dropout",
-    "batch": "train.batch_size",
+    "batch": ("train.batch_size", "eval.batch_size", "sample.batch_size"),
     "epochs": "train.epochs",
     "max-steps": "train.max_steps",
     "lr": "train.lr",
@@ -77,11 +82,16 @@ def _help(field: Any) -> str:
 
 def schema_options(sections: tuple[str, ...] = tuple(SECTIONS)) -> list[click.Option]:
     """Click options for every field of the given config sections, plus the shortcuts."""
-    leaves = [((sec, *path), field) for sec in sections for path, field in leaf_fields(SECTIONS[sec])]
+    leaves = [((sec, *path), field) for sec in sections for path, field in leaf_fields(ALL_SECTIONS[sec])]
     counts: dict[str, int] = {}
     for path, _ in leaves:
         counts[".".join(path[1:])] = counts.get(".".join(path[1:]), 0) + 1
-    by_target = {v: k for k, v in SHORTCUTS.items() if v.split(".")[0] in sections}
+    by_target = {
+        target: flag
+        for flag, targets in SHORTCUTS.items()
+        for target in ((targets,) if isinstance(targets, str) else targets)
+        if target.split(".")[0] in sections
+    }
     options = []
     for path, field in leaves:
         dotted = ".".join(path)
