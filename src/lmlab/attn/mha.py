@@ -14,7 +14,14 @@ from lmlab.registry import ATTN
 @ATTN.register(
     "mha",
     tags=("dense", "reference", "gqa"),
-    caps={"remote_code": True, "kv_cache": True, "seq2seq": True, "left_pad": True},
+    caps={
+        "remote_code": True,
+        "hf_layout": "dense",
+        "kv_cache": True,
+        "seq2seq": True,
+        "left_pad": True,
+        "keeps_scores": True,
+    },
     paper="Vaswani et al. 2017, arXiv:1706.03762",
 )
 class MHA(CausalSelfAttention):

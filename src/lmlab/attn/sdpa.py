@@ -12,7 +12,7 @@ from lmlab.registry import ATTN
 @ATTN.register(
     "sdpa",
     tags=("dense", "fused", "gqa"),
-    caps={"remote_code": True, "kv_cache": True, "seq2seq": True, "left_pad": True},
+    caps={"remote_code": True, "hf_layout": "dense", "kv_cache": True, "seq2seq": True, "left_pad": True},
     paper="Vaswani et al. 2017; Dao et al. 2022 (FlashAttention)",
 )
 class SDPA(CausalSelfAttention):

@@ -14,7 +14,14 @@ from lmlab.registry import ATTN
 @ATTN.register(
     "sliding_window",
     tags=("local", "fused", "gqa"),
-    caps={"remote_code": True, "kv_cache": True, "requires": ["window"], "short": "SWA", "left_pad": True},
+    caps={
+        "remote_code": True,
+        "hf_layout": "dense",
+        "kv_cache": True,
+        "requires": ["window"],
+        "short": "SWA",
+        "left_pad": True,
+    },
     paper="Beltagy et al. 2020, arXiv:2004.05150; Jiang et al. 2023 (Mistral)",
     aliases=("swa", "local"),
 )

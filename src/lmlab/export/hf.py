@@ -15,6 +15,7 @@ from lmlab.errors import ConfigError, require
 from lmlab.export.hf_fields import GPT2_ACT, LLAMA_ACT, model_config
 from lmlab.model.build import build_model
 from lmlab.model.transformer import CausalLM
+from lmlab.registry import ATTN, FFN
 from lmlab.runs.checkpoint import load_weights
 
 
@@ -89,13 +90,16 @@ def from_hf(hf_model: Any) -> CausalLM:
 def target_family(cfg: ModelConfig) -> str:
     """The transformers family whose layout computes exactly this config, or a ConfigError saying why none does."""
     windowed = cfg.window is not None and cfg.window < cfg.max_seq_len  # a window as wide as the context is none
-    common = cfg.norm_position == "pre" and cfg.attn in ("mha", "sdpa", "sliding_window") and cfg.embed == "token"
+    # blocks declare the transformers layout they compute (registry caps), so a new block can join a family
+    dense_attn = ATTN.entry(cfg.attn).caps.get("hf_layout") == "dense"
+    ffn_layout = FFN.entry(cfg.ffn).caps.get("hf_layout")
+    common = cfg.norm_position == "pre" and dense_attn and cfg.embed == "token"
     biases = (cfg.qkv_bias, cfg.attn_proj_bias, cfg.ffn_bias)
-    gpt2_blocks = (cfg.pos, cfg.norm, cfg.ffn) == ("learned", "layernorm", "mlp") and all(biases)
+    gpt2_blocks = (cfg.pos, cfg.norm) == ("learned", "layernorm") and ffn_layout == "mlp" and all(biases)
     plain_heads = cfg.head_dim * cfg.n_head == cfg.d_model and cfg.n_kv_head == cfg.n_head
     if common and gpt2_blocks and not windowed and plain_heads and cfg.activation in GPT2_ACT.values():
         return "gpt2"
-    gated = cfg.ffn == "swiglu" or (cfg.ffn in ("gated_mlp", "geglu") and cfg.activation in LLAMA_ACT.values())
+    gated = ffn_layout == "gated" and gate_activation(cfg) in LLAMA_ACT.values()
     if common and (cfg.pos, cfg.norm) == ("rope", "rmsnorm") and gated and cfg.rope.fraction == 1.0:
         if not windowed and cfg.qkv_bias == cfg.attn_proj_bias:
             return "llama"
@@ -111,11 +115,7 @@ def target_family(cfg: ModelConfig) -> str:
 
 def gate_activation(cfg: ModelConfig) -> str:
     """The activation on the gate of a gated FFN, as lmlab's config names it."""
-    if cfg.ffn == "swiglu":
-        return "silu"
-    if cfg.ffn == "geglu":
-        return "gelu_tanh" if cfg.activation == "gelu_tanh" else "gelu"
-    return cfg.activation
+    return FFN.get(cfg.ffn).gate_activation(cfg)
 
 
 def hf_config(cfg: ModelConfig, family: str) -> Any:

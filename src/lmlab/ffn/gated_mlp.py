@@ -14,7 +14,7 @@ from lmlab.registry import FFN
 @FFN.register(
     "gated_mlp",
     tags=("gated",),
-    caps={"remote_code": True, "d_ff_mult": 8 / 3, "short": "Gated{act}"},
+    caps={"remote_code": True, "hf_layout": "gated", "d_ff_mult": 8 / 3, "short": "Gated{act}"},
     paper="Shazeer 2020, arXiv:2002.05202",
 )
 class GatedMLP(nn.Module):
@@ -28,11 +28,12 @@ class GatedMLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.ffn_bias)
         self.down.residual_projection = True
-        self.act = self.gate_activation(cfg)
+        self.act: Callable[[Tensor], Tensor] = activation(self.gate_activation(cfg))
 
-    def gate_activation(self, cfg: ModelConfig) -> Callable[[Tensor], Tensor]:
-        """The nonlinearity on the gate path."""
-        return activation(cfg.activation)
+    @classmethod
+    def gate_activation(cls, cfg: ModelConfig) -> str:
+        """The name of the nonlinearity on the gate path (`model.activation` here)."""
+        return cfg.activation
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, C) -> (B, T, C)."""

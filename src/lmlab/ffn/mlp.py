@@ -10,7 +10,10 @@ from lmlab.registry import FFN
 
 
 @FFN.register(
-    "mlp", tags=("dense",), caps={"remote_code": True, "d_ff_mult": 4.0, "short": "{act}"}, paper="Vaswani et al. 2017"
+    "mlp",
+    tags=("dense",),
+    caps={"remote_code": True, "hf_layout": "mlp", "d_ff_mult": 4.0, "short": "{act}"},
+    paper="Vaswani et al. 2017",
 )
 class MLP(nn.Module):
     """proj(act(fc(x))), hidden width d_ff (4 d_model by default)."""

@@ -6,6 +6,7 @@ from collections import Counter
 
 import torch
 
+from lmlab.attn.base import CausalSelfAttention
 from lmlab.config import ModelConfig
 from lmlab.model.build import build_model
 from lmlab.model.flops import flops_breakdown
@@ -59,7 +60,7 @@ def activation_bytes(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_per_v
     them; the fp32 logits are added. Dropout masks are counted as in the paper.
     """
     s, b, h, a = seq_len, batch, cfg.d_model, cfg.n_head
-    keeps_scores = "reference" in ATTN.entry(cfg.attn).tags
+    keeps_scores = bool(ATTN.entry(cfg.attn).caps.get("keeps_scores"))
     per_layer = s * b * h * 34 + (5 * a * s * s * b if keeps_scores else 0)
     per_layer = per_layer * bytes_per_value // 2  # the paper's figure is for 16-bit activations
     return cfg.n_layer * per_layer + 4 * s * b * cfg.vocab_size
@@ -99,7 +100,7 @@ def cost_card(cfg: ModelConfig, seq_len: int) -> str:
     lines.append(f"  {'total fwd':<14}{total_f:>14,}")
     lines.append(f"  {'train (3x)':<14}{3 * total_f:>14,}")
     kv = kv_cache_bytes_per_token(cfg)
-    mha = ATTN.get("sdpa").kv_bytes_per_token(cfg.model_copy(update={"n_kv_head": cfg.n_head}))
+    mha = CausalSelfAttention.kv_bytes_per_token(cfg.model_copy(update={"n_kv_head": cfg.n_head}))
     lines += [
         "",
         f"  KV cache      {kv:>14,} bytes/token (bf16)   {100 * kv / mha:.1f}% of MHA with the same d_model and heads "
