@@ -185,10 +185,16 @@ def latest_valid(root: str | Path, files: tuple[str, ...] = FILES) -> Path | Non
     return None
 
 
-def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict]:
-    """Verified weights and trainer state of a checkpoint (state read with weights_only=True)."""
+def read_checkpoint(
+    path: str | Path, *, map_location: str | torch.device = "cpu", verified: bool = False
+) -> tuple[dict[str, Tensor], dict]:
+    """Verified weights and trainer state of a checkpoint (state read with weights_only=True).
+
+    `verified=True` skips the hash check for a path `latest_valid` has just verified.
+    """
     path = Path(path)
-    verify_checkpoint(path)
+    if not verified:
+        verify_checkpoint(path)
     try:
         weights = read_weights(path / "model.safetensors")
         state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)

@@ -332,7 +332,7 @@ class MiniTrainer:
             if dist.is_main():
                 ckpt.clean_partial(self.ckpt_dir)
             dist.barrier()
-            path = ckpt.latest_valid(self.ckpt_dir)
+            path, verified = ckpt.latest_valid(self.ckpt_dir), True
             if path is None:
                 if ckpt.list_checkpoints(self.ckpt_dir):
                     raise CheckpointError(f"resume: no valid checkpoint in {self.ckpt_dir}; all are damaged")
@@ -340,8 +340,8 @@ class MiniTrainer:
                     print(f"resume: no checkpoint in {self.ckpt_dir} yet; starting at step 0", file=sys.stderr)
                 return
         else:
-            path = Path(self.resume)
-        weights, state = ckpt.read_checkpoint(path, map_location="cpu")
+            path, verified = Path(self.resume), False
+        weights, state = ckpt.read_checkpoint(path, map_location="cpu", verified=verified)
         self.load_state_dict(state, weights, path)
         self.resumed_from = path
         self.last_val = ckpt.read_meta(path).get("val_loss")  # read_checkpoint verified the files
