@@ -54,3 +54,27 @@ def test_replay_refuses_a_changed_corpus_or_a_partial_run(trained, corpus_file, 
         replay(trained.path)
     with pytest.raises(CheckpointError, match="does not exist"):
         replay(tmp_path / "nope")
+
+
+def test_a_resumed_run_keeps_a_true_record_and_replays_across_its_resumes(tmp_path, corpus_file):
+    """Train 4 steps, resume to 8, then to 10 with a new lr: config, history, wall, message and replay all follow."""
+    base = small_train_args(corpus_file, layers=1, batch=4, save_dir=tmp_path / "runs")
+    base += ["--train.log_interval", "1", "--train.eval_interval", "2", "--train.eval_iters", "1", "--dropout", "0.1"]
+    assert CliRunner().invoke(cli, ["train", *base, "--max-steps", "4"]).exit_code == 0
+    run = RunDir.latest(tmp_path / "runs")
+    resume = ["--train.resume", str(run.path)]
+    second = CliRunner().invoke(cli, ["train", *base, *resume, "--max-steps", "8"])
+    assert second.exit_code == 0, second.output
+    assert f"resuming {run.path} at step 4 from {run.checkpoints / 'step_00000004'}" in second.output
+    third = CliRunner().invoke(cli, ["train", *base, "--train.resume", "auto", "--max-steps", "10", "--lr", "5e-4"])
+    assert third.exit_code == 0, third.output
+    cfg = run.config()
+    assert cfg.train.max_steps == 10 and cfg.train.lr == 5e-4  # the config training ended with
+    history = run.resumes()
+    assert [(r["step"], r["changed"]["train.max_steps"]) for r in history] == [(4, [4, 8]), (8, [8, 10])]
+    assert history[1]["changed"]["train.lr"] == [1e-3, 5e-4] and "train.lr" not in history[0]["changed"]
+    walls = [r["wall"] for r in read_metrics(run.logs / "metrics.jsonl") if r["split"] == "train"]
+    assert len(walls) == 10 and walls == sorted(walls)  # cumulative across the two resumes, never back to 0
+    out = replay(run.path, steps=10)
+    assert out["ok"], out["message"]
+    assert [r["step"] for r in out["rows"]] == list(range(1, 11))

@@ -151,13 +151,16 @@ def _generate(run: str, prompts: tuple[str, ...], prompts_file: str | None, **pa
     texts = texts or ["\n"]
     dev = resolve_device(opts.device)
     loaded = load_run(run, device=dev)
+    if loaded.src_tokenizer is not None:
+        _translate_prompts(loaded, texts, opts.max_new_tokens)
+        return
     options = {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "min_p": opts.min_p}
     options |= {"repetition_penalty": opts.repetition_penalty, "use_cache": opts.cache}
     rows = [(p, i, text) for p, text in enumerate(texts) for i in range(opts.num_samples)]  # (prompt, sample, text)
     size = 1 if opts.stream else opts.batch_size
     for start in range(0, len(rows), size):
         chunk = rows[start : start + size]
-        ids, pad = left_pad([loaded.tokenizer.encode(text) for *_, text in chunk], device=dev)
+        ids, pad = left_pad([_prompt_ids(loaded.tokenizer, text) for *_, text in chunk], device=dev)
         streams = [TextStream(loaded.tokenizer, []) for _ in chunk]
         pieces = [""] * len(chunk)
         if opts.stream:
@@ -192,6 +195,34 @@ generate_command = cli.command(
     help="Sample continuations of one or more prompts from a trained run. Sample i of every prompt uses "
     "seed + i, so a prompt's text is the same whether it is decoded alone or in a left-padded batch.",
 )(_generate)
+
+
+def _translate_prompts(loaded, texts: list[str], max_new_tokens: int) -> None:
+    """`generate` on an encoder-decoder run: each prompt's greedy translation, one per line."""
+    from lmlab.infer.translate import translate
+
+    click.echo(
+        "an encoder-decoder run: each prompt is translated greedily (`lmlab translate` has beam search)", err=True
+    )
+    for out in translate(loaded, [t.strip() for t in texts], max_len=max_new_tokens or None):
+        click.echo(out)
+
+
+def _prompt_ids(tokenizer, text: str) -> list[int]:
+    """A prompt's ids; one that encodes to nothing starts from the tokenizer's BOS (else end-of-text) id."""
+    from lmlab.errors import ConfigError
+
+    ids = tokenizer.encode(text)
+    if ids:
+        return ids
+    start = next(
+        (i for i in (getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)) if i is not None), None
+    )
+    if start is None:
+        raise ConfigError(
+            f"generate: the prompt {text!r} encodes to no tokens and the tokenizer has no start id; give text"
+        )
+    return [start]
 
 
 def _echo_sample_header(row: tuple[int, int, str], n_prompts: int, num_samples: int) -> None:

@@ -78,7 +78,14 @@ class CompletionService:
         return self.served[name]
 
     def encode(self, s: Served, prompt: str, max_tokens: int) -> list[int]:
-        """Prompt ids, after checking `max_tokens` and the context against the limits."""
+        """Prompt ids, after checking the model kind, `max_tokens` and the context against the limits."""
+        if getattr(s.loaded, "src_tokenizer", None) is not None:
+            raise APIError(
+                400,
+                f"model '{s.name}' is an encoder-decoder (model.arch=seq2seq) run, which translates rather than "
+                "continues text; use `lmlab translate --run RUN`",
+                param="model",
+            )
         if max_tokens > self.limits.max_tokens:
             limit = self.limits.max_tokens
             raise APIError(400, f"max_tokens: {max_tokens} exceeds the limit of {limit}", param="max_tokens")

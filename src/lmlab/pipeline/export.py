@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import lmlab.export as export_package
-from lmlab.errors import CheckpointError
+from lmlab.errors import CheckpointError, ConfigError
 from lmlab.infer.load import load_run
 from lmlab.registry import BLOCK_REGISTRIES
 from lmlab.runs.checkpoint import read_weights, write_model, write_weights
@@ -47,9 +47,16 @@ json.dump({"encoded": encoded, "decoded": decoded, "pipeline": text}, open(sys.a
 PROBE_ROWS = 3
 
 
-def _probe(vocab: int, context: int, rows: int = PROBE_ROWS) -> torch.Tensor:
+def _probe(vocab: int, context: int, rows: int = PROBE_ROWS, seed: int = 0) -> torch.Tensor:
     """Random ids over the whole context: every window edge and position-scheme boundary is inside it."""
-    return torch.randint(0, vocab, (rows, context), generator=torch.Generator().manual_seed(0))
+    return torch.randint(0, vocab, (rows, context), generator=torch.Generator().manual_seed(seed))
+
+
+def _probe_inputs(cfg) -> tuple[torch.Tensor, ...]:
+    """The model's inputs over its full context: ids, or for an encoder-decoder source and target ids."""
+    if cfg.arch == "seq2seq":
+        return _probe(cfg.src_vocab_size, cfg.max_seq_len), _probe(cfg.vocab_size, cfg.max_seq_len, seed=1)
+    return (_probe(cfg.vocab_size, cfg.max_seq_len),)
 
 
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: float = 1e-4) -> dict:
@@ -62,26 +69,33 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
         raise CheckpointError(f"export --format: '{fmt}'; allowed: safetensors, hf")
     loaded = load_run(run)
     model, cfg = loaded.model.float().eval(), loaded.config.model
+    if fmt == "hf" and cfg.arch == "seq2seq":
+        raise ConfigError(
+            "export --format hf: an encoder-decoder (model.arch=seq2seq) run has no transformers causal-LM "
+            "layout; allowed: --format safetensors"
+        )
     out = Path(out) if out else loaded.run.export_dir(fmt)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    ids = _probe(cfg.vocab_size, cfg.max_seq_len)
+    inputs = _probe_inputs(cfg)
     with torch.no_grad():
-        ours = model(ids).logits.float().numpy()
-    report = {"format": fmt, "out": str(out), "probe_shape": list(ids.shape), "atol": atol}
+        ours = model(*inputs).logits.float().numpy()
+    report = {"format": fmt, "out": str(out), "probe_shape": list(inputs[-1].shape), "atol": atol}
     if fmt == "safetensors":
         write_model(tmp, model.state_dict(), cfg.model_dump(mode="json"))
         shutil.copy(loaded.run.tokenizer, tmp / "tokenizer.json")
+        if loaded.src_tokenizer is not None:
+            shutil.copy(loaded.run.src_tokenizer, tmp / "src_tokenizer.json")
         from lmlab.model.build import build_model
         from lmlab.runs.checkpoint import load_weights
 
         again = build_model(cfg).eval()
         load_weights(again, read_weights(tmp / "model.safetensors"), tmp)
         with torch.no_grad():
-            theirs = again(ids).logits.float().numpy()
+            theirs = again(*inputs).logits.float().numpy()
     else:
-        theirs, report["layout"] = _export_hf(loaded, model, ids, tmp)
+        theirs, report["layout"] = _export_hf(loaded, model, inputs[0], tmp)
     diff = float(np.abs(theirs - ours).max())
     report["max_abs_logit_diff"] = diff
     if not diff <= atol:
@@ -94,7 +108,6 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
 
 def _export_hf(loaded, model, ids: torch.Tensor, tmp: Path) -> tuple[np.ndarray, str]:
     """Write the transformers directory; its logits on `ids`, computed in a process without lmlab, and its layout."""
-    from lmlab.errors import ConfigError
     from lmlab.export.hf import target_family, to_hf
     from lmlab.export.hf_tokenizer import save_hf_tokenizer, tokenizer_probe
 
@@ -149,8 +162,6 @@ def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None 
                 f"export --format hf: model.{field}='{getattr(cfg, field)}' has neither a transformers family nor "
                 f"a remote-code implementation (allowed: {', '.join(allowed)}); use --format safetensors"
             )
-    if cfg.arch != "decoder":
-        raise CheckpointError("export --format hf: only decoder models; use --format safetensors for seq2seq")
     shutil.copy(Path(export_package.__file__).with_name("modeling_lmlab.py"), out / "modeling_lmlab.py")
     config = {
         "model_type": "lmlab",
@@ -173,30 +184,48 @@ def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None 
 def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "imported") -> Path:
     """A run directory holding a local transformers GPT-2, Llama, Mistral or Qwen2 checkpoint and its tokenizer.
 
+    An lmlab `hf` export imports exactly: its remote-code layout is read as lmlab weights, and the run
+    tokenizer it carries (`lmlab_tokenizer.json`) is used instead of its transformers rendering.
     Fine-tune it with `lmlab train --train.init_from RUN --data ...`; generate, eval and serve read it as is.
     """
     from lmlab.config import RunConfig
-    from lmlab.data.tokenizers.base import build_tokenizer, save_tokenizer
-    from lmlab.errors import require
-    from lmlab.export.hf import from_hf
+    from lmlab.data.tokenizers.base import build_tokenizer, load_tokenizer, save_tokenizer
     from lmlab.model.cost import param_counts
     from lmlab.runs.run_dir import RunDir
 
-    transformers = require("transformers", "hf")
     directory = Path(directory).expanduser()
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"import: {directory} is not a transformers checkpoint (missing config.json)")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).eval()
-    model = from_hf(hf_model).float()
-    tokenizer = build_tokenizer(f"hf:{directory}", "")
+    model, family = _imported_model(directory)
+    own = directory / "lmlab_tokenizer.json"
+    tokenizer = load_tokenizer(own) if own.is_file() else build_tokenizer(f"hf:{directory}", "")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"import: the tokenizer in {directory} has {tokenizer.vocab_size} ids but the model {model.config.vocab_size}"
         )
-    cfg = RunConfig.model_validate({"model": model.config.model_dump(), "data": {"tokenizer": f"hf:{directory}"}})
+    spec = tokenizer.name if own.is_file() else f"hf:{directory}"
+    cfg = RunConfig.model_validate({"model": model.config.model_dump(), "data": {"tokenizer": spec}})
     run = RunDir.create(save_dir, tag)
     save_tokenizer(tokenizer, run.tokenizer)
     run.write_final(model.state_dict(), cfg.model.model_dump(mode="json"))
-    source = {"imported_from": str(directory), "family": hf_model.config.model_type}
+    source = {"imported_from": str(directory), "family": family}
     run.write_meta(cfg, {"data.json": source, "params.json": param_counts(cfg.model)})
     return run.path
+
+
+def _imported_model(directory: Path) -> tuple[torch.nn.Module, str]:
+    """The lmlab model a transformers directory holds, and its family (`lmlab` for a remote-code export)."""
+    from lmlab.config import ModelConfig
+    from lmlab.errors import require
+    from lmlab.export.hf import from_hf
+    from lmlab.model.build import build_model
+    from lmlab.runs.checkpoint import load_weights
+
+    config = json.loads((directory / "config.json").read_text())
+    if config.get("model_type") == "lmlab":  # lmlab's own names and weights; no code from the directory runs
+        model = build_model(ModelConfig.model_validate(config["lmlab"])).eval()
+        load_weights(model, read_weights(directory / "model.safetensors"), directory)
+        return model, "lmlab"
+    transformers = require("transformers", "hf")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).eval()
+    return from_hf(hf_model).float(), hf_model.config.model_type

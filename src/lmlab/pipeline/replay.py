@@ -1,4 +1,9 @@
-"""Replay: re-run a run from its recorded config and data fingerprint and check its first losses match."""
+"""Replay: re-run a run from its recorded config and data fingerprint and check its first losses match.
+
+A resumed run is replayed segment by segment: each resume in `meta/resumes.jsonl` ends a segment
+at the step it resumed from, and the next segment resumes the replay there with the config that
+resume changed to, so the replay follows the same schedule, data order and settings as the run.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ from lmlab.errors import CheckpointError, DataError
 from lmlab.runs.run_dir import RunDir
 from lmlab.track.jsonl import read_metrics
 from lmlab.trainer.callbacks import Callback
+
+# How and where the shards were built, not what they hold: a replay that reuses them differs only here.
+BUILD_FIELDS = {"cache", "reused", "build_seconds", "mb_per_s", "workers", "processes"}
 
 
 class _StopAt(Callback):
@@ -56,23 +64,22 @@ def replay(
     }
     if not recorded:
         raise CheckpointError(f"replay: {src.path / 'logs/metrics.jsonl'} has no training loss up to step {steps}")
-    stopper = _StopAt(max(recorded))
+    losses: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="lmlab-replay-") as tmp:
-        train = {
-            "save_dir": str(save_dir or tmp),
-            "run_tag": "replay",
-            "resume": None,
-            "sample_tokens": 0,
-            "progress": False,
-        }
-        again = cfg.model_validate(cfg.model_dump() | {"train": cfg.train.model_dump() | train})
-        result = train_fn(again, callbacks=[stopper], quiet=True)
+        result = None
+        for seg_cfg, end in _segments(cfg, src.resumes(), max(recorded)):
+            train = {"save_dir": str(save_dir or tmp), "run_tag": "replay", "sample_tokens": 0, "progress": False}
+            train["resume"] = str(result.run.path) if result else None
+            again = cfg.model_validate(seg_cfg.model_dump() | {"train": seg_cfg.train.model_dump() | train})
+            stopper = _StopAt(end)
+            result = train_fn(again, callbacks=[stopper], quiet=True)
+            losses |= stopper.losses
         replay_data = json.loads((result.run.meta / "data.json").read_text())
         replay_path = str(result.run.path) if save_dir else None
-    changed = sorted(k for k in recorded_data if replay_data.get(k) != recorded_data[k])
+    changed = sorted(k for k in recorded_data.keys() - BUILD_FIELDS if replay_data.get(k) != recorded_data[k])
     rows = []
     for step, loss in sorted(recorded.items()):
-        again_loss = stopper.losses.get(step, math.nan)
+        again_loss = losses.get(step, math.nan)
         rows.append({"step": step, "recorded": loss, "replayed": again_loss, "diff": again_loss - loss})
     bad = [r for r in rows if not math.isclose(r["replayed"], r["recorded"], rel_tol=rtol, abs_tol=0.0)]
     worst = max(abs(r["diff"]) for r in rows)
@@ -83,3 +90,27 @@ def replay(
     else:
         message = f"replay OK: {len(rows)} losses up to step {rows[-1]['step']} match (max |diff| {worst:.2e})"
     return {"ok": not changed and not bad, "message": message, "rows": rows, "run": replay_path}
+
+
+def _segments(final, resumes: list[dict], last: int) -> list[tuple[Any, int]]:
+    """(config, last step) of each stretch of training up to `last`: the config before each resume is
+    the one after it with the fields that resume changed set back."""
+    configs = [final]
+    for record in reversed(resumes):
+        data = configs[0].model_dump(mode="json")
+        for dotted, (before, _after) in record["changed"].items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = before
+        configs.insert(0, final.model_validate(data))
+    ends = [r["step"] for r in resumes] + [last]
+    out = []
+    for cfg, end in zip(configs, ends, strict=True):
+        end = min(end, last)
+        if end > (out[-1][1] if out else 0):
+            out.append((cfg, end))
+        if end >= last:
+            break
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import sys
@@ -166,7 +167,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     tc = cfg.train
     dist.init_distributed()
     seed_everything(tc.seed)  # identical on every rank: FSDP shards each rank's own initialisation
-    task, run, resume = _open_run(cfg)
+    task, run, resume, saved = _open_run(cfg)
     cfg, model_cfg = task.cfg, task.cfg.model
     model = build_model(model_cfg)
     if tc.init_from and resume is None:  # fine-tuning: the config above is already the source's
@@ -183,7 +184,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         train_loader=train_loader,
         val_loader=val_loader,
         scheduler=_scheduler(tc, optimizer, len(train_loader)),
-        callbacks=[*_callbacks(cfg, run, quiet), *callbacks],
+        callbacks=[*_callbacks(cfg, run, quiet), *([ResumeRecord(run, saved, cfg)] if saved else []), *callbacks],
         ckpt_dir=run.checkpoints,
         resume=resume,
     )
@@ -195,8 +196,9 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     return _finish(task, run, trainer, trainer.train())
 
 
-def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None]:
-    """The task, the run directory (new, resumed or fine-tuned from another) and what to resume from."""
+def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | None]:
+    """The task, the run directory (new, resumed or fine-tuned from another), what to resume from, and the
+    config the run had before (a resume)."""
     tc = cfg.train
     run = _resume_target(cfg)
     if run is None and tc.init_from:
@@ -210,14 +212,49 @@ def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None]:
     task = _seq2seq_task(cfg, run) if cfg.model.arch == "seq2seq" else _lm_task(cfg, run)
     if run is not None:
         check_same_architecture(saved, task.cfg, run.path)
-        return task, run, tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
+        resume = tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
+        return task, run, resume, saved
     run = RunDir.create(tc.save_dir, tc.run_tag) if dist.is_main() else None
     run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
     if dist.is_main():
         task.save_tokenizers(run)
         meta = {"data.json": task.meta, "params.json": param_counts(task.cfg.model)}
         run.write_meta(task.cfg, meta)  # last: marks the run complete
-    return task, run, None
+    return task, run, None, None
+
+
+def config_changes(before: RunConfig, after: RunConfig) -> dict[str, list]:
+    """{dotted field: [before, after]} for every field whose value differs."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    a, b = flat(before.model_dump(mode="json")), flat(after.model_dump(mode="json"))
+    return {k: [a.get(k), b.get(k)] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+class ResumeRecord(Callback):
+    """On a resume: say where training continues, append it to meta/resumes.jsonl, rewrite full_config.json."""
+
+    def __init__(self, run: RunDir, saved: RunConfig, cfg: RunConfig) -> None:
+        self.run, self.saved, self.cfg = run, saved, cfg
+
+    def on_train_start(self, trainer) -> None:
+        """Runs after the trainer has loaded its checkpoint, so the step is known."""
+        if not dist.is_main():
+            return
+        if trainer.resumed_from is not None:
+            print(f"resuming {self.run.path} at step {trainer.step} from {trainer.resumed_from}", file=sys.stderr)
+        record = {
+            "step": trainer.step,
+            "checkpoint": str(trainer.resumed_from) if trainer.resumed_from else None,
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "changed": config_changes(self.saved, self.cfg),
+        }
+        self.run.record_resume(self.cfg, record)
 
 
 def _scheduler(tc, optimizer, loader_len: int):

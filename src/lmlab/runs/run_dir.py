@@ -57,6 +57,29 @@ class RunDir:
     def config_path(self) -> Path:
         return self.meta / "full_config.json"
 
+    @property
+    def resumes_path(self) -> Path:
+        """One JSON line per resume: step, checkpoint, time and the config fields it changed."""
+        return self.meta / "resumes.jsonl"
+
+    def resumes(self) -> list[dict]:
+        """The run's resume history, oldest first (empty for a run trained in one go)."""
+        if not self.resumes_path.is_file():
+            return []
+        return [json.loads(line) for line in self.resumes_path.read_text().splitlines() if line.strip()]
+
+    def record_resume(self, cfg: RunConfig, record: dict) -> None:
+        """Append a resume to the history and make `full_config.json` the config training continues with."""
+        with self.resumes_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.write_config(cfg)
+
+    def write_config(self, cfg: RunConfig) -> None:
+        """Write `full_config.json` atomically (its presence marks the run directory as complete)."""
+        tmp = self.config_path.with_suffix(".tmp")
+        cfg.save(tmp)
+        tmp.replace(self.config_path)
+
     def export_dir(self, fmt: str) -> Path:
         """Where `lmlab export --format FMT` writes by default."""
         return self.path / "artifacts" / f"export_{fmt}"
@@ -134,10 +157,7 @@ class RunDir:
             notes.write_text(f"# {self.path.name}\n\n")
         for name, data in (extra or {}).items():
             (self.meta / name).write_text(json.dumps(data, indent=2))
-        # The config goes last and atomically: its presence marks the run directory as complete.
-        tmp = self.config_path.with_suffix(".tmp")
-        cfg.save(tmp)
-        tmp.replace(self.config_path)
+        self.write_config(cfg)  # last: its presence marks the run directory as complete
 
     @staticmethod
     def latest(root: str | Path, tag: str | None = None) -> RunDir | None:

@@ -172,6 +172,7 @@ class MiniTrainer:
         self.step = self.start_step = self.epoch = 0
         self.tokens_seen = self.skipped_steps = 0
         self.flops_seen = 0.0
+        self.wall_before, self._t_start = 0.0, None  # training seconds of earlier processes (resumes) and now
         self.best_val = math.inf
         self.best_ckpt: Path | None = None
         self.last_val: float | None = None
@@ -257,6 +258,7 @@ class MiniTrainer:
             "tokens_seen": self.tokens_seen,
             "flops_seen": self.flops_seen,
             "skipped_steps": self.skipped_steps,
+            "wall": self.wall(),
             "best_val": self.best_val,
             "best_ckpt": str(self.best_ckpt or ""),
             "optimizer": self._optimizer_state(),
@@ -296,6 +298,7 @@ class MiniTrainer:
         self.step = self.start_step = int(state["step"])
         self.epoch, self.tokens_seen = int(state["epoch"]), int(state["tokens_seen"])
         self.flops_seen, self.skipped_steps = float(state["flops_seen"]), int(state["skipped_steps"])
+        self.wall_before = float(state.get("wall", 0.0))  # checkpoints before the field existed: 0
         self.best_val = float(state["best_val"])
         self.best_ckpt = Path(state["best_ckpt"]) if state["best_ckpt"] else None
         self.scaler.load_state_dict(state["scaler"])
@@ -306,6 +309,10 @@ class MiniTrainer:
             if name in state and hasattr(loader, "load_state_dict"):
                 loader.load_state_dict(state[name])
         set_rng_state(state["rng_ranks"][dist.get_rank()])
+
+    def wall(self) -> float:
+        """Seconds of training so far, over every process that trained this run (resumes add up)."""
+        return self.wall_before + (0.0 if self._t_start is None else time.perf_counter() - self._t_start)
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of this step (rank 0 writes) and prune old ones, keeping the best."""
@@ -519,7 +526,7 @@ class MiniTrainer:
             "step": self.step,
             "tokens": self.tokens_seen,
             "flops": self.flops_seen,
-            "wall": time.perf_counter() - self._t_start,
+            "wall": self.wall(),
             "loss": step.loss,
             "lr": lr,
             "grad_norm": step.grad_norm,
