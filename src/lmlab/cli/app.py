@@ -418,9 +418,10 @@ def list_cmd(kind: str | None) -> None:
     show_default=True,
     help="alignment axis for --diff",
 )
+@click.option("--force", is_flag=True, help="--diff runs validated on different data anyway")
 @user_errors
 def compare_cmd(
-    runs: tuple[str, ...], latest: int | None, root: str, out: str | None, diff_mode: bool, axis: str
+    runs: tuple[str, ...], latest: int | None, root: str, out: str | None, diff_mode: bool, axis: str, force: bool
 ) -> None:
     """Rank runs by validation loss; plot loss vs step, tokens, FLOPs and wall-clock; --diff A B."""
     from rich.console import Console
@@ -431,16 +432,21 @@ def compare_cmd(
     paths = list(runs) + ([str(p) for p in compare.find_runs(root, latest)] if latest else [])
     summaries = compare.compare(paths)
     console = Console(width=200)
+    for note in compare.notes(summaries):
+        console.print(f"note: {note}")
+    unit = summaries[0].unit
     if diff_mode:
         if len(summaries) != 2:
             raise LmlabError(f"compare --diff: needs exactly 2 runs, got {len(summaries)}")
-        a, b = (compare.load_summary(p) for p in paths[:2])
-        d = compare.diff(a, b, axis)
+        by_path = {str(s.path): s for s in summaries}
+        a, b = (by_path[str(Path(p))] for p in paths[:2])
+        d = compare.diff(a, b, axis, force=force)
         table = Table("field", a.name, b.name, title="config differences")
         for k, (va, vb) in d["config"].items():
             table.add_row(k, repr(va), repr(vb))
         console.print(table)
-        table = Table(axis, f"val {a.name}", f"val {b.name}", "b - a", title=f"val loss aligned on {axis}")
+        title = f"{compare.loss_label(unit)} aligned on {axis}"
+        table = Table(axis, f"val {a.name}", f"val {b.name}", "b - a", title=title)
         for r in d["aligned"]:
             table.add_row(
                 f"{r[axis]:,.0f}",
@@ -451,7 +457,8 @@ def compare_cmd(
         console.print(table)
         return
     rows = compare.table_rows(summaries)
-    table = Table(*rows[0], title="runs ranked by best validation loss")
+    what = "loss" if unit == "token" else f"bits per {unit}"
+    table = Table(*rows[0], title=f"runs ranked by best validation {what}")
     for r in rows[1:]:
         table.add_row(*r)
     console.print(table)

@@ -87,7 +87,8 @@ def _build(
         raise DataError(f"data: corpus '{corpus.name}' tokenises to {n} tokens; it needs at least 2")
     n_val = max(1, int(n * val_fraction))
     tokens = ShardedTokens([tmp / f"shard_{i:05d}.bin" for i in range(len(pieces))], stats["counts"], store)
-    val_chars = len(tokenizer.decode(tokens[n - n_val :].tolist()))
+    val_text = tokenizer.decode(tokens[n - n_val :].tolist())
+    val_chars, val_bytes = len(val_text), len(val_text.encode("utf-8", "surrogatepass"))
     n_bytes = len(corpus.text.encode("utf-8", "surrogatepass"))
     manifest = {
         "format": 2,
@@ -106,6 +107,7 @@ def _build(
         "n_chars": len(corpus.text),
         "n_bytes": n_bytes,
         "val_chars": val_chars,
+        "val_bytes": val_bytes,
         "shards": [{"file": f"shard_{i:05d}.bin", "tokens": c} for i, c in enumerate(stats["counts"])],
         "workers": workers,
         "processes": stats["processes"],

@@ -1,9 +1,16 @@
-"""Compare runs: a summary table, a ranking, curves aligned on step, tokens, FLOPs and wall-clock, and diffs."""
+"""Compare runs: a summary table, a ranking, curves aligned on step, tokens, FLOPs and wall-clock, and diffs.
+
+Losses per token mean different things under different tokenizers, so runs whose tokenizers
+differ are compared on bits per byte of validation text (bits per character for runs recorded
+before byte counts were kept). Runs validated on different corpora are marked, and diffing two
+of them needs `force`.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +39,25 @@ class RunSummary:
     wall: float | None
     val: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # meta/data.json: tokenizer and validation-data fingerprint
+    unit: str = "token"  # what the losses above are per: token (nats), or byte / char (bits)
+
+    @property
+    def val_data(self) -> str:
+        """A short fingerprint of the corpus the run was validated on."""
+        return str(self.data.get("corpus_sha256", "?"))[:8]
+
+    def bits_factor(self, unit: str) -> float | None:
+        """What turns nats per token into bits per `unit` (byte or char) of validation text; None if unknown."""
+        count = self.data.get({"byte": "val_bytes", "char": "val_chars"}[unit])
+        return self.data["n_val"] / count / math.log(2) if count and self.data.get("n_val") else None
+
+    def rescale(self, unit: str) -> None:
+        """Express every loss per `unit` (bits) instead of per token (nats)."""
+        f = self.bits_factor(unit)
+        self.best_val, self.final_val = (v if v is None else v * f for v in (self.best_val, self.final_val))
+        self.val = [r | {"val_loss": r["val_loss"] * f} for r in self.val]
+        self.unit = unit
 
     def curve(self, axis: str) -> tuple[list[float], list[float]]:
         """Validation loss against `axis` (step, tokens, flops or wall)."""
@@ -59,9 +85,10 @@ def load_summary(path: str | Path) -> RunSummary:
     from lmlab.model.flops import flops_per_token
 
     params = None
-    params_file = run.meta / "params.json"
+    params_file, data_file = run.meta / "params.json", run.meta / "data.json"
     if params_file.is_file():
         params = json.loads(params_file.read_text()).get("total")
+    data = json.loads(data_file.read_text()) if data_file.is_file() else {}
     return RunSummary(
         path=run.path,
         name=run.path.name,
@@ -76,26 +103,65 @@ def load_summary(path: str | Path) -> RunSummary:
         wall=train[-1].get("wall") if train else None,
         val=val,
         config=cfg.model_dump(mode="json"),
+        data=data,
     )
 
 
 def find_runs(root: str | Path, latest: int) -> list[Path]:
     """The `latest` most recent run directories under `root`."""
     root = Path(root)
-    runs = (
-        sorted((m.group(1), int(m.group(2)), p) for p in root.iterdir() if p.is_dir() and (m := RUN_RE.match(p.name)))
-        if root.is_dir()
-        else []
+    if not root.is_dir():
+        raise CheckpointError(f"compare: --root {root} does not exist (--latest looks for runs there)")
+    runs = sorted(
+        (m.group(1), int(m.group(2)), p) for p in root.iterdir() if p.is_dir() and (m := RUN_RE.match(p.name))
     )
+    if not runs:
+        raise CheckpointError(f"compare: --root {root} holds no run directories")
     return [p for *_, p in runs[-latest:]]
 
 
+def common_unit(summaries: list[RunSummary]) -> str:
+    """`token` when every run has the same tokenizer, else the finest text unit all of them can be measured in."""
+    if len({s.data.get("tokenizer") for s in summaries}) <= 1:
+        return "token"
+    for unit in ("byte", "char"):
+        if all(s.bits_factor(unit) for s in summaries):
+            return unit
+    missing = [s.name for s in summaries if not s.bits_factor("char")]
+    raise CheckpointError(
+        f"compare: the runs use different tokenizers, and {', '.join(missing)} recorded no validation character "
+        "count to compare them per character; compare runs with one tokenizer"
+    )
+
+
 def compare(paths: list[str | Path]) -> list[RunSummary]:
-    """Summaries ranked by best validation loss (runs without one last)."""
+    """Summaries in one comparable unit (see `common_unit`), ranked by best validation loss (runs without one last)."""
     if not paths:
         raise CheckpointError("compare: no runs given; pass run directories or --latest N")
     summaries = [load_summary(p) for p in paths]
+    unit = common_unit(summaries)
+    if unit != "token":
+        for s in summaries:
+            s.rescale(unit)
     return sorted(summaries, key=lambda s: (s.best_val is None, s.best_val or 0.0))
+
+
+def loss_label(unit: str) -> str:
+    """How a loss in `unit` is named in tables and plots."""
+    return "validation loss (nats/token)" if unit == "token" else f"validation bits per {unit}"
+
+
+def notes(summaries: list[RunSummary]) -> list[str]:
+    """What a reader must know before comparing these numbers."""
+    out = []
+    if summaries and summaries[0].unit != "token":
+        out.append(
+            f"the runs use different tokenizers, so losses are bits per {summaries[0].unit} of validation text "
+            "(a loss per token is not comparable across tokenizers)"
+        )
+    if len({s.val_data for s in summaries}) > 1:
+        out.append("the runs were validated on different data (column 'val data'): their losses are not comparable")
+    return out
 
 
 def _fmt(v, spec: str) -> str:
@@ -119,6 +185,9 @@ def table_rows(summaries: list[RunSummary]) -> list[list[str]]:
             "wall s",
         ]
     ]
+    mixed_data = len({s.val_data for s in summaries}) > 1
+    if mixed_data:
+        rows[0].append("val data")
     for i, s in enumerate(summaries, 1):
         rows.append(
             [
@@ -134,6 +203,7 @@ def table_rows(summaries: list[RunSummary]) -> list[list[str]]:
                 _fmt(s.peak_mem and s.peak_mem / 2**20, ",.0f"),
                 _fmt(s.wall, ".0f"),
             ]
+            + ([s.val_data] if mixed_data else [])
         )
     return rows
 
@@ -157,8 +227,16 @@ def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
     return ys[0] if xs and x == xs[0] else None
 
 
-def diff(a: RunSummary, b: RunSummary, axis: str = "tokens") -> dict:
-    """Config fields that differ, and val loss of both runs aligned on `axis` at the points of run a."""
+def diff(a: RunSummary, b: RunSummary, axis: str = "tokens", *, force: bool = False) -> dict:
+    """Config fields that differ, and val loss of both runs aligned on `axis` at the points of run a.
+
+    Runs validated on different corpora are refused unless `force`.
+    """
+    if a.val_data != b.val_data and not force:
+        raise CheckpointError(
+            f"compare --diff: {a.name} and {b.name} were validated on different data (corpus {a.val_data} vs "
+            f"{b.val_data}), so their losses are not comparable; pass --force to diff them anyway"
+        )
     fa, fb = _flatten(a.config), _flatten(b.config)
     config = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
     xa, ya = a.curve(axis)

@@ -7,7 +7,8 @@ import html
 from pathlib import Path
 
 from lmlab.errors import require
-from lmlab.track.compare import AXES, RunSummary, table_rows
+from lmlab.track.compare import AXES, RunSummary, loss_label, table_rows
+from lmlab.track.compare import notes as compare_notes
 
 LABELS = {"step": "optimizer step", "tokens": "tokens seen", "flops": "training FLOPs", "wall": "wall-clock (s)"}
 
@@ -45,7 +46,7 @@ def plot_curves(summaries: list[RunSummary], out_dir: str | Path) -> dict[str, P
                 )
                 labelled.add(s.arch)
         ax.set_xlabel(LABELS[axis])
-        ax.set_ylabel("validation loss (nats/token)")
+        ax.set_ylabel(loss_label(summaries[0].unit if summaries else "token"))
         if axis == "flops":
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
@@ -69,11 +70,12 @@ def html_report(summaries: list[RunSummary], pngs: dict[str, Path], out: str | P
         "</figcaption></figure>"
         for axis, p in pngs.items()
     )
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in compare_notes(summaries))
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>lmlab compare</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
         "padding:4px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
-        f"<h1>lmlab compare: {len(summaries)} runs</h1><table id='ranking'><thead><tr>{head}</tr></thead>"
+        f"<h1>lmlab compare: {len(summaries)} runs</h1>{notes}<table id='ranking'><thead><tr>{head}</tr></thead>"
         f"<tbody>{body}</tbody></table>{figures}</body></html>"
     )
     out = Path(out)
