@@ -28,7 +28,7 @@ def test_match_width_hits_the_base_budget(match):
     assert abs(cost(matched) - cost(base)) <= per_width / 2 + 1  # the nearest multiple of 8
 
 
-def test_ablation_end_to_end_small(tmp_path, corpus_file):
+def test_ablation_end_to_end_small(tmp_path, corpus_file, capsys):
     report = run_ablation(
         "gpt2",
         ["pos=rope", "norm=rmsnorm"],
@@ -42,6 +42,9 @@ def test_ablation_end_to_end_small(tmp_path, corpus_file):
     )
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["base", "pos=rope", "norm=rmsnorm", "all"]
+    said = capsys.readouterr().err.splitlines()  # a line as each of the 8 runs starts and as it ends
+    assert said[0] == "[1/8] ablate base seed 0: training" and len(said) == 16
+    assert said[-1].startswith("[8/8] ablate all seed 1: val ") and said[-1].endswith(" s; 0 to go")
     assert rows["all"]["arch"] == "1L-2H-32D-RoPE-RMS-GELU-PreNorm"
     assert all(len(r["losses"]) == 2 and r["ci95"] > 0 for r in rows.values())
     from lmlab.track.jsonl import read_metrics

@@ -49,13 +49,15 @@ def _fake_train(calls):
     return train
 
 
-def test_grid_visits_every_point_once(tmp_path):
+def test_grid_visits_every_point_once(tmp_path, capsys):
     calls = []
     report = run_sweep(
         "tiny", ["lr=1e-3,3e-3", "d_model=32,64,96"], sampler="grid", save_dir=tmp_path, train_fn=_fake_train(calls)
     )
     seen = {(c.train.lr, c.model.d_model) for c in calls}
     assert len(calls) == 6 and seen == {(lr, d) for lr in (1e-3, 3e-3) for d in (32, 64, 96)}
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 12 and said[0].startswith("[1/6] sweep trial 0 ") and said[-1].endswith("; 0 to go")
     assert report["trials"][0]["params"] == {"train.lr": 3e-3, "model.d_model": 64}
     assert [c.train.run_tag for c in calls] == [f"trial{i:03d}" for i in range(6)]
     assert json.loads((tmp_path / "sweep.json").read_text())["trials"][0]["val_loss"] == pytest.approx(0.0)

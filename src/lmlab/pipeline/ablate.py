@@ -17,6 +17,7 @@ from lmlab.config import ModelConfig, RunConfig, deep_merge, resolve_config
 from lmlab.errors import ConfigError
 from lmlab.model.cost import params_by_component
 from lmlab.model.flops import flops_per_token
+from lmlab.pipeline.study_progress import StudyProgress
 from lmlab.track import stats
 
 # Laptop scale for a study: applied under the user's own flags, so any of them can be overridden.
@@ -107,6 +108,7 @@ def run_ablation(
 def _train_arms(variants, configs, base_cfg, *, seeds: int, match: str, save_dir, train_fn) -> None:
     """Train every variant for every seed, recording its validation losses, trained config and run paths."""
     base_time = None
+    progress = StudyProgress("ablate", len(variants) * seeds)
     for v, cfg in zip(variants, configs, strict=True):
         model = match_width(base_cfg.model, cfg.model, match, cfg.seq_len)
         for seed in range(seeds):
@@ -116,7 +118,9 @@ def _train_arms(variants, configs, base_cfg, *, seeds: int, match: str, save_dir
             run_cfg = RunConfig.model_validate(
                 deep_merge(cfg.model_dump(), {"model": model.model_dump(), "train": train})
             )
+            progress.start(f"{v.name} seed {seed}")
             result = train_fn(run_cfg, quiet=True)
+            progress.end(f"{v.name} seed {seed}", result.metrics.get("val_loss"))
             v.losses.append(float(result.metrics["val_loss"]))
             v.config = result.run.config().model  # as trained: vocabulary from the tokenizer
             v.runs.append(str(result.run.path))

@@ -17,6 +17,7 @@ from typing import Any
 
 from lmlab.config import deep_merge, field_path, nested, resolve_config
 from lmlab.errors import ConfigError, require
+from lmlab.pipeline.study_progress import StudyProgress
 
 SAMPLERS = ("grid", "random", "tpe")
 KINDS = ("float", "logfloat", "int", "logint")
@@ -125,6 +126,7 @@ def run_sweep(
     study = optuna.create_study(direction="minimize", sampler=chosen)
     rows: list[dict] = []
     invalid: list[dict] = []
+    progress = StudyProgress("sweep", trials)
 
     def objective(trial: Any) -> float:
         values = {d.name: d.suggest(trial) for d in dims}
@@ -135,8 +137,12 @@ def run_sweep(
             )
         except ConfigError as exc:  # an interior point the edges did not rule out (d_model 47 with 4 heads)
             invalid.append({"trial": trial.number, "params": values, "error": str(exc)})
+            progress.skip(f"trial {trial.number}", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
+        label = f"trial {trial.number} " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        progress.start(label)
         result = train_fn(cfg, quiet=True)
+        progress.end(label, result.metrics.get("val_loss"))
         if metric not in result.metrics:
             raise ConfigError(
                 f"sweep --metric: '{metric}' not in the run's metrics; allowed: {', '.join(result.metrics)}"
