@@ -609,7 +609,25 @@ def resolve_config(
         merged = deep_merge(merged, layer)
     if preset:
         merged["preset"] = preset.lower()
-    return validate(RunConfig, merged, "")
+    try:
+        return validate(RunConfig, merged, "")
+    except ConfigError as exc:
+        raise ConfigError(_name_env_sources(str(exc), env_data, cli)) from None
+
+
+def _dotted(data: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in data.items():
+        out |= _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return out
+
+
+def _name_env_sources(message: str, env_data: dict[str, Any], cli: dict[str, Any]) -> str:
+    """Say which environment variable set a field the error names (a flag for the same field wins over it)."""
+    for dotted in sorted(_dotted(env_data) - _dotted(cli)):
+        variable = ENV_PREFIX + dotted.replace(".", "__").upper()
+        message = message.replace(f"{dotted}:", f"{dotted} (from environment variable {variable}):")
+    return message
 
 
 def validate(cls: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:

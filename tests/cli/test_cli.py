@@ -230,3 +230,32 @@ def test_command_settings_are_schema_sections(monkeypatch):
     args = ["--seq-len", "64"]
     ctx = cli.commands["train"].make_context("train", args)
     assert collect_overrides(ctx.params) == {"train": {"seq_len": "64"}}
+
+
+def test_rough_edges(monkeypatch):
+    """Help lists block names; env errors name the variable; --vocab-size trains; a busy port fails in one line."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from lmlab.cli.app import cli
+    from lmlab.cli.schema_flags import collect_overrides
+    from lmlab.config import resolve_config
+    from lmlab.errors import ConfigError
+    from lmlab.infer.server import check_port
+
+    text = CliRunner().invoke(cli, ["train", "--help"]).output
+    for flag, name in (("--attn", "native_sparse"), ("--ffn", "swiglu"), ("--norm", "rmsnorm"), ("--pos", "alibi")):
+        assert "registered:" in text.split(f"\n  {flag},")[1].split("\n  --")[0] and name in text, flag
+    with pytest.raises(ConfigError, match=r"model.n_layer \(from environment variable LMLAB_MODEL__N_LAYER\)"):
+        resolve_config(environ={"LMLAB_MODEL__N_LAYER": "abc"})
+    with pytest.raises(ConfigError, match=r"^train.lr: Input should be greater than 0"):  # a flag's value: no env
+        resolve_config(cli={"train": {"lr": "-1"}}, environ={"LMLAB_TRAIN__LR": "-2"})
+    ctx = cli.commands["train"].make_context("train", ["--vocab-size", "512"])
+    assert collect_overrides(ctx.params) == {"data": {"vocab_size": "512"}}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"serve: cannot listen on 127.0.0.1:{port}"):
+            check_port("127.0.0.1", port)

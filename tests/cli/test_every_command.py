@@ -19,6 +19,7 @@ KINDS = ("decoder", "seq2seq", "moe", "resumed")
 def _train(root, tag: str, args: list[str]) -> RunDir:
     result = CliRunner().invoke(cli, ["train", *args, "--save-dir", str(root), "--run-tag", tag])
     assert result.exit_code == 0, result.output
+    assert "--- sample" not in result.output  # --train.sample_tokens 0: no empty sample headers
     return RunDir.latest(root, tag)
 
 
@@ -88,3 +89,12 @@ def test_seq2seq_runs_generate_export_and_serve(runs, tmp_path):
     assert reply.status_code == 400 and "encoder-decoder" in reply.json()["error"]["message"]
     chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}], "max_tokens": 2})
     assert chat.status_code == 400
+
+
+def test_last_is_the_newest_run(runs):
+    root = runs["decoder"].path.parent
+    assert RunDir.open(root / "last").path == RunDir.latest(root).path
+    out = CliRunner().invoke(cli, ["eval", "--run", str(root / "last"), "--iters", "1"])
+    assert out.exit_code == 0 and RunDir.latest(root).path.name in out.output
+    none = CliRunner().invoke(cli, ["eval", "--run", str(root / "empty" / "last")])
+    assert none.exit_code == 2 and "holds none" in none.output

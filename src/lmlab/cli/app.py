@@ -312,13 +312,14 @@ def _serve(runs: tuple[str, ...], compare: tuple[str, str] | None, **params) -> 
 
     from lmlab.errors import ConfigError
     from lmlab.infer.load import load_run
-    from lmlab.infer.server import Limits, serve
+    from lmlab.infer.server import Limits, check_port, serve
     from lmlab.utils.hardware import resolve_device
 
     opts = _settings("serve", params)
     paths = list(runs) + list(compare or [])
     if not paths:
         raise ConfigError("serve: give --run DIR (or --compare RUN_A RUN_B)")
+    check_port(opts.host, opts.port)  # before loading: a busy port fails at once, in one line
     dev = resolve_device(opts.device)
     loaded = {}
     for p in paths:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from lmlab.command_config import COMMAND_SECTIONS
 from lmlab.config import SECTIONS, ModelConfig
-from lmlab.registry import option_sections
+from lmlab.registry import BLOCK_REGISTRIES, option_sections
 
 # Every section a command can take flags from: the run config's and the commands' own.
 ALL_SECTIONS = {**SECTIONS, **COMMAND_SECTIONS}
@@ -40,6 +40,7 @@ SHORTCUTS: dict[str, str | tuple[str, ...]] = {
     "save-dir": "train.save_dir",
     "run-tag": "train.run_tag",
     "data": "data.name",
+    "vocab-size": "data.vocab_size",
 }
 
 
@@ -70,8 +71,10 @@ def _is_bool(ann: Any) -> bool:
     return bool(args) and all(a in (bool, type(None)) for a in args)
 
 
-def _help(field: Any) -> str:
+def _help(field: Any, path: tuple[str, ...] = ()) -> str:
     parts = [field.description or ""]
+    if len(path) == 2 and path[0] == "model" and path[1] in BLOCK_REGISTRIES:
+        parts.append("registered: " + ", ".join(BLOCK_REGISTRIES[path[1]].names()))
     args = typing.get_args(field.annotation)
     if typing.get_origin(field.annotation) is typing.Literal:
         parts.append("one of: " + ", ".join(map(str, args)))
@@ -104,9 +107,9 @@ def schema_options(sections: tuple[str, ...] = tuple(SECTIONS)) -> list[click.Op
         dest = "__".join(path)
         if _is_bool(field.annotation):
             names = [f"{n}/--no-{n[2:]}" for n in names]
-            options.append(click.Option([*names, dest], default=None, help=_help(field)))
+            options.append(click.Option([*names, dest], default=None, help=_help(field, path)))
         else:
-            options.append(click.Option([*names, dest], default=None, help=_help(field), metavar="VALUE"))
+            options.append(click.Option([*names, dest], default=None, help=_help(field, path), metavar="VALUE"))
     return options
 
 

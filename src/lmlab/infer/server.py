@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from lmlab.errors import require
+from lmlab.errors import ConfigError, require
 from lmlab.infer.completion import CompletionService, Limits
 from lmlab.infer.openai_shapes import APIError, ChatRequest, CompletionRequest
 
@@ -122,6 +122,18 @@ async def _sse(chunks):
     yield "data: [DONE]\n\n"
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail in one line, before any start-up message, when the address cannot be listened on (a busy port)."""
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"serve: cannot listen on {host}:{port} ({exc.strerror or exc}); choose another with --port"
+        ) from None
+
+
 def serve(
     runs: dict[str, Any],
     *,
@@ -132,6 +144,7 @@ def serve(
 ) -> None:
     """Run the app under uvicorn; SIGINT/SIGTERM stop accepting and let in-flight requests finish (30 s)."""
     uvicorn = require("uvicorn", "serve")
+    check_port(host, port)
     uvicorn.run(
         create_app(runs, limits=limits, api_key=api_key),
         host=host,

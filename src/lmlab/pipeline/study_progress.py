@@ -31,7 +31,9 @@ class StudyProgress:
     def skip(self, label: str, reason: str) -> None:
         """A run that could not start (an invalid point of a search space)."""
         self.done += 1
-        self._say(f"[{self.done}/{self.total}] {self.study} {label}: skipped ({reason}); {self.total - self.done} to go")
+        self._say(
+            f"[{self.done}/{self.total}] {self.study} {label}: skipped ({reason}); {self.total - self.done} to go"
+        )
 
     def _say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)

@@ -68,7 +68,9 @@ def check_same_architecture(saved: RunConfig, current: RunConfig, where: Path) -
 
 
 def sample_text(model, tokenizer: BaseTokenizer, *, n: int, tokens: int, seed: int, prompt: str = "\n") -> list[str]:
-    """`n` samples of `tokens` tokens from `prompt` (temperature 0.8, top-k 40)."""
+    """`n` samples of `tokens` tokens from `prompt` (temperature 0.8, top-k 40); none when either is 0."""
+    if not n or not tokens:
+        return []
     try:
         ids = tokenizer.encode(prompt)
     except Exception:

@@ -122,8 +122,18 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
-        """An existing run; a missing or partial one is reported by path with what is missing."""
-        run = cls(Path(path))
+        """An existing run; a missing or partial one is reported by path with what is missing.
+
+        `last` (or `DIR/last`) is the newest complete run under `runs/` (or DIR), so commands work on any day.
+        """
+        path = Path(path)
+        if path.name == "last" and not path.exists():
+            root = path.parent if path.parent != Path(".") else Path("runs")
+            newest = cls.latest(root)
+            if newest is None:
+                raise CheckpointError(f"run: 'last' is the newest complete run under {root}/, and it holds none")
+            return newest
+        run = cls(path)
         if not run.path.is_dir():
             raise CheckpointError(f"run: {run.path} does not exist")
         if not run.config_path.is_file():

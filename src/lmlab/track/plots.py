@@ -47,8 +47,8 @@ def plot_curves(summaries: list[RunSummary], out_dir: str | Path) -> dict[str, P
                 labelled.add(s.arch)
         ax.set_xlabel(LABELS[axis])
         ax.set_ylabel(loss_label(summaries[0].unit if summaries else "token"))
-        if axis == "flops":
-            ax.set_xscale("log")
+        if axis == "flops" and any(x > 0 for s in summaries for x in s.curve(axis)[0]):
+            ax.set_xscale("log")  # not for runs without a FLOPs count (encoder-decoders record 0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         ax.set_title(f"validation loss vs {LABELS[axis]}")
