@@ -1,15 +1,18 @@
 """The documentation cannot rot: the site builds strictly, generated pages follow the code, and every
-code block of the Quickstart and the How-to pages runs.
+code block of the README, the Quickstart and the How-to pages runs.
 
 Code blocks run as written, at test sizes: one bash script per page, in a fresh folder, with
 these rewrites and nothing else —
 - `--max-steps`, `--train.ckpt_interval`, `--train.eval_interval` N become max(2, N // 50);
-  `--seeds` becomes 2, `--max-new-tokens` at most 20;
-- every `lmlab train` / `lmlab ablate` command also gets `--train.eval_iters 2 --batch 4`;
+  `--seeds` and `--trials` become 2, `--max-new-tokens` at most 20;
+- every `lmlab train` / `ablate` / `sweep` command also gets `--train.eval_iters 2 --batch 4`, and
+  `--seq-len 64` unless it sets `--context` or `--seq-len` (training windows, not the model);
+- `--data shakespeare` reads a few kilobytes of stand-in text (the tests are offline);
 - torchrun runs one node of two CPU processes on 127.0.0.1, on a free port; the server too;
 - `make` targets run in the repository, with training steps, evaluation and the run folder
-  set through `LMLAB_TRAIN__*` variables and `make test` limited to one test file; the fresh
-  folder links the repository's `.venv`, so `source .venv/bin/activate` works as in a clone.
+  set through `LMLAB_TRAIN__*` variables (batch 4, 40 sample tokens) and `make test` limited to one test file; the fresh
+  folder links the repository's `.venv` and `experiments/`, so `source .venv/bin/activate` and
+  the reference configs work as in a clone.
 A `python` block with a `title="path"` is written to that file (removed afterwards); other
 `python` blocks run with the environment's Python.
 """
@@ -29,7 +32,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 BIN = Path(sys.executable).parent
-EXECUTED_PAGES = ["quickstart.md", *sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "howto").glob("*.md"))]
+EXECUTED_PAGES = [
+    "README.md",
+    "docs/quickstart.md",
+    *sorted(p.relative_to(REPO).as_posix() for p in (DOCS / "howto").glob("*.md")),
+]
+STAND_IN = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 200
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 
 
@@ -45,6 +53,8 @@ def shrink(script: str) -> str:
     for flag in ("--max-steps", "--train.ckpt_interval", "--train.eval_interval"):
         script = re.sub(rf"{flag} (\d+)", lambda m, f=flag: f"{f} {max(2, int(m.group(1)) // 50)}", script)
     script = re.sub(r"--seeds \d+", "--seeds 2", script)
+    script = re.sub(r"--trials \d+", "--trials 2", script)
+    script = script.replace("--data shakespeare", "--data file:shakespeare_stand_in.txt")
     script = re.sub(r"--max-new-tokens (\d+)", lambda m: f"--max-new-tokens {min(20, int(m.group(1)))}", script)
     script = re.sub(r"--nnodes \d+", "--nnodes 1", script)
     script = re.sub(r"--nproc_per_node \d+", "--nproc_per_node 2", script)
@@ -53,8 +63,12 @@ def shrink(script: str) -> str:
     script = re.sub(r"\b8000\b", str(free_port()), script)
     lines = []
     for line in script.splitlines():
-        if re.search(r"(lmlab (train|ablate)|-m lmlab train)\b", line) and not line.lstrip().startswith("#"):
-            line += " --train.eval_iters 2 --batch 4"
+        if re.search(r"(lmlab (train|ablate|sweep)|-m lmlab train)\b", line) and not line.lstrip().startswith("#"):
+            command, hash_, comment = line.partition("  #")  # the flags go before a trailing comment
+            command += " --train.eval_iters 2 --batch 4"
+            if "--context" not in command and "--seq-len" not in command:
+                command += " --seq-len 64"
+            line = command + (f"  #{comment}" if hash_ else "")
         lines.append(line)
     return "\n".join(lines)
 
@@ -62,7 +76,7 @@ def shrink(script: str) -> str:
 def page_script(page: str) -> tuple[str, dict[Path, str]]:
     """The page's blocks as one bash script, and the files its titled python blocks write."""
     parts, files = [], {}
-    for lang, info, body in FENCE.findall((DOCS / page).read_text()):
+    for lang, info, body in FENCE.findall((REPO / page).read_text()):
         title = re.search(r'title="([^"]+)"', info)
         if lang == "bash":
             parts.append(body)
@@ -75,7 +89,7 @@ def page_script(page: str) -> tuple[str, dict[Path, str]]:
 
 
 def test_every_executed_page_has_code():
-    assert "howto/add-a-block.md" in EXECUTED_PAGES and len(EXECUTED_PAGES) >= 7
+    assert "docs/howto/add-a-block.md" in EXECUTED_PAGES and len(EXECUTED_PAGES) >= 8
     for page in EXECUTED_PAGES:
         assert page_script(page)[0].strip(), f"{page} has no code blocks"
 
@@ -91,6 +105,8 @@ def test_code_blocks_run(page, tmp_path):
         "LMLAB_TRAIN__MAX_STEPS": "20",
         "LMLAB_TRAIN__EVAL_ITERS": "2",
         "LMLAB_TRAIN__EVAL_INTERVAL": "10",
+        "LMLAB_TRAIN__BATCH_SIZE": "4",
+        "LMLAB_TRAIN__SAMPLE_TOKENS": "40",
         "PYTEST_ADDOPTS": "tests/test_registry.py -p no:cacheprovider",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -99,6 +115,8 @@ def test_code_blocks_run(page, tmp_path):
     env.pop("LMLAB_API_KEY", None)
     preamble = f'set -euo pipefail\nmake() {{ command make -C "{REPO}" "$@"; }}\n'
     (tmp_path / ".venv").symlink_to(REPO / ".venv")
+    (tmp_path / "experiments").symlink_to(REPO / "experiments")
+    (tmp_path / "shakespeare_stand_in.txt").write_text(STAND_IN)
     written = []
     try:
         for path, body in files.items():
@@ -116,7 +134,7 @@ def test_code_blocks_run(page, tmp_path):
     assert proc.returncode == 0, (
         f"{page}\n--- script\n{script}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     )
-    if page == "howto/add-a-block.md":
+    if page == "docs/howto/add-a-block.md":
         assert "relu_squared" in proc.stdout  # `lmlab list ffn` shows the new file's block
 
 

@@ -213,3 +213,24 @@ def test_from_config_takes_every_train_setting_and_steps_compose_the_loop(tmp_pa
     assert trainer.step == 1 and metrics["loss"] == step.loss and "val_loss" not in metrics
     metrics = trainer.after_step(trainer.train_step(batches), 0.1)
     assert "val_loss" in metrics and (tmp_path / "step_00000002").is_dir()
+
+
+def test_a_short_validation_split_wraps_around_and_never_reads_as_zero():
+    """A val split of one batch per epoch, read 3 batches at a time by 4 evaluations: every loss is a real one."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", dropout=0.0))
+    val = RandomWindowLoader(_tokens(80), 4, 16, seed=2)
+    assert len(val) == 1
+    rec = Recorder()
+    trainer = MiniTrainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),  # weights fixed: every evaluation sees the same model
+        train_loader=RandomWindowLoader(_tokens(), 4, 16, seed=1),
+        val_loader=val,
+        max_steps=4,
+        eval_interval=1,
+        eval_iters=3,
+        callbacks=[rec],
+    )
+    trainer.train()
+    assert len(rec.evals) == 4 and all(v > 1.0 for v in rec.evals), rec.evals  # ln(61) ~ 4.1, never 0

@@ -458,7 +458,7 @@ def compare_cmd(
         console.print(table)
         return
     rows = compare.table_rows(summaries)
-    what = "loss" if unit == "token" else f"bits per {unit}"
+    what = f"bits per {unit}" if unit in ("byte", "char") else "loss"
     table = Table(*rows[0], title=f"runs ranked by best validation {what}")
     for r in rows[1:]:
         table.add_row(*r)

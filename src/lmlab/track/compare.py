@@ -120,18 +120,15 @@ def find_runs(root: str | Path, latest: int) -> list[Path]:
     return [p for *_, p in runs[-latest:]]
 
 
-def common_unit(summaries: list[RunSummary]) -> str:
-    """`token` when every run has the same tokenizer, else the finest text unit all of them can be measured in."""
+def common_unit(summaries: list[RunSummary]) -> str | None:
+    """`token` when every run has the same tokenizer, else the finest text unit all of them can be measured
+    in; None when some run recorded no text counts (an encoder-decoder), so no unit makes them comparable."""
     if len({s.data.get("tokenizer") for s in summaries}) <= 1:
         return "token"
     for unit in ("byte", "char"):
         if all(s.bits_factor(unit) for s in summaries):
             return unit
-    missing = [s.name for s in summaries if not s.bits_factor("char")]
-    raise CheckpointError(
-        f"compare: the runs use different tokenizers, and {', '.join(missing)} recorded no validation character "
-        "count to compare them per character; compare runs with one tokenizer"
-    )
+    return None
 
 
 def compare(paths: list[str | Path]) -> list[RunSummary]:
@@ -140,7 +137,10 @@ def compare(paths: list[str | Path]) -> list[RunSummary]:
         raise CheckpointError("compare: no runs given; pass run directories or --latest N")
     summaries = [load_summary(p) for p in paths]
     unit = common_unit(summaries)
-    if unit != "token":
+    if unit is None:
+        for s in summaries:
+            s.unit = "token (not comparable)"
+    elif unit != "token":
         for s in summaries:
             s.rescale(unit)
     return sorted(summaries, key=lambda s: (s.best_val is None, s.best_val or 0.0))
@@ -148,13 +148,19 @@ def compare(paths: list[str | Path]) -> list[RunSummary]:
 
 def loss_label(unit: str) -> str:
     """How a loss in `unit` is named in tables and plots."""
-    return "validation loss (nats/token)" if unit == "token" else f"validation bits per {unit}"
+    return f"validation bits per {unit}" if unit in ("byte", "char") else "validation loss (nats/token)"
 
 
 def notes(summaries: list[RunSummary]) -> list[str]:
     """What a reader must know before comparing these numbers."""
     out = []
-    if summaries and summaries[0].unit != "token":
+    if summaries and summaries[0].unit == "token (not comparable)":
+        missing = ", ".join(s.name for s in summaries if not s.bits_factor("char"))
+        out.append(
+            f"the runs use different tokenizers and {missing} recorded no validation text counts, so these "
+            "losses per token cannot be put on one scale: do not rank them against each other"
+        )
+    elif summaries and summaries[0].unit != "token":
         out.append(
             f"the runs use different tokenizers, so losses are bits per {summaries[0].unit} of validation text "
             "(a loss per token is not comparable across tokenizers)"

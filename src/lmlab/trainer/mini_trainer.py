@@ -8,6 +8,7 @@ every RNG on every rank, data position), non-finite detection, throughput and MF
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import signal
@@ -74,6 +75,20 @@ class StepResult:
     seq_len: int = 0
     data_wait: float = 0.0
     finite: bool = True
+
+
+def _cycle(loader: Iterable) -> Iterator:
+    """The loader's batches, epoch after epoch; ends only if two epochs in a row yield none.
+
+    One empty pass is normal: a loader left at the end of its epoch by the last evaluation
+    finishes that epoch first.
+    """
+    empty_passes = 0
+    while empty_passes < 2:
+        empty_passes += 1
+        for batch in loader:
+            empty_passes = 0
+            yield batch
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -375,16 +390,12 @@ class MiniTrainer:
         """Mean loss over `eval_iters` validation batches (averaged over ranks)."""
         self.model.eval()
         losses = []
-        it = iter(self.val_loader)
-        for _ in range(self.eval_iters):
-            try:
-                batch = next(it)
-            except StopIteration:
-                break
+        batches = _cycle(self.val_loader)  # a short validation split wraps around instead of running dry
+        for batch in itertools.islice(batches, self.eval_iters):
             with self.autocast():
                 losses.append(float(self.loss_fn(self.model, _to_device(batch, self.device))))
         self.model.train()
-        val = dist.all_reduce_mean(sum(losses) / max(1, len(losses)))
+        val = dist.all_reduce_mean(sum(losses) / len(losses) if losses else math.nan)
         return {"step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen, "val_loss": val}
 
     def _loss(self, batch: Any) -> torch.Tensor:
