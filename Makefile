@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench docs results clean
+.PHONY: install demo test lint format bench docs docs-serve results clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+	@echo "site built in $(CURDIR)/site: open site/index.html in a browser (it works from disk), or run make docs-serve"
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs serve
 
 # Regenerates docs/results.md; needs Tiny Shakespeare in $$LMLAB_DATA_DIR (or a one-time download).
 results: $(STAMP)

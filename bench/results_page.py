@@ -90,6 +90,29 @@ def ablation_section(args, out: Path) -> list[str]:
     ]
 
 
+GPT2_LAYOUT = "-Learned-LN-GELU-PreNorm"
+LAYOUT_NOTE = (
+    "Models are the GPT-2 layout (learned positions, LayerNorm, GELU MLP, pre-norm) at the listed "
+    "layers (L), heads (H) and width (D)."
+)
+
+
+def short(text: str) -> str:
+    """An architecture label without the GPT-2 layout suffix every benchmark model shares (a narrow table)."""
+    return text.replace(GPT2_LAYOUT, "")
+
+
+def label(arch: str) -> str:
+    """A table cell for an architecture: short, and in code so it never breaks at a hyphen."""
+    return f"`{short(arch)}`"
+
+
+def label_row(row: str) -> str:
+    """A bench table row whose first cell, the architecture, becomes a `label`."""
+    first, rest = row.removeprefix("| ").split(" | ", 1)
+    return f"| {label(first)} | {rest}"
+
+
 def training_speed_section(args) -> list[str]:
     """lmlab vs transformers training tokens/s and MFU."""
     peak = train_speed_vs_hf.cpu_matmul_peak(fresh=True, seconds=3.0)
@@ -97,7 +120,7 @@ def training_speed_section(args) -> list[str]:
         "## Training throughput against transformers",
         "",
         "Same weights, same batches, AdamW, float32; median of alternating rounds. MFU is against this "
-        f"machine's measured float32 matmul peak ({peak / 1e9:.1f} GFLOP/s).",
+        f"machine's measured float32 matmul peak ({peak / 1e9:.1f} GFLOP/s). {LAYOUT_NOTE}",
         "",
         f"```bash\npython bench/train_speed_vs_hf.py --rounds {args.rounds}\n```",
         "",
@@ -107,7 +130,7 @@ def training_speed_section(args) -> list[str]:
     for size in ("baby", "small"):
         r = train_speed_vs_hf.bench(size, args.rounds, 10)
         lines.append(
-            f"| {size} | {r['arch']} | {r['params']:,} | {r['lmlab_tok_s']:,.0f} | {r['hf_tok_s']:,.0f} "
+            f"| {size} | {label(r['arch'])} | {r['params']:,} | {r['lmlab_tok_s']:,.0f} | {r['hf_tok_s']:,.0f} "
             f"| **{r['ratio']:.2f}x** | {100 * r['lmlab_tflops'] * 1e12 / peak:.1f}% |"
         )
         print(lines[-1], flush=True)
@@ -125,13 +148,13 @@ def decode_speed_section(args) -> list[str]:
         "",
         "Greedy KV-cached decoding of 128 tokens after a 32-token prompt, same weights exported with `to_hf`, "
         "outputs asserted equal. The GEMM floor is what the linear layers alone allow: every step reads all "
-        "weights once, through the same kernels for both libraries.",
+        f"weights once, through the same kernels for both libraries. {LAYOUT_NOTE}",
         "",
         f"```bash\npython bench/decode_speed_vs_hf.py --rounds {args.rounds}\n```",
         "",
         "| model | params | batch | lmlab tok/s | transformers tok/s | ratio | GEMM floor tok/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *rows,
+        *(label_row(row) for row in rows),
         "",
     ]
 

@@ -8,12 +8,20 @@ import pytest
 import torch
 
 
+def _threads() -> int:
+    """OMP_NUM_THREADS when set (=1 pins the suite); else the cores shared among the xdist workers (at least 1)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return int(os.environ["OMP_NUM_THREADS"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    return max(1, min(2, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("LMLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     mp.delenv("LMLAB_DATA_DIR", raising=False)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))  # OMP_NUM_THREADS=1 pins the suite
+    torch.set_num_threads(_threads())
     yield
     mp.undo()
 

@@ -72,6 +72,7 @@ def combination_matrix(rows: str, cols: str) -> str:
 def block_catalogue() -> str:
     """Every registered block: name, aliases, paper, tags, what it declares, and the combination tables."""
     out = [
+        *HIDE_TOC,
         "# Block catalogue",
         "",
         "Generated from the registry at build time: every block file under `src/lmlab/<kind>/` that",
@@ -87,7 +88,7 @@ def block_catalogue() -> str:
         ]
         for e in reg.entries():
             caps = {k: v for k, v in e.caps.items() if k != "short"}
-            declares = "; ".join(f"{k}: {v}" for k, v in sorted(caps.items()))
+            declares = "; ".join(f"{k}: {_value(v)}" for k, v in sorted(caps.items()))
             out.append(
                 f"| `{e.name}` | {', '.join(f'`{a}`' for a in e.aliases)} | {_cell(_summary(e.cls))} "
                 f"| {_cell(e.paper)} | {', '.join(e.tags)} | {_cell(declares)} |"
@@ -118,6 +119,15 @@ def _type_name(annotation) -> str:
     return text.replace("typing.", "").replace("NoneType", "None")
 
 
+# Wide generated tables get the page's width: no table-of-contents column beside them.
+HIDE_TOC = ["---", "hide:", "  - toc", "---", ""]
+
+
+def _value(v) -> str:
+    """A capability's value as a reader wants it: floats to 4 significant digits (8/3 -> 2.667)."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _constraints(field) -> str:
     symbols = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
     parts = []
@@ -129,7 +139,8 @@ def _constraints(field) -> str:
 
 
 def config_reference() -> str:
-    """Every config field: type, default, allowed values, flag(s), environment variable and description."""
+    """Every config field: type, default, allowed values, short flags and description (the long flag and the
+    environment variable follow from the dotted name, as the page says)."""
     from lmlab.cli.schema_flags import ALL_SECTIONS, leaf_fields, schema_options
     from lmlab.command_config import COMMAND_SECTIONS
 
@@ -137,13 +148,16 @@ def config_reference() -> str:
     groups = [tuple(SECTIONS), *((name,) for name in COMMAND_SECTIONS)]
     flags = {opt.name: [o for o in opt.opts if not o.startswith("--no-")] for g in groups for opt in schema_options(g)}
     out = [
+        *HIDE_TOC,
         "# Configuration reference",
         "",
         "Generated from the pydantic schema at build time. Every field is a YAML/JSON key",
-        "(`--config run.yaml`), a flag and an environment variable; precedence is flags > environment >",
-        "config file > preset > defaults. Invalid values fail before any tensor is made, naming the",
-        "field and the allowed values. The sections after `track` are the settings of the commands that",
-        "use a trained run (`sample` is `lmlab generate`'s).",
+        "(`--config run.yaml`), the flag `--` + its dotted name (`--model.rope.theta`) and the environment",
+        "variable `LMLAB_` + its dotted name in capitals with `__` for dots (`LMLAB_MODEL__ROPE__THETA`);",
+        "the *short flags* column lists the shorter spellings. Precedence is flags > environment > config",
+        "file > preset > defaults. Invalid values fail before any tensor is made, naming the field and the",
+        "allowed values. The sections after `track` are the settings of the commands that use a trained",
+        "run (`sample` is `lmlab generate`'s).",
         "",
     ]
     for section, cls in ALL_SECTIONS.items():
@@ -152,7 +166,7 @@ def config_reference() -> str:
             "",
             _cell((cls.__doc__ or "").strip().splitlines()[0]),
             "",
-            *_table_head("field", "type", "default", "allowed", "flags", "environment", "description"),
+            *_table_head("field", "type", "default", "allowed", "short flags", "description"),
         ]
         for path, field in leaf_fields(cls):
             dotted = ".".join((section, *path))
@@ -162,11 +176,11 @@ def config_reference() -> str:
             elif len(path) == 1 and section == "model" and path[0] in BLOCK_REGISTRIES:
                 allowed = "registered names: " + ", ".join(f"`{n}`" for n in BLOCK_REGISTRIES[path[0]].names())
             default = "(computed)" if field.default_factory else f"`{field.default!r}`"
-            names = " ".join(f"`{f}`" for f in flags.get("__".join((section, *path)), []))
-            env = "LMLAB_" + "__".join((section, *path)).upper()
+            short = [f for f in flags.get("__".join((section, *path)), []) if f != f"--{dotted}"]
+            names = " ".join(f"`{f}`" for f in short)
             out.append(
                 f"| `{dotted}` | {_cell(_type_name(field.annotation))} | {_cell(default)} | {_cell(allowed)} "
-                f"| {names} | `{env}` | {_cell(field.description or '')} |"
+                f"| {names} | {_cell(field.description or '')} |"
             )
         out.append("")
     return "\n".join(out)

@@ -171,6 +171,10 @@ def test_mla_seed_command_runs_as_written(tmp_path):
         "ckpt/mla_demo",
         "--max-steps",
         "2",
+        "--train.eval_iters",  # the command as written, with a short evaluation and sample
+        "1",
+        "--train.sample_tokens",
+        "8",
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr

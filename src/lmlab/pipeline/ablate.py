@@ -155,18 +155,21 @@ def _rows(variants, seq_len: int) -> list[dict]:
 
 
 def markdown_table(report: dict) -> str:
-    """The study as a Markdown table (mean +- 95% CI, difference to base, Welch p)."""
+    """The study as a Markdown table (mean +- 95% CI, difference to base, Welch p), each arm's full
+    architecture string listed under it so the table stays narrow."""
     lines = [
         f"Base `{report['base']}`, {report['seeds']} seeds per variant, budget matched on {report['match']}.",
         "",
-        "| variant | arch | params | FLOPs/token | final val loss (mean ± 95% CI) | Δ vs base | p (Welch) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | params | FLOPs/token | final val loss (mean ± 95% CI) | Δ vs base | p (Welch) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report["rows"]:
         delta = "" if r["variant"] == "base" else f"{r['diff_vs_base']:+.4f}"
-        p = "" if r["variant"] == "base" else f"{r['p']:.3g}"
+        p = "" if r["variant"] == "base" else f"{r['p']:.2g}"
         lines.append(
-            f"| {r['variant']} | {r['arch']} | {r['params']:,} | {r['flops_per_token']:,} | "
+            f"| {r['variant']} | {r['params']:,} | {r['flops_per_token']:,} | "
             f"{r['mean']:.4f} ± {r['ci95']:.4f} | {delta} | {p} |"
         )
+    lines += ["", "Architectures:", ""]
+    lines += [f"- {r['variant']}: `{r['arch']}`" for r in report["rows"]]
     return "\n".join(lines) + "\n"

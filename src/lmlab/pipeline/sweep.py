@@ -157,11 +157,15 @@ def run_sweep(
         raise ConfigError(f"sweep: every trial's config was invalid, e.g. {invalid[0]['error']}")
     report = {"preset": preset, "sampler": sampler, "metric": metric, "space": params, "trials": rows}
     report["invalid"] = invalid
-    out = Path(save_dir)
+    _write_report(Path(save_dir), report)
+    return report
+
+
+def _write_report(out: Path, report: dict) -> None:
+    """sweep.json (every trial) and sweep.md (the table) into the study folder."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(report, indent=2))
     (out / "sweep.md").write_text(markdown_table(report))
-    return report
 
 
 def _dims(params: list[str], preset: str | None, overrides: dict) -> list:
