@@ -13,6 +13,9 @@ from lmlab.cli.app import cli
 from lmlab.runs.run_dir import RunDir
 from tests.helpers import small_train_args
 
+# The tests share one module fixture: under xdist they run in one worker, so it is built once.
+pytestmark = pytest.mark.xdist_group("run_kinds")
+
 KINDS = ("decoder", "seq2seq", "moe", "resumed")
 
 

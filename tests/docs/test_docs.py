@@ -13,8 +13,9 @@ these rewrites and nothing else —
   set through `LMLAB_TRAIN__*` variables (batch 4, 40 sample tokens) and `make test` limited to one test file; the fresh
   folder links the repository's `.venv` and `experiments/`, so `source .venv/bin/activate` and
   the reference configs work as in a clone.
-A `python` block with a `title="path"` is written to that file (removed afterwards); other
-`python` blocks run with the environment's Python.
+A `python` block with a `title="path"` is written to that file; a path under `src/` goes into a
+copy of the package that the page's commands import (PYTHONPATH), so the repository is never
+edited while other tests run beside it. Other `python` blocks run with the environment's Python.
 """
 
 from __future__ import annotations
@@ -81,11 +82,16 @@ def page_script(page: str) -> tuple[str, dict[Path, str]]:
         if lang == "bash":
             parts.append(body)
         elif lang == "python" and title:
-            path = Path(title.group(1))
-            files[REPO / path if path.parts[0] == "src" else path] = body
+            files[Path(title.group(1))] = body
         elif lang == "python":
             parts.append(f"python - <<'PYEOF'\n{body}PYEOF\n")
     return shrink("\n".join(parts)), files
+
+
+def package_copy(dest: Path) -> Path:
+    """A copy of `src/lmlab` under dest/src, to add files to without touching the repository; dest/src."""
+    shutil.copytree(REPO / "src" / "lmlab", dest / "src" / "lmlab", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest / "src"
 
 
 def test_every_executed_page_has_code():
@@ -117,20 +123,17 @@ def test_code_blocks_run(page, tmp_path):
     (tmp_path / ".venv").symlink_to(REPO / ".venv")
     (tmp_path / "experiments").symlink_to(REPO / "experiments")
     (tmp_path / "shakespeare_stand_in.txt").write_text(STAND_IN)
-    written = []
-    try:
-        for path, body in files.items():
-            target = path if path.is_absolute() else tmp_path / path
-            assert not target.exists(), f"{target} exists already; the page would overwrite it"
-            target.write_text(body)
-            written.append(target)
-        proc = subprocess.run(
-            ["bash", "-c", preamble + script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
-        )
-    finally:
-        for target in written:
-            target.unlink(missing_ok=True)
-            shutil.rmtree(target.parent / "__pycache__", ignore_errors=True)
+    for path, body in files.items():
+        if path.parts[0] == "src":
+            env["PYTHONPATH"] = str(package_copy(tmp_path / "package"))
+            target = tmp_path / "package" / path
+        else:
+            target = tmp_path / path
+        assert not target.exists(), f"{target} exists already; the page would overwrite it"
+        target.write_text(body)
+    proc = subprocess.run(
+        ["bash", "-c", preamble + script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, (
         f"{page}\n--- script\n{script}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     )
@@ -185,20 +188,16 @@ class ToyDocsFFN(nn.Identity):
 '''
 
 
-def test_a_new_block_file_appears_in_the_catalogue_and_lmlab_list_with_no_other_edit():
-    path = REPO / "src" / "lmlab" / "ffn" / "toy_docs_ffn.py"
-    assert not path.exists()
-    try:
-        path.write_text(TOY_BLOCK)
-        catalogue = subprocess.run(
-            [sys.executable, "-c", "from lmlab.docgen import block_catalogue; print(block_catalogue())"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        listed = subprocess.run([str(BIN / "lmlab"), "list", "ffn"], capture_output=True, text=True, check=True).stdout
-    finally:
-        path.unlink(missing_ok=True)
+def test_a_new_block_file_appears_in_the_catalogue_and_lmlab_list_with_no_other_edit(tmp_path):
+    src = package_copy(tmp_path)
+    (src / "lmlab" / "ffn" / "toy_docs_ffn.py").write_text(TOY_BLOCK)
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    code = "import lmlab; from lmlab.docgen import block_catalogue; print(lmlab.__file__); print(block_catalogue())"
+    catalogue = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert catalogue.startswith(str(src))  # the copy, not the repository, was imported
+    listed = subprocess.run(
+        [str(BIN / "lmlab"), "list", "ffn"], capture_output=True, text=True, check=True, env=env
+    ).stdout
     row = next(line for line in catalogue.splitlines() if "`toy_docs_ffn`" in line)
     assert "A toy feed-forward that returns its input." in row and "a test's toy" in row
     assert "toy_docs_ffn" in listed

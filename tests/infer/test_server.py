@@ -14,6 +14,9 @@ from lmlab.infer.load import load_run
 from lmlab.runs.run_dir import RunDir
 from tests.helpers import small_train_args
 
+# The tests share one module fixture: under xdist they run in one worker, so it is built once.
+pytestmark = pytest.mark.xdist_group("server")
+
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
