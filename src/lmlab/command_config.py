@@ -7,7 +7,7 @@ field and what is allowed before any run is loaded.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -19,17 +19,17 @@ DEVICE_HELP = "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N"
 class EvalConfig(Section):
     """`lmlab eval`: how much of the validation split to read, and where."""
 
+    SECTION: ClassVar[str] = "eval"
+
     iters: int = Field(50, ge=1, description="validation batches")
     batch_size: int | None = Field(None, ge=1, description="batch size; default the run's")
     device: str = Field("auto", description=DEVICE_HELP)
 
-    @classmethod
-    def _section_name(cls) -> str:
-        return "eval"
-
 
 class SampleConfig(Section):
     """`lmlab generate`: the decoding rule, and how prompts are batched."""
+
+    SECTION: ClassVar[str] = "sample"
 
     max_new_tokens: int = Field(200, ge=0, description="tokens to add")
     temperature: float = Field(0.8, ge=0, description="0 = greedy")
@@ -44,26 +44,22 @@ class SampleConfig(Section):
     cache: bool = Field(True, description="reuse keys and values; off: recompute the full context each step")
     device: str = Field("auto", description=DEVICE_HELP)
 
-    @classmethod
-    def _section_name(cls) -> str:
-        return "sample"
-
 
 class TranslateConfig(Section):
     """`lmlab translate`: beam search over an encoder-decoder run."""
+
+    SECTION: ClassVar[str] = "translate"
 
     beam: int = Field(1, ge=1, description="beam size (1 = greedy)")
     alpha: float = Field(0.6, ge=0, description="length penalty exponent ((5 + len) / 6) ** alpha")
     max_len: int | None = Field(None, ge=1, description="most output tokens; default the model's context - 1")
     device: str = Field("auto", description=DEVICE_HELP)
 
-    @classmethod
-    def _section_name(cls) -> str:
-        return "translate"
-
 
 class ServeConfig(Section):
     """`lmlab serve`: address, authentication and the limits one request and the server keep."""
+
+    SECTION: ClassVar[str] = "serve"
 
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535)
@@ -74,22 +70,16 @@ class ServeConfig(Section):
     max_body_kb: int = Field(1024, ge=1, description="largest request body")
     device: str = Field("auto", description=DEVICE_HELP)
 
-    @classmethod
-    def _section_name(cls) -> str:
-        return "serve"
-
 
 class ExportConfig(Section):
     """`lmlab export`: the format and where it goes."""
+
+    SECTION: ClassVar[str] = "export"
 
     format: Literal["hf", "safetensors"] = Field(
         "hf", description="hf: loadable by transformers (parity-checked); safetensors: weights + config"
     )
     out: str | None = Field(None, description="output directory; default RUN/artifacts/export_FORMAT")
-
-    @classmethod
-    def _section_name(cls) -> str:
-        return "export"
 
 
 COMMAND_SECTIONS: dict[str, type[Section]] = {

@@ -13,7 +13,7 @@ import math
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -76,13 +76,17 @@ class Section(BaseModel):
             return canonicalize(cls._section_name(), data)
         return data
 
+    SECTION: ClassVar[str] = ""  # the section's name in a run config (`model`, `train`, ...), for messages
+
     @classmethod
     def _section_name(cls) -> str:
-        return ""
+        return cls.SECTION
 
 
 class ModelConfig(Section):
     """Architecture of a decoder-only language model."""
+
+    SECTION: ClassVar[str] = "model"
 
     arch: Literal["decoder", "seq2seq"] = Field(
         "decoder", description="decoder: causal LM; seq2seq: encoder-decoder (translation, synthetic tasks)"
@@ -119,10 +123,6 @@ class ModelConfig(Section):
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
     block_options: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
-
-    @classmethod
-    def _section_name(cls) -> str:
-        return "model"
 
     @model_validator(mode="before")
     @classmethod
@@ -274,6 +274,8 @@ def check_combinations(cfg: ModelConfig) -> None:
 class DataConfig(Section):
     """Where the text comes from and how it becomes tokens."""
 
+    SECTION: ClassVar[str] = "data"
+
     name: str = Field(
         "pystdlib", description="pystdlib | shakespeare | file:PATH; seq2seq: pairs:enfr | pairs:PATH | task:NAME[:N]"
     )
@@ -300,13 +302,11 @@ class DataConfig(Section):
         name, sep, arg = value.partition(":")
         return _lookup(TOKENIZER, "tokenizer", name, section="data") + sep + arg
 
-    @classmethod
-    def _section_name(cls) -> str:
-        return "data"
-
 
 class TrainConfig(Section):
     """Optimisation, schedule, evaluation, checkpointing and run-directory settings."""
+
+    SECTION: ClassVar[str] = "train"
 
     batch_size: int = Field(32, ge=1)
     seq_len: int | None = Field(None, ge=1, description="training context; default model.max_seq_len")
@@ -350,10 +350,6 @@ class TrainConfig(Section):
     sample_tokens: int = Field(200, ge=0, description="tokens to sample after training")
     num_samples: int = Field(2, ge=0)
 
-    @classmethod
-    def _section_name(cls) -> str:
-        return "train"
-
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.max_steps is None and self.epochs is None:
@@ -364,6 +360,8 @@ class TrainConfig(Section):
 class TrackConfig(Section):
     """Where metrics go: registered trackers (`lmlab list` shows them); jsonl is always written."""
 
+    SECTION: ClassVar[str] = "track"
+
     trackers: list[str] = Field(
         default_factory=lambda: ["jsonl"],
         description="jsonl (logs/metrics.jsonl), tensorboard (logs/tensorboard), aim (logs/aim), wandb "
@@ -371,10 +369,6 @@ class TrackConfig(Section):
     )
     hist_interval: int = Field(100, ge=1, description="steps between parameter/gradient histograms")
     project: str = Field("lmlab", description="project name for W&B, experiment name for Aim")
-
-    @classmethod
-    def _section_name(cls) -> str:
-        return "track"
 
     @model_validator(mode="before")
     @classmethod
