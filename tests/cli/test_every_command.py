@@ -72,6 +72,27 @@ def test_every_command_works_or_refuses_in_one_line(runs, kind, tmp_path):
         if result.exit_code == 2:
             errors = [line for line in result.output.splitlines() if line.startswith("error:")]
             assert len(errors) == 1, (where, result.output)
+    if (tmp_path / "hf" / "config.json").is_file():  # what export wrote, import reads back
+        back = CliRunner().invoke(cli, ["import", "--hf", str(tmp_path / "hf"), "--save-dir", str(tmp_path / "in")])
+        assert back.exit_code == 0, (kind, back.output)
+    _serve_answers_or_refuses(runs[kind], kind)
+
+
+def _serve_answers_or_refuses(run: RunDir, kind: str) -> None:
+    """The server on this run: completions and chat answer (200) or say why not (400), never a 500."""
+    from fastapi.testclient import TestClient
+
+    from lmlab.infer.load import load_run
+    from lmlab.infer.server import create_app
+
+    client = TestClient(create_app({"m": load_run(run.path)}), raise_server_exceptions=False)
+    body = {"model": "m", "max_tokens": 3}
+    for route, extra in (
+        ("completions", {"prompt": "the"}),
+        ("chat/completions", {"messages": [{"role": "user", "content": "a"}]}),
+    ):
+        reply = client.post(f"/v1/{route}", json=body | extra)
+        assert reply.status_code in (200, 400), (kind, route, reply.status_code, reply.text)
 
 
 def test_seq2seq_runs_generate_export_and_serve(runs, tmp_path):

@@ -157,6 +157,7 @@ def test_generated_pages_cover_the_code():
         for e in reg.entries():
             assert f"| `{e.name}` |" in catalogue and e.paper in catalogue
     assert "`native_sparse` + `alibi`" in catalogue  # a refused pair, with the validator's reason
+    assert "d_ff_mult: 2.667" in catalogue and "2.6666" not in catalogue  # 8/3, rounded for a reader
     config = config_reference()
     for section, cls in ALL_SECTIONS.items():
         for path, _ in leaf_fields(cls):
