@@ -29,6 +29,8 @@ _EXPORTS = {
     "POS": "lmlab.registry",
     "EMBED": "lmlab.registry",
     "TOKENIZER": "lmlab.registry",
+    "CharTokenizer": "lmlab.data.tokenizers.char",
+    "SimpleCharacterTokenizer": "lmlab.data.tokenizers.char",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,9 +52,23 @@ ALIASES: dict[str, dict[str, str]] = {
         "intermediate_size": "d_ff",
         "n_inner": "d_ff",
         "ffn_dim": "d_ff",
+        "position_encoding": "pos",
+        "normalization": "norm",
+        "attn_impl": "attn",
+        "mlp_impl": "ffn",
     },
-    "data": {"dataset": "name", "corpus": "name"},
-    "train": {"batch": "batch_size", "learning_rate": "lr", "max_iters": "max_steps", "warmup_iters": "warmup_steps"},
+    "data": {"dataset": "name", "corpus": "name", "dataset_path": "name", "tokenizer_type": "tokenizer"},
+    "train": {
+        "batch": "batch_size",
+        "learning_rate": "lr",
+        "max_iters": "max_steps",
+        "warmup_iters": "warmup_steps",
+        "lr_decay_iters": "decay_steps",
+        "gradient_accumulation_steps": "grad_accum",
+        "output": "save_dir",
+        "out_dir": "save_dir",
+        "use_compile": "compile",
+    },
 }
 
 
@@ -271,6 +285,10 @@ def check_combinations(cfg: ModelConfig) -> None:
                 )
 
 
+BUILTIN_CORPORA = ("pystdlib", "shakespeare")
+CORPUS_PREFIXES = ("file", "dir", "hf", "pairs", "task")
+
+
 class DataConfig(Section):
     """Where the text comes from and how it becomes tokens."""
 
@@ -293,6 +311,22 @@ class DataConfig(Section):
         "strict", description="non-UTF-8 bytes: strict reports file and offset, replace substitutes U+FFFD"
     )
     token_dtype: Literal["auto", "uint16", "uint32"] = Field("auto", description="storage of token ids on disk")
+
+    @field_validator("name")
+    @classmethod
+    def _corpus_or_path(cls, value: str) -> str:
+        """A bare path that exists needs no prefix: a file is `file:PATH`, a folder `dir:PATH`."""
+        if value in BUILTIN_CORPORA or value.split(":", 1)[0] in CORPUS_PREFIXES:
+            return value
+        path = Path(value).expanduser()
+        if path.is_file():
+            return f"file:{value}"
+        if path.is_dir():
+            return f"dir:{value}"
+        raise ValueError(
+            f"data.name: '{value}' is neither a known corpus ({', '.join(BUILTIN_CORPORA)}, "
+            f"{', '.join(p + ':...' for p in CORPUS_PREFIXES)}) nor an existing file or folder"
+        )
 
     @field_validator("tokenizer")
     @classmethod
@@ -413,6 +447,7 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     preset: str | None = None
+    sources: list[str] = Field(default_factory=list, exclude=True)  # config files read; copied into meta/
 
     @model_validator(mode="after")
     def _cross(self) -> RunConfig:
@@ -540,12 +575,19 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML or JSON config file into a dict of sections."""
+    """Parse a YAML, JSON or nanoGPT-style Python config file into a dict of sections.
+
+    A file without section names (nanoGPT's `config/*.py`, an old flat `config.json`) has each key
+    routed to the one section that has such a field; see `route_flat`.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config: file not found: {path}")
     try:
-        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        if path.suffix == ".py":
+            raw = python_assignments(path)
+        else:
+            raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"config: cannot parse {path}: {str(exc).splitlines()[0]}") from None
     if raw is None:
@@ -558,6 +600,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def normalize_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Check top-level section names and canonicalise each section's keys."""
     allowed = [*SECTIONS, "preset"]
+    if raw and not any(k in allowed or isinstance(v, dict) for k, v in raw.items()):
+        return route_flat(raw, where)  # flat: no section names, no mappings (a misspelt section stays an error)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in allowed:
@@ -566,6 +610,91 @@ def normalize_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
             raise ConfigError(f"{key}: unknown section in {where}; allowed: {', '.join(allowed)}{hint}")
         out[key] = canonicalize(key, value) if key in SECTIONS and isinstance(value, dict) else value
     return out
+
+
+def python_assignments(path: Path) -> dict[str, Any]:
+    """`NAME = literal` lines of a nanoGPT-style Python config, read with `ast` (the file is never run)."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ConfigError(
+                f"config: {path} line {node.lineno}: only NAME = value assignments are read (the file is not run)"
+            )
+        name = node.targets[0].id
+        try:
+            out[name] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ConfigError(f"config: {path} line {node.lineno}: {name} is not a literal value") from None
+    return out
+
+
+def route_flat(flat: dict[str, Any], where: str) -> dict[str, Any]:
+    """{section: {field: value}} from keys without sections, each to the one section that has it (or its alias)."""
+    owners = {sec: set(section_fields(sec)) | set(ALIASES.get(sec, {})) for sec in SECTIONS}
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        found = [sec for sec, names in owners.items() if key in names]
+        if not found:
+            known = sorted(set().union(*owners.values()))
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key}: unknown name in {where}{hint}")
+        if len(found) > 1:
+            raise ConfigError(
+                f"{key}: in {where} it could be {' or '.join(f'{s}.{key}' for s in found)}; write it under its section"
+            )
+        out.setdefault(found[0], {})[key] = value
+    return {sec: canonicalize(sec, values) for sec, values in out.items()}
+
+
+# The files a config folder may hold: each one section, or (config.json) flat keys of several.
+CONFIG_DIR_FILES = ("config", *SECTIONS, "tensorboard")
+
+
+def read_config_dir(directory: str | Path) -> tuple[dict[str, Any], list[Path]]:
+    """The merged sections of a config folder and the files read (`config.json` first, then one per section).
+
+    `tensorboard.json` holds `{"enabled": true|false}` and adds or drops the tensorboard tracker.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"config: --config-dir {directory} is not a folder")
+    merged: dict[str, Any] = {}
+    read: list[Path] = []
+    for stem in CONFIG_DIR_FILES:
+        for suffix in (".json", ".yaml", ".yml"):
+            path = directory / f"{stem}{suffix}"
+            if path.is_file():
+                read.append(path)
+                merged = deep_merge(merged, _config_dir_part(stem, path, merged))
+    known = {f"{stem}{suffix}" for stem in CONFIG_DIR_FILES for suffix in (".json", ".yaml", ".yml")}
+    stray = sorted(
+        p.name for p in directory.iterdir() if p.suffix in (".json", ".yaml", ".yml") and p.name not in known
+    )
+    if stray:
+        raise ConfigError(f"config: {directory}/{stray[0]} is not read; allowed: {', '.join(sorted(known))}")
+    return merged, read
+
+
+def _config_dir_part(stem: str, path: Path, merged: dict[str, Any]) -> dict[str, Any]:
+    if stem == "config":
+        return read_config_file(path)
+    text = path.read_text()
+    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of {stem} fields")
+    if stem == "tensorboard":
+        extra = set(raw) - {"enabled"}
+        if extra:
+            raise ConfigError(f"config: {path}: unknown key '{sorted(extra)[0]}'; allowed: enabled")
+        trackers = list(merged.get("track", {}).get("trackers", TrackConfig().trackers))
+        trackers = [t for t in trackers if t != "tensorboard"] + (["tensorboard"] if raw.get("enabled") else [])
+        return {"track": {"trackers": trackers}}
+    return {stem: canonicalize(stem, raw)}
 
 
 def env_overrides(environ: dict[str, str] | None = None, sections: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -592,9 +721,16 @@ def resolve_config(
     config_file: str | Path | None = None,
     cli: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    config_dir: str | Path | None = None,
 ) -> RunConfig:
-    """Merge defaults < preset < file < env < CLI into one validated RunConfig."""
-    file_data = read_config_file(config_file) if config_file else {}
+    """Merge defaults < preset < config folder < file < env < CLI into one validated RunConfig.
+
+    The config files read are kept (`RunConfig.sources`) so the run can store them verbatim.
+    """
+    file_data, sources = read_config_dir(config_dir) if config_dir else ({}, [])
+    if config_file:
+        file_data = deep_merge(file_data, read_config_file(config_file))
+        sources.append(Path(config_file))
     env_data = env_overrides(environ)
     cli = {k: canonicalize(k, v) if k in SECTIONS else v for k, v in (cli or {}).items()}
     preset = cli.pop("preset", None) or preset or env_data.pop("preset", None) or file_data.get("preset")
@@ -604,9 +740,11 @@ def resolve_config(
     if preset:
         merged["preset"] = preset.lower()
     try:
-        return validate(RunConfig, merged, "")
+        cfg = validate(RunConfig, merged, "")
     except ConfigError as exc:
         raise ConfigError(_name_env_sources(str(exc), env_data, cli)) from None
+    cfg.sources = [str(p) for p in sources]
+    return cfg
 
 
 def _dotted(data: dict[str, Any], prefix: str = "") -> set[str]:

@@ -116,6 +116,10 @@ class Registry:
             raise UnknownComponentError(f"unknown {self.kind} '{name}'; known: {', '.join(known)}{hint}")
         return self._entries[self._alias[key]]
 
+    def __getitem__(self, name: str) -> type:
+        """`ATTN["mla"]`: the class registered under `name` (case-insensitive), like `get`."""
+        return self.get(name)
+
     def canonical(self, name: str) -> str:
         """The canonical (registered) name for `name`."""
         return self.entry(name).name

@@ -7,4 +7,14 @@ from lmlab.attn.native_sparse import NativeSparseAttention
 from lmlab.attn.sdpa import SDPA
 from lmlab.attn.sliding_window import SlidingWindowAttention
 
-__all__ = ["MHA", "MLA", "SDPA", "CausalSelfAttention", "NativeSparseAttention", "SlidingWindowAttention"]
+NativeSparse = NativeSparseAttention  # the short name users of other libraries reach for
+
+__all__ = [
+    "MHA",
+    "MLA",
+    "SDPA",
+    "CausalSelfAttention",
+    "NativeSparse",
+    "NativeSparseAttention",
+    "SlidingWindowAttention",
+]

@@ -23,6 +23,7 @@ from lmlab.registry import ATTN
         "keeps_scores": True,
     },
     paper="Vaswani et al. 2017, arXiv:1706.03762",
+    aliases=("manual",),
 )
 class MHA(CausalSelfAttention):
     """softmax(q k^T / sqrt(d) + bias) v, written out; GQA repeats each key/value head."""

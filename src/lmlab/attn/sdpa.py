@@ -14,6 +14,7 @@ from lmlab.registry import ATTN
     tags=("dense", "fused", "gqa"),
     caps={"remote_code": True, "hf_layout": "dense", "kv_cache": True, "seq2seq": True, "left_pad": True},
     paper="Vaswani et al. 2017; Dao et al. 2022 (FlashAttention)",
+    aliases=("flash",),
 )
 class SDPA(CausalSelfAttention):
     """Same math as `mha`, computed by PyTorch's fused attention; GQA via `enable_gqa`."""

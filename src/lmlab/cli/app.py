@@ -18,14 +18,26 @@ from lmlab.errors import LmlabError
 def _resolve(params: dict):
     from lmlab.config import resolve_config
 
+    flag, positional = params.pop("config", None), params.pop("config_path", None)
+    if flag and positional:
+        raise LmlabError(f"config: given twice ({positional} and --config {flag}); give one file")
     return resolve_config(
-        preset=params.pop("preset", None), config_file=params.pop("config", None), cli=collect_overrides(params)
+        preset=params.pop("preset", None),
+        config_file=flag or positional,
+        config_dir=params.pop("config_dir", None),
+        cli=collect_overrides(params),
     )
 
 
 COMMON = [
     click.Option(["--preset"], default=None, help="start from a named preset (see `lmlab list`)"),
-    click.Option(["--config"], default=None, help="YAML or JSON config file"),
+    click.Option(["--config"], default=None, help="YAML, JSON or nanoGPT-style Python config file"),
+    click.Option(
+        ["--config-dir"],
+        default=None,
+        help="a folder of config files: model.json, train.yaml, data.yaml, track.yaml, tensorboard.json, "
+        "a flat config.json (each optional)",
+    ),
 ]
 
 
@@ -79,8 +91,9 @@ def _resume_command(run: Path) -> str:
 train_command = cli.command(
     "train",
     cls=SchemaCommand,
-    params=[*COMMON],
-    help="Train a model; every config field is a flag (precedence: flags > LMLAB_* env > --config > --preset).",
+    params=[*COMMON, click.Argument(["config_path"], required=False)],
+    help="Train a model; every config field is a flag (precedence: flags > LMLAB_* env > --config > --preset). "
+    "CONFIG_PATH is a config file as --config takes (nanoGPT's `lmlab train config/x.py --max_iters=100`).",
 )(_train)
 
 
@@ -477,11 +490,23 @@ def _ablate(base: str, swap: tuple[str, ...], seeds: int, match: str, out: str, 
 
     from lmlab.pipeline.ablate import markdown_table, run_ablation
 
-    params.pop("preset", None)
-    params.pop("config", None)
-    report = run_ablation(base, list(swap), seeds=seeds, match=match, overrides=collect_overrides(params), save_dir=out)
+    if params.pop("preset", None):
+        raise LmlabError("ablate: the base preset is --base; --preset is not read here")
+    overrides = _study_overrides(params)
+    report = run_ablation(base, list(swap), seeds=seeds, match=match, overrides=overrides, save_dir=out)
     Console(width=200).print(markdown_table(report))
     _study_report([r for row in report["rows"] for r in row["runs"]], Path(out), "ablation.md")
+
+
+def _study_overrides(params: dict) -> dict:
+    """A study's settings for every run: its config folder < config file < flags."""
+    from lmlab.config import deep_merge, read_config_dir, read_config_file
+
+    config_dir, config = params.pop("config_dir", None), params.pop("config", None)
+    files = read_config_dir(config_dir)[0] if config_dir else {}
+    if config:
+        files = deep_merge(files, read_config_file(config))
+    return deep_merge(files, collect_overrides(params))
 
 
 def _study_report(runs: list[str], out: Path, table: str) -> None:
@@ -523,14 +548,13 @@ def _sweep(param: tuple[str, ...], sampler: str, trials: int | None, metric: str
     from lmlab.pipeline.sweep import markdown_table, run_sweep
 
     preset = params.pop("preset", None)
-    params.pop("config", None)
     report = run_sweep(
         preset,
         list(param),
         sampler=sampler,
         trials=trials,
         metric=metric,
-        overrides=collect_overrides(params),
+        overrides=_study_overrides(params),
         save_dir=out,
     )
     Console(width=200).print(markdown_table(report))

@@ -15,7 +15,7 @@ import click
 from pydantic import BaseModel
 
 from lmlab.command_config import COMMAND_SECTIONS
-from lmlab.config import SECTIONS, ModelConfig
+from lmlab.config import ALIASES, SECTIONS, ModelConfig
 from lmlab.registry import BLOCK_REGISTRIES, option_sections
 
 # Every section a command can take flags from: the run config's and the commands' own.
@@ -110,7 +110,29 @@ def schema_options(sections: tuple[str, ...] = tuple(SECTIONS)) -> list[click.Op
             options.append(click.Option([*names, dest], default=None, help=_help(field, path)))
         else:
             options.append(click.Option([*names, dest], default=None, help=_help(field, path), metavar="VALUE"))
-    return options
+    return options + _foreign_spellings(leaves, counts, options)
+
+
+def _foreign_spellings(leaves: list, counts: dict[str, int], options: list[click.Option]) -> list[click.Option]:
+    """Hidden flags for the spellings users bring from nanoGPT, HF and others: `--n_layer`, `--block_size`,
+    `--block-size`, `--model.n_embd`, `--max_iters=2000`. Each sets the same field as its canonical flag."""
+    taken = {name for opt in options for name in (*opt.opts, *opt.secondary_opts)}
+    extra = []
+    for path, field in leaves:
+        section, local = path[0], ".".join(path[1:])
+        spellings = [local] if counts[local] == 1 and "_" in local else []
+        aliases = [a for a, target in ALIASES.get(section, {}).items() if target == local]
+        spellings += [f"{section}.{a}" for a in aliases]
+        spellings += [s for a in aliases if counts.get(a, 0) == 0 for s in (a, a.replace("_", "-"))]
+        names = [f"--{s}" for s in dict.fromkeys(spellings) if f"--{s}" not in taken]
+        taken.update(names)
+        if not names:
+            continue
+        dest = "__".join(path)
+        if _is_bool(field.annotation):
+            names = [f"{n}/--no-{n[2:]}" for n in names]
+        extra.append(click.Option([*names, dest], default=None, hidden=True))
+    return extra
 
 
 def collect_overrides(params: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from lmlab.registry import NORM
     tags=("centering",),
     caps={"remote_code": True, "short": "LN"},
     paper="Ba et al. 2016, arXiv:1607.06450",
+    aliases=("layer_norm",),
 )
 class LayerNorm(nn.LayerNorm):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dim."""

@@ -14,6 +14,7 @@ from lmlab.registry import NORM
     tags=("scaling",),
     caps={"remote_code": True, "short": "RMS"},
     paper="Zhang & Sennrich 2019, arXiv:1910.07467",
+    aliases=("rms_norm",),
 )
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight; no centering, no bias."""

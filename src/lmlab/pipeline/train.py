@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -221,8 +222,17 @@ def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | No
     if dist.is_main():
         task.save_tokenizers(run)
         meta = {"data.json": task.meta, "params.json": param_counts(task.cfg.model)}
+        keep_config_files(run, task.cfg.sources)
         run.write_meta(task.cfg, meta)  # last: marks the run complete
     return task, run, None, None
+
+
+def keep_config_files(run: RunDir, sources: Sequence[str]) -> None:
+    """Copy every config file the run was given, verbatim and in precedence order, into meta/config_files/."""
+    for i, source in enumerate(sources):
+        folder = run.meta / "config_files"
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(source, folder / f"{i:02d}_{Path(source).name}")
 
 
 def config_changes(before: RunConfig, after: RunConfig) -> dict[str, list]:

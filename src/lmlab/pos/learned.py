@@ -14,6 +14,7 @@ from lmlab.registry import POS
     tags=("absolute",),
     caps={"remote_code": True, "short": "Learned", "seq2seq": True},
     paper="Radford et al. 2018/2019 (GPT, GPT-2)",
+    aliases=("learned_absolute", "absolute"),
 )
 class LearnedPositions(PositionScheme):
     """A (max_seq_len, d_model) table; positions beyond max_seq_len are an error."""

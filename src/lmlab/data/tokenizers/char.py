@@ -63,3 +63,6 @@ class CharTokenizer:
         tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=dict(self.stoi), merges=[]))
         tok.decoder = tokenizers.decoders.Fuse()  # characters join with nothing between them
         return tok, {}
+
+
+SimpleCharacterTokenizer = CharTokenizer  # the name char-GPT tutorials use
