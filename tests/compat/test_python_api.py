@@ -24,3 +24,46 @@ def test_the_license_is_the_one_the_package_declares():
     repo = Path(__file__).resolve().parents[2]
     declared = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["license"]
     assert declared == "MIT" and re.match(r"MIT License\n", (repo / "LICENSE").read_text())
+
+
+def _tiny_trainer(**kwargs):
+    import numpy as np
+    import torch
+
+    from lmlab.data.datasets import RandomWindowLoader
+    from lmlab.model.build import build_model
+    from lmlab.trainer import MiniTrainer
+    from tests.conftest import tiny_cfg
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", dropout=0.0, n_layer=1))
+    tokens = np.random.default_rng(0).integers(0, 61, 2000).astype(np.uint16)
+    loader = RandomWindowLoader(tokens, 4, 16, seed=1)
+    return MiniTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), train_loader=loader, max_steps=3, **kwargs)
+
+
+def test_a_loss_module_a_logits_function_and_a_plain_callback():
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    events, losses = [], {}
+
+    def on_event(trainer, event):
+        events.append(event.name)
+        if event.name == "batch_end":
+            losses.setdefault(id(trainer), []).append(event.data["loss"])
+
+    runs = {
+        "default": _tiny_trainer(callbacks=[on_event]),
+        "module": _tiny_trainer(loss_fn=nn.CrossEntropyLoss(), callbacks=[on_event]),
+        "function": _tiny_trainer(
+            loss_fn=lambda logits, targets: F.cross_entropy(logits, targets), callbacks=[on_event]
+        ),
+    }
+    for trainer in runs.values():
+        trainer.train()
+    curves = [losses[id(t)] for t in runs.values()]
+    assert len(curves[0]) == 3 and curves[0] == curves[1] == curves[2]  # the same loss, however it is given
+    assert events[:3] == ["train_start", "before_optimizer_step", "batch_end"] and events.count("train_end") == 3
+    assert torch.isfinite(torch.tensor(curves[0])).all()

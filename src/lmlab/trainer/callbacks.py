@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,58 @@ class Callback:
 
     def on_train_end(self, trainer: Any) -> None:
         """After the last step."""
+
+
+@dataclass
+class Event:
+    """What a plain-function callback receives with the trainer: the hook's name and its argument."""
+
+    name: str  # train_start, batch_end, eval_end, epoch_end, before_optimizer_step, checkpoint, train_end
+    data: Any = None  # the metrics, the epoch or the checkpoint path, where the hook has one
+
+
+class FunctionCallback(Callback):
+    """Every hook as one call `fn(trainer, Event(name, data))`."""
+
+    def __init__(self, fn: Callable[[Any, Event], None]) -> None:
+        self.fn = fn
+
+    def on_train_start(self, trainer: Any) -> None:
+        """Event train_start."""
+        self.fn(trainer, Event("train_start"))
+
+    def on_batch_end(self, trainer: Any, metrics: dict) -> None:
+        """Event batch_end with the step's metrics."""
+        self.fn(trainer, Event("batch_end", metrics))
+
+    def on_eval_end(self, trainer: Any, metrics: dict) -> None:
+        """Event eval_end with the evaluation's metrics."""
+        self.fn(trainer, Event("eval_end", metrics))
+
+    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+        """Event epoch_end with the epoch count."""
+        self.fn(trainer, Event("epoch_end", epoch))
+
+    def on_before_optimizer_step(self, trainer: Any) -> None:
+        """Event before_optimizer_step."""
+        self.fn(trainer, Event("before_optimizer_step"))
+
+    def on_checkpoint(self, trainer: Any, path: Path) -> None:
+        """Event checkpoint with the checkpoint's path."""
+        self.fn(trainer, Event("checkpoint", path))
+
+    def on_train_end(self, trainer: Any) -> None:
+        """Event train_end."""
+        self.fn(trainer, Event("train_end"))
+
+
+def as_callback(cb: Callback | Callable[[Any, Event], None]) -> Callback:
+    """A `Callback` as it is; a plain function `fn(trainer, event)` wrapped so it hears every hook."""
+    if isinstance(cb, Callback):
+        return cb
+    if callable(cb):
+        return FunctionCallback(cb)
+    raise TypeError(f"callbacks: {cb!r} is neither a Callback nor a function fn(trainer, event)")
 
 
 class ProgressBar(Callback):

@@ -8,6 +8,8 @@ every RNG on every rank, data position), non-finite detection, throughput and MF
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import itertools
 import math
 import random
@@ -29,7 +31,7 @@ from lmlab.config import TrainConfig
 from lmlab.errors import CheckpointError
 from lmlab.runs import checkpoint as ckpt
 from lmlab.trainer import distributed as wrap
-from lmlab.trainer.callbacks import Callback
+from lmlab.trainer.callbacks import Callback, as_callback
 from lmlab.utils import dist
 from lmlab.utils.hardware import autocast_dtype, peak_flops, resolve_device, resolve_precision
 from lmlab.utils.meters import AverageMeter, ThroughputMeter, peak_memory_bytes
@@ -40,6 +42,33 @@ def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     x, y = batch
     out = model(x, targets=y)
     return out.loss if out.aux_loss is None else out.loss + out.aux_loss
+
+
+def as_model_loss(loss_fn: Callable) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """The trainer's `(model, batch) -> loss` from any of the three forms a loss comes in.
+
+    - a function whose first parameter is named `model` (or annotated as a module) takes `(model, batch)`;
+    - a loss module (`nn.CrossEntropyLoss()`) or any other two-argument function is a criterion
+      `(logits, targets)`, given them flattened as `nn.CrossEntropyLoss` takes them, (N, V) and (N,),
+      for an `(x, y)` batch; the model's auxiliary loss (MoE) is added to it.
+    """
+    if not isinstance(loss_fn, nn.Module):
+        first = next(iter(inspect.signature(loss_fn).parameters.values()), None)
+        annotation = getattr(first, "annotation", None)
+        if first is not None and (
+            first.name == "model" or (isinstance(annotation, type) and issubclass(annotation, nn.Module))
+        ):
+            return loss_fn
+    return functools.partial(_criterion_loss, loss_fn)
+
+
+def _criterion_loss(criterion: Callable, model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    out = model(x)
+    logits = getattr(out, "logits", out)
+    loss = criterion(logits.flatten(0, -2), y.flatten())
+    aux = getattr(out, "aux_loss", None)
+    return loss if aux is None else loss + aux
 
 
 def rng_state() -> dict:
@@ -146,9 +175,9 @@ class MiniTrainer:
         self._place(
             model, optimizer, scheduler, device, precision, distributed, compile, activation_checkpointing, ac_every
         )
-        self.loss_fn, self.train_loader, self.val_loader = loss_fn, train_loader, val_loader
+        self.loss_fn, self.train_loader, self.val_loader = as_model_loss(loss_fn), train_loader, val_loader
         self.grad_accum, self.clip_grad, self.nonfinite = grad_accum, clip_grad, nonfinite
-        self.callbacks = list(callbacks)
+        self.callbacks = [as_callback(cb) for cb in callbacks]
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.eval_iters, self.keep_last, self.resume = eval_iters, keep_last, resume
         self.total_steps = self.plan_steps(
