@@ -67,3 +67,20 @@ def test_a_loss_module_a_logits_function_and_a_plain_callback():
     assert len(curves[0]) == 3 and curves[0] == curves[1] == curves[2]  # the same loss, however it is given
     assert events[:3] == ["train_start", "before_optimizer_step", "batch_end"] and events.count("train_end") == 3
     assert torch.isfinite(torch.tensor(curves[0])).all()
+
+
+def test_each_evaluation_reports_the_training_split_beside_validation(tmp_path, corpus_file):
+    """nanoGPT's estimate_loss: train and val loss at every evaluation, without moving the training data."""
+    from click.testing import CliRunner
+
+    from lmlab.cli.app import cli
+    from lmlab.runs.run_dir import RunDir
+    from lmlab.track.jsonl import read_metrics
+    from tests.helpers import small_train_args
+
+    args = small_train_args(corpus_file, layers=1, dim=16, seq_len=16, batch=2, max_steps=4, train__eval_interval=2)
+    result = CliRunner().invoke(cli, ["train", *args, "--train.eval_iters", "2", "--save-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    evals = [r for r in read_metrics(RunDir.latest(tmp_path).logs / "metrics.jsonl") if r["split"] == "val"]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0 < r["train_eval_loss"] < 10 and 0 < r["val_loss"] < 10 for r in evals)

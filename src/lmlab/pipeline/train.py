@@ -116,7 +116,8 @@ def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
                 splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world, starts=starts
             )
         val = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1, rank=rank, world=world)
-        return train, val
+        train_eval = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed + 2, rank=rank, world=world)
+        return train, val, train_eval
 
     return _Task(
         cfg,
@@ -148,7 +149,8 @@ def _seq2seq_task(cfg: RunConfig, run: RunDir | None) -> _Task:
         if world > 1:
             raise CheckpointError("train: arch=seq2seq runs in one process; distributed pair batches are not supported")
         val = PairLoader(data.val, tc.batch_size, shuffle=False, restart=True)
-        return PairLoader(data.train, tc.batch_size, seed=tc.seed), val
+        train_eval = PairLoader(data.train, tc.batch_size, seed=tc.seed + 2)
+        return PairLoader(data.train, tc.batch_size, seed=tc.seed), val, train_eval
 
     def sample(model: torch.nn.Module) -> list[str]:
         pairs = data.val_pairs[: tc.num_samples]
@@ -178,7 +180,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         load_weights(model, read_weights(weights), weights)
     seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
     optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
-    train_loader, val_loader = task.loaders(dist.get_rank(), dist.get_world_size())
+    train_loader, val_loader, train_eval_loader = task.loaders(dist.get_rank(), dist.get_world_size())
     trainer = MiniTrainer.from_config(
         tc,
         model,
@@ -187,6 +189,7 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         train_loader=train_loader,
         val_loader=val_loader,
         scheduler=_scheduler(tc, optimizer, len(train_loader)),
+        train_eval_loader=train_eval_loader,
         callbacks=[*_callbacks(cfg, run, quiet), *([ResumeRecord(run, saved, cfg)] if saved else []), *callbacks],
         ckpt_dir=run.checkpoints,
         resume=resume,

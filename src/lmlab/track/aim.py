@@ -83,6 +83,8 @@ class AimTracker(SafeTracker):
         values = scalars(metrics)
         values["loss"] = values.pop("val_loss")
         self._track(values, ("loss",), trainer.step, "val")
+        if "train_eval_loss" in values:
+            self._track({"eval_loss": values["train_eval_loss"]}, ("eval_loss",), trainer.step, "train")
 
     def log_grads(self, trainer: Any) -> None:
         """Distributions of every parameter and its gradient, every `hist_interval` steps."""

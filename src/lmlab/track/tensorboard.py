@@ -55,6 +55,8 @@ class TensorBoardTracker(SafeTracker):
         self.writer.add_scalar("val/loss", loss, trainer.step)
         self.writer.add_scalar("val/loss_by_tokens", loss, int(metrics["tokens"]))
         self.writer.add_scalar("val/loss_by_gflops", loss, int(metrics.get("flops", 0) / 1e9))
+        if metrics.get("train_eval_loss") is not None:  # the training split, measured as validation is
+            self.writer.add_scalar("train/eval_loss", metrics["train_eval_loss"], trainer.step)
         self.writer.flush()
 
     def log_grads(self, trainer: Any) -> None:

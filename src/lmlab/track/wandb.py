@@ -36,7 +36,10 @@ class WandBLogger(SafeTracker):
 
     def log_eval(self, trainer: Any, metrics: dict) -> None:
         """The validation loss."""
-        self.run.log({"val/loss": metrics["val_loss"], "val/tokens": metrics["tokens"]}, step=trainer.step)
+        logged = {"val/loss": metrics["val_loss"], "val/tokens": metrics["tokens"]}
+        if metrics.get("train_eval_loss") is not None:
+            logged["train/eval_loss"] = metrics["train_eval_loss"]
+        self.run.log(logged, step=trainer.step)
 
     def finish(self, trainer: Any) -> None:
         """Finish the run."""

@@ -131,6 +131,8 @@ class ProgressBar(Callback):
     def on_eval_end(self, trainer: Any, metrics: dict) -> None:
         """Print the validation loss above the bar."""
         line = f"step {trainer.step}: val loss {metrics['val_loss']:.4f}"
+        if metrics.get("train_eval_loss") is not None:
+            line += f" | train loss {metrics['train_eval_loss']:.4f}"
         if self.progress is not None:
             self.progress.console.print(line)
         else:

@@ -154,6 +154,7 @@ class MiniTrainer:
         clip_grad: float | None = 1.0,
         scheduler: Any = None,
         callbacks: Sequence[Callback] = (),
+        train_eval_loader: Iterable | None = None,
         ckpt_dir: str | Path | None = None,
         eval_interval: int | None = None,
         eval_iters: int = 20,
@@ -176,6 +177,8 @@ class MiniTrainer:
             model, optimizer, scheduler, device, precision, distributed, compile, activation_checkpointing, ac_every
         )
         self.loss_fn, self.train_loader, self.val_loader = as_model_loss(loss_fn), train_loader, val_loader
+        # its own draws over the training split, so measuring it never moves the training data order
+        self.train_eval_loader = train_eval_loader
         self.grad_accum, self.clip_grad, self.nonfinite = grad_accum, clip_grad, nonfinite
         self.callbacks = [as_callback(cb) for cb in callbacks]
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
@@ -312,7 +315,7 @@ class MiniTrainer:
         }
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
-        for name in ("train_loader", "val_loader"):
+        for name in ("train_loader", "val_loader", "train_eval_loader"):
             loader = getattr(self, name)
             if hasattr(loader, "state_dict"):
                 state[name] = loader.state_dict()
@@ -348,7 +351,7 @@ class MiniTrainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
-        for name in ("train_loader", "val_loader"):
+        for name in ("train_loader", "val_loader", "train_eval_loader"):
             loader = getattr(self, name)
             if name in state and hasattr(loader, "load_state_dict"):
                 loader.load_state_dict(state[name])
@@ -416,16 +419,23 @@ class MiniTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean loss over `eval_iters` validation batches (averaged over ranks)."""
+        """Mean loss over `eval_iters` validation batches (averaged over ranks), and over as many batches of
+        the training split when a `train_eval_loader` is given (nanoGPT's estimate_loss: `train_eval_loss`)."""
         self.model.eval()
+        out = {"step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen}
+        out["val_loss"] = self._mean_loss(self.val_loader)
+        if self.train_eval_loader is not None:
+            out["train_eval_loss"] = self._mean_loss(self.train_eval_loader)
+        self.model.train()
+        return out
+
+    def _mean_loss(self, loader: Iterable) -> float:
         losses = []
-        batches = _cycle(self.val_loader)  # a short validation split wraps around instead of running dry
+        batches = _cycle(loader)  # a short split wraps around instead of running dry
         for batch in itertools.islice(batches, self.eval_iters):
             with self.autocast():
                 losses.append(float(self.loss_fn(self.model, _to_device(batch, self.device))))
-        self.model.train()
-        val = dist.all_reduce_mean(sum(losses) / len(losses) if losses else math.nan)
-        return {"step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen, "val_loss": val}
+        return dist.all_reduce_mean(sum(losses) / len(losses) if losses else math.nan)
 
     def _loss(self, batch: Any) -> torch.Tensor:
         with self.autocast():
