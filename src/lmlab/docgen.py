@@ -146,7 +146,12 @@ def config_reference() -> str:
 
     # a command sees only its own sections, so its bare flags are the ones unique among them
     groups = [tuple(SECTIONS), *((name,) for name in COMMAND_SECTIONS)]
-    flags = {opt.name: [o for o in opt.opts if not o.startswith("--no-")] for g in groups for opt in schema_options(g)}
+    flags = {
+        opt.name: [o for o in opt.opts if not o.startswith("--no-")]
+        for g in groups
+        for opt in schema_options(g)
+        if not opt.hidden  # the foreign spellings are documented on the Coming from nanoGPT page
+    }
     out = [
         *HIDE_TOC,
         "# Configuration reference",

@@ -229,7 +229,7 @@ def test_command_settings_are_schema_sections(monkeypatch):
     monkeypatch.setenv("LMLAB_SERVE__PORT", "9001")
     assert command_settings("serve", {}).port == 9001
     assert command_settings("serve", {"port": "9002"}).port == 9002  # a flag beats the environment
-    train = {opt.name: opt for opt in schema_options(("model", "train"))}
+    train = {opt.name: opt for opt in schema_options(("model", "train")) if not opt.hidden}
     assert "--seq-len" in train["train__seq_len"].opts and "--context" in train["model__max_seq_len"].opts
     args = ["--seq-len", "64"]
     ctx = cli.commands["train"].make_context("train", args)

@@ -7,6 +7,7 @@ unique across sections, the bare dashed form (`--n-layer`, `--norm-position`); n
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from typing import Any
@@ -166,3 +167,12 @@ class SchemaCommand(click.Command):
     @params.setter
     def params(self, value: list[click.Parameter]) -> None:
         self._extra, self._built = list(value or []), None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse; a mistyped flag is answered with the documented spellings, not the hidden foreign ones."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            shown = [o for p in self.params if isinstance(p, click.Option) and not p.hidden for o in p.opts]
+            exc.possibilities = difflib.get_close_matches(exc.option_name, shown)
+            raise
