@@ -546,6 +546,28 @@ def nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
     return out
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"rope": {"theta": 1e4}}} -> {"model.rope.theta": 1e4}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def set_path(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    """tree[a][b][c] = value for parts [a, b, c], making the intermediate dicts."""
+    *parents, leaf = parts
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted field: (before, after)} for every leaf whose value differs between two nested dicts."""
+    a, b = flatten(before), flatten(after)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; values of `override` win."""
     out = dict(base)
@@ -581,6 +603,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     routed to the one section that has such a field; see `route_flat`.
     """
     path = Path(path)
+    raw = _read_mapping(path, "sections (model, data, train)")
+    return normalize_sections(raw, str(path)) if raw else {}
+
+
+def _read_mapping(path: Path, holds: str) -> dict[str, Any]:
+    """The mapping a JSON, YAML or Python config file holds ({} when empty); one line on any problem."""
     if not path.is_file():
         raise ConfigError(f"config: file not found: {path}")
     try:
@@ -593,8 +621,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config: {path} must hold a mapping of sections (model, data, train)")
-    return normalize_sections(raw, str(path))
+        raise ConfigError(f"config: {path} must hold a mapping of {holds}")
+    return raw
+
+
+def read_config_sources(
+    config_dir: str | Path | None, config_file: str | Path | None
+) -> tuple[dict[str, Any], list[Path]]:
+    """The sections of a config folder, then a config file over them, and the files read in that order."""
+    data, sources = read_config_dir(config_dir) if config_dir else ({}, [])
+    if config_file:
+        data = deep_merge(data, read_config_file(config_file))
+        sources.append(Path(config_file))
+    return data, sources
 
 
 def normalize_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -683,10 +722,7 @@ def read_config_dir(directory: str | Path) -> tuple[dict[str, Any], list[Path]]:
 def _config_dir_part(stem: str, path: Path, merged: dict[str, Any]) -> dict[str, Any]:
     if stem == "config":
         return read_config_file(path)
-    text = path.read_text()
-    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config: {path} must hold a mapping of {stem} fields")
+    raw = _read_mapping(path, f"{stem} fields")
     if stem == "tensorboard":
         extra = set(raw) - {"enabled"}
         if extra:
@@ -706,12 +742,8 @@ def env_overrides(environ: dict[str, str] | None = None, sections: dict[str, Any
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
-        if path[0] not in sections:
-            continue
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+        if path[0] in sections:
+            set_path(out, path, value)
     return {k: canonicalize(k, v) for k, v in out.items()}
 
 
@@ -727,10 +759,7 @@ def resolve_config(
 
     The config files read are kept (`RunConfig.sources`) so the run can store them verbatim.
     """
-    file_data, sources = read_config_dir(config_dir) if config_dir else ({}, [])
-    if config_file:
-        file_data = deep_merge(file_data, read_config_file(config_file))
-        sources.append(Path(config_file))
+    file_data, sources = read_config_sources(config_dir, config_file)
     env_data = env_overrides(environ)
     cli = {k: canonicalize(k, v) if k in SECTIONS else v for k, v in (cli or {}).items()}
     preset = cli.pop("preset", None) or preset or env_data.pop("preset", None) or file_data.get("preset")
@@ -747,16 +776,9 @@ def resolve_config(
     return cfg
 
 
-def _dotted(data: dict[str, Any], prefix: str = "") -> set[str]:
-    out: set[str] = set()
-    for key, value in data.items():
-        out |= _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
-    return out
-
-
 def _name_env_sources(message: str, env_data: dict[str, Any], cli: dict[str, Any]) -> str:
     """Say which environment variable set a field the error names (a flag for the same field wins over it)."""
-    for dotted in sorted(_dotted(env_data) - _dotted(cli)):
+    for dotted in sorted(flatten(env_data).keys() - flatten(cli).keys()):
         variable = ENV_PREFIX + dotted.replace(".", "__").upper()
         message = message.replace(f"{dotted}:", f"{dotted} (from environment variable {variable}):")
     return message

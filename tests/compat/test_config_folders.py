@@ -89,6 +89,10 @@ def test_a_config_folder_routes_each_file_and_flat_key(tmp_path, monkeypatch):
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.max_seq_len) == (2, 32, 4, 32)
     assert (cfg.train.lr, cfg.train.batch_size, cfg.train.max_steps) == (3e-3, 4, 3)
     assert "tensorboard" in cfg.track.trackers and cfg.data.tokenizer == "char"
+    (tmp_path / "configs" / "model.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"config: cannot parse configs/model.json"):
+        _train_config(DIR_COMMAND, tmp_path)
+    (tmp_path / "configs" / "model.json").write_text(json.dumps({"num_heads": 4, "max_seq_len": 32}))
     (tmp_path / "configs" / "config.json").write_text(json.dumps({"vocab_size": 512}))
     with pytest.raises(ConfigError, match=r"vocab_size: .* could be model.vocab_size or data.vocab_size"):
         _train_config("lmlab train --config-dir configs/", tmp_path)

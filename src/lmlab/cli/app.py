@@ -500,12 +500,9 @@ def _ablate(base: str, swap: tuple[str, ...], seeds: int, match: str, out: str, 
 
 def _study_overrides(params: dict) -> dict:
     """A study's settings for every run: its config folder < config file < flags."""
-    from lmlab.config import deep_merge, read_config_dir, read_config_file
+    from lmlab.config import deep_merge, read_config_sources
 
-    config_dir, config = params.pop("config_dir", None), params.pop("config", None)
-    files = read_config_dir(config_dir)[0] if config_dir else {}
-    if config:
-        files = deep_merge(files, read_config_file(config))
+    files, _ = read_config_sources(params.pop("config_dir", None), params.pop("config", None))
     return deep_merge(files, collect_overrides(params))
 
 

@@ -16,7 +16,7 @@ import click
 from pydantic import BaseModel
 
 from lmlab.command_config import COMMAND_SECTIONS
-from lmlab.config import ALIASES, SECTIONS, ModelConfig
+from lmlab.config import ALIASES, SECTIONS, ModelConfig, set_path
 from lmlab.registry import BLOCK_REGISTRIES, option_sections
 
 # Every section a command can take flags from: the run config's and the commands' own.
@@ -140,13 +140,8 @@ def collect_overrides(params: dict[str, Any]) -> dict[str, Any]:
     """Nested {section: {field: value}} from the parsed options that were given."""
     out: dict[str, Any] = {}
     for dest, value in params.items():
-        if value is None or "__" not in dest:
-            continue
-        *parents, leaf = dest.split("__")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        if value is not None and "__" in dest:
+            set_path(out, dest.split("__"), value)
     return out
 
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lmlab.config import set_path
 from lmlab.data.sources import load_corpus
 from lmlab.errors import CheckpointError, DataError
 from lmlab.runs.run_dir import RunDir
@@ -99,11 +100,7 @@ def _segments(final, resumes: list[dict], last: int) -> list[tuple[Any, int]]:
     for record in reversed(resumes):
         data = configs[0].model_dump(mode="json")
         for dotted, (before, _after) in record["changed"].items():
-            *parents, leaf = dotted.split(".")
-            node = data
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = before
+            set_path(data, dotted.split("."), before)
         configs.insert(0, final.model_validate(data))
     ends = [r["step"] for r in resumes] + [last]
     out = []

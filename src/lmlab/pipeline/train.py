@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.config import RunConfig
+from lmlab.config import RunConfig, changed_fields
 from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
 from lmlab.errors import CheckpointError
@@ -240,15 +240,8 @@ def keep_config_files(run: RunDir, sources: Sequence[str]) -> None:
 
 def config_changes(before: RunConfig, after: RunConfig) -> dict[str, list]:
     """{dotted field: [before, after]} for every field whose value differs."""
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-        return out
-
-    a, b = flat(before.model_dump(mode="json")), flat(after.model_dump(mode="json"))
-    return {k: [a.get(k), b.get(k)] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    changed = changed_fields(before.model_dump(mode="json"), after.model_dump(mode="json"))
+    return {k: list(pair) for k, pair in changed.items()}
 
 
 class ResumeRecord(Callback):

@@ -15,6 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmlab.config import changed_fields
 from lmlab.errors import CheckpointError
 from lmlab.runs.run_dir import RUN_RE, RunDir
 from lmlab.track.jsonl import read_metrics
@@ -214,17 +215,6 @@ def table_rows(summaries: list[RunSummary]) -> list[list[str]]:
     return rows
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
     """Linear interpolation of the curve (xs, ys) at x; None outside its range."""
     for (x0, y0), (x1, y1) in itertools.pairwise(zip(xs, ys, strict=True)):
@@ -243,8 +233,7 @@ def diff(a: RunSummary, b: RunSummary, axis: str = "tokens", *, force: bool = Fa
             f"compare --diff: {a.name} and {b.name} were validated on different data (corpus {a.val_data} vs "
             f"{b.val_data}), so their losses are not comparable; pass --force to diff them anyway"
         )
-    fa, fb = _flatten(a.config), _flatten(b.config)
-    config = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+    config = changed_fields(a.config, b.config)
     xa, ya = a.curve(axis)
     xb, yb = b.curve(axis)
     aligned = []
