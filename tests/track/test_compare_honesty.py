@@ -44,5 +44,12 @@ def test_compare_converts_units_marks_other_data_and_guards_diff(tmp_path, corpu
     forced = CliRunner().invoke(cli, ["compare", str(char), str(elsewhere), "--diff", "--force"])
     assert forced.exit_code == 0, forced.output
 
+    data_file = elsewhere / "meta/data.json"  # a run that recorded no text counts (as encoder-decoders do)
+    data = json.loads(data_file.read_text())
+    data_file.write_text(json.dumps({k: v for k, v in data.items() if k not in ("val_chars", "val_bytes")}))
+    apart = CliRunner().invoke(cli, ["compare", str(char), str(elsewhere), "--out", str(tmp_path / "c3")])
+    assert apart.exit_code == 0 and "cannot be put on one scale" in apart.output
+    assert not any(s.comparable for s in compare.compare([char, elsewhere]))
+
     missing = CliRunner().invoke(cli, ["compare", "--latest", "4", "--root", str(tmp_path / "runs/ablate")])
     assert missing.exit_code == 2 and "does not exist" in missing.output

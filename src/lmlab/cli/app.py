@@ -471,7 +471,7 @@ def compare_cmd(
         console.print(table)
         return
     rows = compare.table_rows(summaries)
-    what = f"bits per {unit}" if unit in ("byte", "char") else "loss"
+    what = "loss" if unit == "token" else f"bits per {unit}"
     table = Table(*rows[0], title=f"runs ranked by best validation {what}")
     for r in rows[1:]:
         table.add_row(*r)

@@ -42,6 +42,7 @@ class RunSummary:
     config: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # meta/data.json: tokenizer and validation-data fingerprint
     unit: str = "token"  # what the losses above are per: token (nats), or byte / char (bits)
+    comparable: bool = True  # False: other runs it is compared with use other tokenizers and no unit joins them
 
     @property
     def val_data(self) -> str:
@@ -140,7 +141,7 @@ def compare(paths: list[str | Path]) -> list[RunSummary]:
     unit = common_unit(summaries)
     if unit is None:
         for s in summaries:
-            s.unit = "token (not comparable)"
+            s.comparable = False
     elif unit != "token":
         for s in summaries:
             s.rescale(unit)
@@ -149,13 +150,13 @@ def compare(paths: list[str | Path]) -> list[RunSummary]:
 
 def loss_label(unit: str) -> str:
     """How a loss in `unit` is named in tables and plots."""
-    return f"validation bits per {unit}" if unit in ("byte", "char") else "validation loss (nats/token)"
+    return "validation loss (nats/token)" if unit == "token" else f"validation bits per {unit}"
 
 
 def notes(summaries: list[RunSummary]) -> list[str]:
     """What a reader must know before comparing these numbers."""
     out = []
-    if summaries and summaries[0].unit == "token (not comparable)":
+    if summaries and not summaries[0].comparable:
         missing = ", ".join(s.name for s in summaries if not s.bits_factor("char"))
         out.append(
             f"the runs use different tokenizers and {missing} recorded no validation text counts, so these "
