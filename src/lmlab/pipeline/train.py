@@ -232,8 +232,8 @@ def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | No
 
 def keep_config_files(run: RunDir, sources: Sequence[str]) -> None:
     """Copy every config file the run was given, verbatim and in precedence order, into meta/config_files/."""
+    folder = run.meta / "config_files"
     for i, source in enumerate(sources):
-        folder = run.meta / "config_files"
         folder.mkdir(exist_ok=True)
         shutil.copyfile(source, folder / f"{i:02d}_{Path(source).name}")
 
