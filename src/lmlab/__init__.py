@@ -31,6 +31,8 @@ _EXPORTS = {
     "TOKENIZER": "lmlab.registry",
     "CharTokenizer": "lmlab.data.tokenizers.char",
     "SimpleCharacterTokenizer": "lmlab.data.tokenizers.char",
+    "TextDataset": "lmlab.data.module",
+    "TextDataModule": "lmlab.data.module",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -68,6 +68,7 @@ ALIASES: dict[str, dict[str, str]] = {
         "output": "save_dir",
         "out_dir": "save_dir",
         "use_compile": "compile",
+        "use_amp": "precision",
     },
 }
 
@@ -384,6 +385,14 @@ class TrainConfig(Section):
     sample_tokens: int = Field(200, ge=0, description="tokens to sample after training")
     num_samples: int = Field(2, ge=0)
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _amp_switch(cls, value: Any) -> Any:
+        # `use_amp: true|false` (llm-style configs) reads as a switch: on = auto mixed precision, off = fp32.
+        if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false", "yes", "no")):
+            return "auto" if TypeAdapter(bool).validate_python(value) else "fp32"
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.max_steps is None and self.epochs is None:
@@ -502,11 +511,12 @@ def canonicalize(section: str, data: dict[str, Any]) -> dict[str, Any]:
     """Rename foreign aliases to canonical names; a key given twice under two names is an error."""
     aliases = ALIASES.get(section, {})
     out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key, value in data.items():
         name = aliases.get(key, key)
-        if name in out:  # dict keys are unique, so a repeat means an alias and its canonical name
-            raise ConfigError(f"{section}.{name}: given twice (as '{key}' and '{name}')")
-        out[name] = value
+        if name in out:  # dict keys are unique, so a repeat means two spellings of one field
+            raise ConfigError(f"{section}.{name}: given twice (as '{spelled[name]}' and '{key}')")
+        out[name], spelled[name] = value, key
     return out
 
 

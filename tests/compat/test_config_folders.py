@@ -116,3 +116,38 @@ def test_every_config_file_is_kept_verbatim_in_the_run(tmp_path, corpus_file):
         "05_extra.yaml",
     ]
     assert (kept / "05_extra.yaml").read_text() == extra.read_text()  # verbatim, comment and all
+
+
+LLM_STYLE = """
+model:
+  hidden_size: 64
+  num_layers: 2
+  num_heads: 4
+  max_seq_len: 32
+  attn_impl: flash
+  mlp_impl: swiglu
+data:
+  dataset_path: data/input.txt
+  tokenizer_type: char
+train:
+  use_compile: false
+  use_amp: false
+"""
+
+
+def test_llm_style_field_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "input.txt").write_text("hello world\n" * 50)
+    (tmp_path / "llm.yaml").write_text(LLM_STYLE)
+    cfg = _train_config("lmlab train --config llm.yaml", tmp_path)
+    assert (cfg.model.d_model, cfg.model.n_layer, cfg.model.n_head, cfg.model.max_seq_len) == (64, 2, 4, 32)
+    assert (cfg.model.attn, cfg.model.ffn, cfg.data.name, cfg.data.tokenizer) == (
+        "sdpa",
+        "swiglu",
+        "file:data/input.txt",
+        "char",
+    )
+    assert (cfg.train.compile, cfg.train.precision) == (False, "fp32")  # use_amp off = full precision
+    on = _train_config("lmlab train --config llm.yaml --use_amp true", tmp_path)
+    assert on.train.precision == "auto"

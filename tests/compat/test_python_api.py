@@ -84,3 +84,38 @@ def test_each_evaluation_reports_the_training_split_beside_validation(tmp_path, 
     evals = [r for r in read_metrics(RunDir.latest(tmp_path).logs / "metrics.jsonl") if r["split"] == "val"]
     assert [r["step"] for r in evals] == [2, 4]
     assert all(0 < r["train_eval_loss"] < 10 and 0 < r["val_loss"] < 10 for r in evals)
+
+
+def test_text_dataset_and_data_module_feed_a_hand_written_loop(tmp_path, corpus_file):
+    import torch
+
+    from lmlab import TextDataModule
+    from lmlab.data import TextDataset
+    from lmlab.data.datasets import prepare_data
+    from lmlab.model.build import build_model
+    from lmlab.trainer import MiniTrainer
+    from tests.conftest import tiny_cfg
+
+    dm = TextDataModule(str(corpus_file), tokenizer="char", batch_size=4, seq_len=16, cache_dir=str(tmp_path))
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == y.shape == (4, 16) and x.dtype == torch.long and torch.equal(x[:, 1:], y[:, :-1])
+    # The same tokens and split as `lmlab train --data FILE --tokenizer char` uses.
+    _, tok, splits = prepare_data(dm.config)
+    assert tok.vocab_size == dm.vocab_size and len(dm.val_dataset) == (len(splits.val) - 17) // 16 + 1
+    xv, yv = dm.val_dataset[1]
+    assert xv.tolist() == list(splits.val[16:32]) and yv.tolist() == list(splits.val[17:33])
+    assert len(TextDataset(list(range(20)), 4, stride=1)) == 16 and TextDataset(list(range(20)), 4)[-1][1][-1] == 19
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", dropout=0.0, n_layer=1, vocab_size=dm.vocab_size, max_seq_len=16))
+    trainer = MiniTrainer(
+        model,
+        torch.optim.AdamW(model.parameters(), lr=3e-3),
+        train_loader=dm.train_dataloader(),
+        val_loader=dm.val_dataloader(),
+        max_steps=20,
+        eval_iters=2,
+    )
+    trainer.train()
+    assert trainer.evaluate()["val_loss"] < torch.log(torch.tensor(float(dm.vocab_size))).item()

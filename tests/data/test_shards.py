@@ -128,6 +128,10 @@ def test_sharded_view_gathers_across_shard_boundaries(tmp_path):
     tail = view[4:12]
     assert len(tail) == 8 and tail[np.arange(8)].tolist() == list(range(4, 12))
     assert np.asarray(tail).tolist() == list(range(4, 12)) and view[6:6].tolist() == []
+    # A view ends where it ends: iteration and scalar indexing never read the next tokens of the shards.
+    assert [int(t) for t in tail] == list(range(4, 12)) and tail[-1] == 11
+    with pytest.raises(IndexError):
+        tail[8]
     assert [len("".join(t)) for t in split_pieces("ab\ncd\nef\n", None, 4)] == [3, 3, 3]
 
 

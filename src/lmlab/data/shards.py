@@ -129,6 +129,10 @@ class ShardedTokens:
             if step != 1:
                 raise IndexError("ShardedTokens: slices must be contiguous")
             return ShardedTokens(self.paths, self.counts, self.dtype, self.start + a, self.start + b)
+        if isinstance(index, int | np.integer):  # a view's neighbours in the shards are not its tokens
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"ShardedTokens index {index} out of range for {len(self)} tokens")
+            index = int(index) % len(self)
         idx = np.asarray(index, dtype=np.int64) + self.start
         flat = idx.reshape(-1)
         which = np.searchsorted(self.offsets, flat, side="right") - 1
@@ -148,6 +152,9 @@ class ShardedTokens:
         ]
         out = np.concatenate(parts) if parts else np.zeros(0, self.dtype)
         return out.astype(dtype) if dtype is not None else out
+
+    def __iter__(self):
+        return iter(np.asarray(self))
 
     def tolist(self) -> list[int]:
         """Every token id of the view (small views only)."""
