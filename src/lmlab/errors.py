@@ -1,4 +1,4 @@
-"""Typed errors that speak to the user; the CLI turns them into one line and exit code 2."""
+"""Typed errors that speak to the user, and the decorator that turns them into one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def require(module: str, extra: str):
         raise MissingExtraError(
             f"'{module}' is not installed; install it with: pip install \"lmlab[{extra}]\""
         ) from exc
+
+
+def user_errors(fn):
+    """Turn user errors into one line on stderr and exit code 2 (no traceback): how every command reports them."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LmlabError as exc:
+            import click
+
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(2) from None
+
+    return wrapper

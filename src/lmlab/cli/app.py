@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 
 from lmlab import __version__
-from lmlab.cli.errors import user_errors
-from lmlab.cli.reference import reference_group
 from lmlab.cli.schema_flags import SchemaCommand, collect_overrides
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, user_errors
+from lmlab.reference.cli import reference_group
 
 
 def _resolve(params: dict):
