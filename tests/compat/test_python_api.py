@@ -69,21 +69,46 @@ def test_a_loss_module_a_logits_function_and_a_plain_callback():
     assert torch.isfinite(torch.tensor(curves[0])).all()
 
 
-def test_each_evaluation_reports_the_training_split_beside_validation(tmp_path, corpus_file):
-    """nanoGPT's estimate_loss: train and val loss at every evaluation, without moving the training data."""
+def test_each_evaluation_reports_the_training_split_and_the_run_log_has_nanogpts_shape(tmp_path, corpus_file):
+    """nanoGPT's estimate_loss (train and val loss at every evaluation), its enhanced JSON run log, and the
+    cost card printed at start-up; a resume continues the log without repeating steps."""
+    import json
+
     from click.testing import CliRunner
 
     from lmlab.cli.app import cli
+    from lmlab.model.flops import flops_per_token
     from lmlab.runs.run_dir import RunDir
     from lmlab.track.jsonl import read_metrics
     from tests.helpers import small_train_args
 
-    args = small_train_args(corpus_file, layers=1, dim=16, seq_len=16, batch=2, max_steps=4, train__eval_interval=2)
-    result = CliRunner().invoke(cli, ["train", *args, "--train.eval_iters", "2", "--save-dir", str(tmp_path)])
+    args = small_train_args(corpus_file, layers=1, dim=16, seq_len=16, batch=2, train__eval_interval=2)
+    args += ["--train.eval_iters", "2", "--log-interval", "1", "--save-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli, ["train", *args, "--max-steps", "4"])
     assert result.exit_code == 0, result.output
-    evals = [r for r in read_metrics(RunDir.latest(tmp_path).logs / "metrics.jsonl") if r["split"] == "val"]
+    assert "FLOPs/token" in result.output and "norm and position are elementwise FLOPs" in result.output
+    run = RunDir.latest(tmp_path)
+    evals = [r for r in read_metrics(run.logs / "metrics.jsonl") if r["split"] == "val"]
     assert [r["step"] for r in evals] == [2, 4]
     assert all(0 < r["train_eval_loss"] < 10 and 0 < r["val_loss"] < 10 for r in evals)
+
+    result = CliRunner().invoke(cli, ["train", *args, "--max-steps", "6", "--train.resume", str(run.path)])
+    assert result.exit_code == 0, result.output
+    log = json.loads((run.logs / "run_log.json").read_text())
+    assert set(log) == {"config", "training_iterations", "evaluations"} and log["config"]["train"]["max_steps"] == 6
+    iters = log["training_iterations"]
+    assert [r["iter"] for r in iters] == [1, 2, 3, 4, 5, 6]
+    first = iters[0]
+    assert {"iter", "loss", "lr", "time_ms", "mfu"} <= set(first) and first["time_ms"] > 0
+    mfu = first["mfu"]
+    assert set(mfu["breakdown"]) == {"attention", "ffn", "norm", "position", "lm_head"}
+    assert sum(mfu["breakdown"].values()) == mfu["flops_per_token"] == flops_per_token(run.config().model, 16) * 3
+    assert mfu["architecture"] == run.config().model.arch_name() and mfu["breakdown"]["norm"] > 0
+    assert [(e["iter"], e["val_loss"] > 0, e["train_loss"] > 0) for e in log["evaluations"]] == [
+        (2, True, True),
+        (4, True, True),
+        (6, True, True),
+    ]
 
 
 def test_text_dataset_and_data_module_feed_a_hand_written_loop(tmp_path, corpus_file):

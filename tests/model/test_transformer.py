@@ -1,6 +1,7 @@
 """Model-level properties: causality, KV cache, init, tying, post-norm, parameter and FLOP counts."""
 
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -118,6 +119,57 @@ def test_flops_per_token_match_flop_counter(preset):
     assert abs(model.flops_per_token(128) / fwd - 1) < 0.05
     train = counted_flops(lambda: model(x, targets=x).loss.backward()) / x.numel()
     assert abs(model.flops_per_token(128, training=True) / train - 1) < 0.05
+
+
+class _ElementwiseFlops(torch.utils._python_dispatch.TorchDispatchMode):
+    """Arithmetic elements the ops compute: what a norm or a rotation costs (sign flips and copies are free)."""
+
+    aten = torch.ops.aten
+    POINTWISE: ClassVar = {
+        aten.mul.Tensor,
+        aten.add.Tensor,
+        aten.sub.Tensor,
+        aten.pow.Tensor_Scalar,
+        aten.rsqrt.default,
+    }
+    REDUCTIONS: ClassVar = {aten.mean.dim, aten.sum.dim_IntList}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.POINTWISE:
+            self.flops += out.numel()
+        elif func in self.REDUCTIONS:
+            self.flops += args[0].numel()
+        return out
+
+
+def test_norm_and_rope_flops_are_what_the_blocks_compute():
+    """The elementwise counts the cost card and the run log add: RMSNorm and RoPE checked op by op
+    (FlopCounterMode sees matmuls only)."""
+    from lmlab.model.flops import flops_breakdown, grouped_breakdown
+
+    cfg = tiny_cfg("llama", d_model=32, n_head=4, n_kv_head=2, n_layer=3)
+    rows, x = 10, torch.randn(2, 5, 32)
+    with _ElementwiseFlops() as mode:
+        NORM.get("rmsnorm")(cfg)(x)
+    assert mode.flops == rows * (NORM.get("rmsnorm").flops_per_token(32) + 2)  # + eps and rsqrt, once a row
+    pos = POS.get("rope")(cfg)
+    ctx = pos.context(5, 0, torch.device("cpu"))
+    q, k = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8)
+    with _ElementwiseFlops() as mode:
+        ctx.rotate(q, k)
+    assert mode.flops * cfg.n_layer == 5 * POS.get("rope").flops_per_token(cfg, 5)
+    parts = flops_breakdown(cfg, 16)
+    assert parts["norm"] == (2 * 3 + 1) * 4 * 32 and parts["position"] == 3 * 3 * (4 + 2) * 8
+    assert sum(grouped_breakdown(cfg, 16).values()) == sum(parts.values())
+    gpt2 = tiny_cfg("gpt2", d_model=32, n_layer=3)
+    assert flops_breakdown(gpt2, 16)["norm"] == 7 * 7 * 32 and flops_breakdown(gpt2, 16)["position"] == 32
+    alibi = flops_breakdown(tiny_cfg("llama", pos="alibi", n_layer=3, n_head=4), 16)["position"]
+    assert alibi == 2 * 3 * 4 * 16
 
 
 def test_dropout_is_active_in_training_only():

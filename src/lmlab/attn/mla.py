@@ -193,6 +193,17 @@ class MLA(nn.Module):
         return {"attn_proj": proj, "attn_scores": 2 * seq_len * H * (qk + d["v"])}
 
     @classmethod
+    def rotated_per_token(cls, cfg: ModelConfig) -> int:
+        """Every head's decoupled rope query and the one shared rope key."""
+        return (cfg.n_head + 1) * mla_dims(cfg)["rope"]
+
+    @classmethod
+    def norm_flops_per_token(cls, cfg: ModelConfig) -> int:
+        """RMSNorm of the latents (4 FLOPs per feature, as the model's own RMSNorm)."""
+        d = mla_dims(cfg)
+        return 4 * ((d["kv_rank"] if cfg.mla.kv_norm else 0) + (d["q_rank"] or 0))
+
+    @classmethod
     def kv_bytes_per_token(cls, cfg: ModelConfig, bytes_per_value: int = 2) -> int:
         """The latent and the shared rope key, per layer."""
         d = mla_dims(cfg)

@@ -99,6 +99,7 @@ def cost_card(cfg: ModelConfig, seq_len: int) -> str:
         lines.append(f"  {k:<14}{v:>14,}{100 * v / total_f:>8.1f}%")
     lines.append(f"  {'total fwd':<14}{total_f:>14,}")
     lines.append(f"  {'train (3x)':<14}{3 * total_f:>14,}")
+    lines.append("  (norm and position are elementwise FLOPs, counted by formula; the rest are matmuls)")
     kv = kv_cache_bytes_per_token(cfg)
     mha = CausalSelfAttention.kv_bytes_per_token(cfg.model_copy(update={"n_kv_head": cfg.n_head}))
     lines += [

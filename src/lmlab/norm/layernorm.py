@@ -23,6 +23,11 @@ class LayerNorm(nn.LayerNorm):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.d_model, eps=cfg.norm_eps, bias=self.has_bias)
 
+    @classmethod
+    def flops_per_token(cls, width: int) -> int:
+        """Mean, centre, square, sum, scale, gain (and bias): 6 or 7 FLOPs per feature."""
+        return (7 if cls.has_bias else 6) * width
+
 
 @NORM.register(
     "layernorm_nobias", tags=("centering",), caps={"remote_code": True, "short": "LNnb"}, paper="Ba et al. 2016"

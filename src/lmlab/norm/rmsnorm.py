@@ -24,6 +24,11 @@ class RMSNorm(nn.Module):
         self.eps = cfg.norm_eps
         self.weight = nn.Parameter(torch.ones(cfg.d_model))
 
+    @classmethod
+    def flops_per_token(cls, width: int) -> int:
+        """Square, sum, scale, gain: 4 FLOPs per feature (the rsqrt is one per row)."""
+        return 4 * width
+
     def forward(self, x: Tensor) -> Tensor:
         """Normalise the last dim."""
         h = x.float()

@@ -19,10 +19,11 @@ from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_s
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
 from lmlab.errors import CheckpointError
 from lmlab.model.build import build_model
-from lmlab.model.cost import param_counts
+from lmlab.model.cost import cost_card, param_counts
 from lmlab.registry import TRACKER
 from lmlab.runs.checkpoint import load_weights, read_weights
 from lmlab.runs.run_dir import RunDir
+from lmlab.track.run_log import RunLog
 from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
 from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
 from lmlab.trainer.optim import configure_optimizer
@@ -199,6 +200,8 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
             f"run {run.path} | {model_cfg.arch_name()} | {model.num_params():,} params | "
             f"{task.summary} | device {trainer.device} {trainer.precision}"
         )
+        if model_cfg.arch != "seq2seq":  # what each component costs, as `lmlab arch` prints it
+            print(cost_card(model_cfg, cfg.seq_len))
     return _finish(task, run, trainer, trainer.train())
 
 
@@ -279,6 +282,8 @@ def _callbacks(cfg: RunConfig, run: RunDir, quiet: bool) -> list[Callback]:
     cbs: list[Callback] = []
     if dist.is_main():
         cbs += [TRACKER.get(name).for_run(run, cfg) for name in cfg.track.trackers]
+        if cfg.model.arch != "seq2seq":
+            cbs.append(RunLog.for_run(run, cfg))
         if cfg.train.progress and not quiet:
             cbs.append(ProgressBar(cfg.train.log_interval))
     if cfg.train.early_stopping:

@@ -40,6 +40,12 @@ class ALiBiPositions(PositionScheme):
         super().__init__(cfg)
         self.register_buffer("slopes", alibi_slopes(cfg.n_head), persistent=False)
 
+    @classmethod
+    def flops_per_token(cls, cfg: ModelConfig, seq_len: int) -> int:
+        """Slope x distance and the add, per score of every head and layer (the full T x T square, as the
+        attention scores are counted)."""
+        return 2 * cfg.n_layer * cfg.n_head * seq_len
+
     def context(self, T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> PosContext:
         """A context carrying the slopes; attention turns them into a bias for its key positions."""
         return PosContext(offset, T, device, slopes=self.slopes.to(device), pad=pad)

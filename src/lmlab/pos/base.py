@@ -104,6 +104,11 @@ class PositionScheme(nn.Module):
         super().__init__()
         self.max_seq_len = cfg.max_seq_len
 
+    @classmethod
+    def flops_per_token(cls, cfg: ModelConfig, seq_len: int) -> int:
+        """Elementwise FLOPs per token the scheme adds to a forward pass over all layers (none here)."""
+        return 0
+
     def embed(self, x: Tensor, offset: int, pad: Tensor | None = None) -> Tensor:
         """Token embeddings (B, T, C) with absolute positions added, if the scheme has them."""
         return x

@@ -23,6 +23,11 @@ class LearnedPositions(PositionScheme):
         super().__init__(cfg)
         self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model)
 
+    @classmethod
+    def flops_per_token(cls, cfg: ModelConfig, seq_len: int) -> int:
+        """One add per feature."""
+        return cfg.d_model
+
     def embed(self, x: Tensor, offset: int, pad: Tensor | None = None) -> Tensor:
         """Add the embeddings of positions offset..offset+T-1."""
         T = x.shape[1]

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lmlab.config import ModelConfig
 from lmlab.pos.base import PosContext, PositionScheme, row_tables
-from lmlab.registry import POS
+from lmlab.registry import ATTN, POS
 
 
 class RopeOptions(BaseModel):
@@ -38,6 +38,16 @@ class RotaryPositions(PositionScheme):
             )
         self.rot_dim, self.theta = rot, cfg.rope.theta
         self._cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
+
+    @classmethod
+    def flops_per_token(cls, cfg: ModelConfig, seq_len: int) -> int:
+        """x cos + rotate(x) sin: 3 FLOPs per rotated query and key feature, in every layer."""
+        attn = ATTN.get(cfg.attn)
+        if hasattr(attn, "rotated_per_token"):  # attention with its own rotary layout (MLA's decoupled keys)
+            rotated = attn.rotated_per_token(cfg)
+        else:
+            rotated = (cfg.n_head + cfg.n_kv_head) * (int(cfg.head_dim * cfg.rope.fraction) // 2 * 2)
+        return 3 * cfg.n_layer * rotated
 
     def tables(self, length: int, device: torch.device, rot_dim: int | None = None) -> tuple[Tensor, Tensor]:
         """cos/sin tables (>= length, rot_dim) for positions 0..; cached per width and device, grown on demand."""

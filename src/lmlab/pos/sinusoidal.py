@@ -35,6 +35,11 @@ class SinusoidalPositions(PositionScheme):
         super().__init__(cfg)
         self.d_model = cfg.d_model
 
+    @classmethod
+    def flops_per_token(cls, cfg: ModelConfig, seq_len: int) -> int:
+        """Per feature: position x frequency, its sine or cosine, and the add."""
+        return 3 * cfg.d_model
+
     def embed(self, x: Tensor, offset: int, pad: Tensor | None = None) -> Tensor:
         """Add the encodings of positions offset..offset+T-1."""
         positions = token_positions(x.shape[1], offset, x.device, pad)
