@@ -407,8 +407,14 @@ class TrackConfig(Section):
 
     trackers: list[str] = Field(
         default_factory=lambda: ["jsonl"],
-        description="jsonl (logs/metrics.jsonl), tensorboard (logs/tensorboard), aim (logs/aim), wandb "
-        "(WANDB_MODE=offline stays local); extra [track]; comma-separated on the command line",
+        description="jsonl (logs/metrics.jsonl), tensorboard, aim, wandb (WANDB_MODE=offline stays local); "
+        "extra [track]; comma-separated on the command line",
+    )
+    shared: bool = Field(
+        True,
+        description="runs under one save_dir share one Aim repo (<save_dir>/.aim) and TensorBoard root "
+        "(<save_dir>/tb/<run-id>), so `lmlab board` shows them side by side; false: each run's logs/aim, "
+        "logs/tensorboard",
     )
     hist_interval: int = Field(100, ge=1, description="steps between parameter/gradient histograms")
     project: str = Field("lmlab", description="project name for W&B, experiment name for Aim")

@@ -48,7 +48,8 @@ def test_tensorboard_and_jsonl_read_back(tmp_path, corpus_file):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = _train(tmp_path, corpus_file)
-    acc = EventAccumulator(str(result.run.logs / "tensorboard"), size_guidance={"histograms": 0, "scalars": 0})
+    tb = tmp_path / "tb" / result.run.path.name  # the save_dir's shared TensorBoard root, one folder a run
+    acc = EventAccumulator(str(tb), size_guidance={"histograms": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     for tag in (
@@ -90,8 +91,9 @@ indexer = RepoIndexManager(repo)
 for run_hash in repo.list_all_runs():
     indexer.index(run_hash)  # finish indexing before reading, as `aim up` would
 repo = aim.Repo(sys.argv[1])
-(run,) = [repo.get_run(h) for h in repo.list_all_runs()]
-out = {"hparams": run["hparams"], "git": run["git"], "name": run.name, "experiment": run.experiment, "metrics": {}}
+runs = {repo.get_run(h).name: repo.get_run(h) for h in repo.list_all_runs()}
+run = runs[sys.argv[2]]
+out = {"runs": sorted(runs), "hash": run.hash, "hparams": run["hparams"], "git": run["git"], "name": run.name, "experiment": run.experiment, "metrics": {}}
 for m in run.metrics():
     steps, (values, _epochs, _times) = m.data.items_list()
     out["metrics"][m.name + ":" + m.context.to_dict()["subset"]] = [steps, values]
@@ -104,13 +106,21 @@ print(json.dumps(out))
 
 
 def test_aim_repo_read_back_through_aim_sdk(tmp_path, corpus_file):
+    """Runs under one save_dir share one Aim repo; a resumed run continues its own Aim run."""
     pytest.importorskip("aim")
-    result = _train(tmp_path, corpus_file, tensorboard=False, aim=True)
+    first = _train(tmp_path, corpus_file, tensorboard=False, aim=True, max_steps=4)
+    result = _train(tmp_path, corpus_file, tensorboard=False, aim=True, resume=str(first.run.path))
+    other = _train(tmp_path, corpus_file, "u", tensorboard=False, aim=True, max_steps=2)
     proc = subprocess.run(
-        [sys.executable, "-c", AIM_READER, str(result.run.logs / "aim")], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", AIM_READER, str(tmp_path), result.run.path.name],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["runs"] == sorted([result.run.path.name, other.run.path.name])  # resumed: still one Aim run
+    assert out["hash"] == json.loads((result.run.meta / "aim_run.json").read_text())["hash"]
     assert out["name"] == result.run.path.name and out["experiment"] == "lmlab"
     assert out["hparams"]["model"]["d_model"] == 32 and out["hparams"]["train"]["max_steps"] == 6
     assert "commit" in out["git"]
@@ -118,8 +128,8 @@ def test_aim_repo_read_back_through_aim_sdk(tmp_path, corpus_file):
     assert steps == list(range(1, 7)) and all(x > 0 for x in losses)
     lines = [json.loads(x) for x in (result.run.logs / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in lines if r["split"] == "val"]
-    assert out["metrics"]["loss:val"] == [[3, 6], [pytest.approx(r["val_loss"], rel=1e-6) for r in val]]
-    assert out["metrics"]["tokens:val"][1] == [3 * 4 * 32, 6 * 4 * 32]
+    assert out["metrics"]["loss:val"] == [[3, 4, 6], [pytest.approx(r["val_loss"], rel=1e-6) for r in val]]
+    assert out["metrics"]["tokens:val"][1] == [3 * 4 * 32, 4 * 4 * 32, 6 * 4 * 32]
     for key in ("lr:train", "grad_norm:train", "tokens_per_s:train", "flops:train", "wall:train"):
         assert out["metrics"][key][0] == list(range(1, 7)), key
     vocab = result.run.config().model.vocab_size

@@ -578,6 +578,31 @@ sweep_command = cli.command(
 )(_sweep)
 
 
+@cli.command("board")
+@click.argument("save_dir", required=False, default="runs")
+@click.option("--aim", "viewer", flag_value="aim", help="open the shared Aim repo (<save_dir>/.aim)")
+@click.option("--tensorboard", "viewer", flag_value="tensorboard", help="open TensorBoard on <save_dir>/tb")
+@click.option("--port", type=int, default=None, help="the viewer's port (its own default otherwise)")
+@click.option("--print", "print_only", is_flag=True, help="print the viewer's command instead of starting it")
+@user_errors
+def board_cmd(save_dir: str, viewer: str | None, port: int | None, print_only: bool) -> None:
+    """Watch and compare every run under SAVE_DIR (default runs) in TensorBoard or Aim."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from lmlab.track.board import viewer_command
+
+    argv = viewer_command(save_dir, viewer, port)
+    if print_only or shutil.which(argv[0]) is None:
+        if not print_only:
+            click.echo(f'{argv[0]} is not installed; install it with: pip install "lmlab[track]", then run:', err=True)
+        click.echo(shlex.join(argv))
+        return
+    click.echo(f"starting: {shlex.join(argv)}", err=True)
+    sys.exit(subprocess.call(argv))
+
+
 @cli.command("replay")
 @click.argument("run")
 @click.option("--steps", type=int, default=20, show_default=True, help="compare the losses logged up to this step")

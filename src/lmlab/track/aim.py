@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from lmlab.errors import require
 from lmlab.registry import TRACKER
 from lmlab.track.base import SafeTracker, scalars
+from lmlab.track.layout import aim_repo
 from lmlab.track.tensorboard import TRAIN_SCALARS
 
 # Logged as metrics of their own so Aim's "align by metric" puts runs with other batch sizes
@@ -17,7 +19,8 @@ AXES = ("tokens", "flops", "wall")
 
 @TRACKER.register("aim")
 class AimTracker(SafeTracker):
-    """Writes an Aim repo under logs/aim (open it with `aim up --repo RUN/logs/aim`)."""
+    """Tracks into the Aim repo that every run under the save_dir shares (`aim up --repo SAVE_DIR`, or
+    `lmlab board --aim`); a resumed run continues its own Aim run, whose hash is kept in meta/aim_run.json."""
 
     name = "aim"
 
@@ -38,9 +41,10 @@ class AimTracker(SafeTracker):
 
     @classmethod
     def for_run(cls, run: Any, cfg: Any) -> AimTracker:
-        """The tracker for a run directory: an Aim repo in `logs/aim`, the run's config as hyperparameters."""
+        """The tracker for a run directory: the shared Aim repo (see `lmlab.track.layout`), the run's config
+        as hyperparameters."""
         return cls(
-            run.logs / "aim",
+            aim_repo(run.path, cfg.track.shared),
             experiment=cfg.track.project,
             run_name=run.path.name,
             hparams=cfg.model_dump(mode="json"),
@@ -52,13 +56,21 @@ class AimTracker(SafeTracker):
         """Open the Aim run and record hyperparameters and provenance."""
         aim = require("aim", "track")
         self.repo.mkdir(parents=True, exist_ok=True)
-        self.run = aim.Run(
-            repo=str(self.repo),
-            experiment=self.experiment,
-            log_system_params=False,
-            capture_terminal_logs=False,
-            system_tracking_interval=None,
-        )
+        kept = Path(self.meta_dir) / "aim_run.json" if self.meta_dir is not None else None
+        options = {"repo": str(self.repo), "log_system_params": False, "capture_terminal_logs": False}
+        options["system_tracking_interval"] = None
+        previous = json.loads(kept.read_text()).get("hash") if kept is not None and kept.is_file() else None
+        if previous is not None and trainer.step:  # a resume: the same Aim run continues
+            try:
+                self.run = aim.Run(run_hash=previous, **options)
+            except Exception as exc:  # a killed run leaves its lock; the process that held it is gone
+                if "lock" not in type(exc).__name__.lower():
+                    raise
+                self.run = aim.Run(run_hash=previous, force_resume=True, **options)
+        else:
+            self.run = aim.Run(experiment=self.experiment, **options)
+        if kept is not None:
+            kept.write_text(json.dumps({"hash": self.run.hash, "repo": str(self.repo)}))
         if self.run_name:
             self.run.name = self.run_name
         self.run["hparams"] = self.hparams

@@ -9,13 +9,14 @@ from typing import Any
 from lmlab.errors import require
 from lmlab.registry import TRACKER
 from lmlab.track.base import SafeTracker, scalars
+from lmlab.track.layout import tensorboard_dir
 
 TRAIN_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time", "data_wait")
 
 
 @TRACKER.register("tensorboard")
 class TensorBoardTracker(SafeTracker):
-    """Writes logs/tensorboard/ event files; histograms of parameters and gradients every `hist_interval` steps.
+    """Writes event files (`<save_dir>/tb/<run-id>/`, see `lmlab.track.layout`); histograms of parameters and gradients every `hist_interval` steps.
 
     Val loss is also written with the tokens seen and GFLOPs spent as the x value
     (`val/loss_by_tokens`, `val/loss_by_gflops`), so runs with different batch sizes or
@@ -31,8 +32,8 @@ class TensorBoardTracker(SafeTracker):
 
     @classmethod
     def for_run(cls, run: Any, cfg: Any) -> TensorBoardTracker:
-        """The tracker for a run directory: `logs/tensorboard/`."""
-        return cls(run.logs / "tensorboard", cfg.track.hist_interval)
+        """The tracker for a run directory: `<save_dir>/tb/<run-id>/` (or the run's logs/tensorboard)."""
+        return cls(tensorboard_dir(run.path, cfg.track.shared), cfg.track.hist_interval)
 
     def start(self, trainer: Any) -> None:
         """Open the event-file writer."""
