@@ -1,7 +1,5 @@
 """`lmlab board`: the viewer command for a save_dir's shared Aim repo and TensorBoard root."""
 
-import shutil
-
 from click.testing import CliRunner
 
 from lmlab.cli.app import cli
@@ -29,8 +27,7 @@ def test_board_without_data_or_viewer_says_what_to_do(tmp_path, monkeypatch):
     result = _board(str(tmp_path), "--aim")
     assert result.exit_code == 2 and "no aim data under" in result.output and "--track.trackers aim" in result.output
     (tmp_path / "tb").mkdir()
-    real_which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name: None if name == "tensorboard" else real_which(name))
+    monkeypatch.setattr("lmlab.track.board.find_viewer", lambda name: None)
     result = _board(str(tmp_path))
     assert result.exit_code == 0 and 'pip install "lmlab[track]"' in result.output
     assert result.output.strip().endswith(f"tensorboard --logdir {tmp_path / 'tb'}")

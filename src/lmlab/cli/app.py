@@ -588,19 +588,19 @@ sweep_command = cli.command(
 def board_cmd(save_dir: str, viewer: str | None, port: int | None, print_only: bool) -> None:
     """Watch and compare every run under SAVE_DIR (default runs) in TensorBoard or Aim."""
     import shlex
-    import shutil
     import subprocess
 
-    from lmlab.track.board import viewer_command
+    from lmlab.track.board import find_viewer, viewer_command
 
     argv = viewer_command(save_dir, viewer, port)
-    if print_only or shutil.which(argv[0]) is None:
+    executable = find_viewer(argv[0])
+    if print_only or executable is None:
         if not print_only:
             click.echo(f'{argv[0]} is not installed; install it with: pip install "lmlab[track]", then run:', err=True)
         click.echo(shlex.join(argv))
         return
     click.echo(f"starting: {shlex.join(argv)}", err=True)
-    sys.exit(subprocess.call(argv))
+    sys.exit(subprocess.call([executable, *argv[1:]]))
 
 
 @cli.command("replay")

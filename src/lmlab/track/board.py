@@ -44,3 +44,12 @@ def viewer_command(save_dir: str | Path, viewer: str | None = None, port: int | 
     else:
         argv = ["tensorboard", "--logdir", str(found["tensorboard"])]
     return argv + (["--port", str(port)] if port else [])
+
+
+def find_viewer(name: str) -> str | None:
+    """The viewer's executable: beside this Python first (an unactivated virtualenv), then on PATH."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else shutil.which(name)
