@@ -110,6 +110,22 @@ def test_compile_falls_back_with_one_warning(monkeypatch):
     assert t.step == 4
 
 
+def test_compile_on_cuda_without_triton_names_the_extra(monkeypatch):
+    """The [fast] extra holds what torch.compile needs on CUDA and nothing else: Triton."""
+    import importlib.util
+    import tomllib
+    from pathlib import Path
+
+    from lmlab.trainer.distributed import missing_compiler
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    assert missing_compiler("cpu") is None
+    assert missing_compiler("cuda") == 'torch.compile on CUDA needs Triton; install it with: pip install "lmlab[fast]"'
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    assert extras["optional-dependencies"]["fast"] == ["triton>=3.0"]
+
+
 def test_compile_failure_at_first_call_falls_back(monkeypatch):
     class Exploding(torch.nn.Module):
         def __init__(self, inner):

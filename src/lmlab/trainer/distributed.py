@@ -70,8 +70,22 @@ def wrap_fsdp(model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim
     return type(optimizer)(new_groups)  # every group carries its own hyperparameters
 
 
+def missing_compiler(device_type: str) -> str | None:
+    """Why torch.compile cannot run on this device type, or None: on CUDA its kernels are Triton's."""
+    import importlib.util
+
+    if device_type == "cuda" and importlib.util.find_spec("triton") is None:
+        return 'torch.compile on CUDA needs Triton; install it with: pip install "lmlab[fast]"'
+    return None
+
+
 def compile_model(model: nn.Module) -> nn.Module:
     """torch.compile, or the model itself with a one-line warning when compilation is unavailable."""
+    first = next(model.parameters(), None)
+    reason = missing_compiler(first.device.type) if first is not None else None
+    if reason is not None:  # compiling would only fail at the first step, deep inside inductor
+        warnings.warn(f"{reason}; running eagerly", stacklevel=2)
+        return model
     try:
         return torch.compile(model)
     except Exception as exc:  # e.g. no C++ compiler, unsupported platform
