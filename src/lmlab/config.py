@@ -372,8 +372,10 @@ class TrainConfig(Section):
         None,
         description="fine-tune: start from this run's weights, architecture and tokenizer (e.g. from lmlab import)",
     )
-    distributed: Literal["auto", "none", "ddp", "fsdp"] = Field(
-        "auto", description="data parallelism under torchrun; auto = ddp with several processes"
+    distributed: Literal["auto", "none", "ddp", "zero1", "fsdp"] = Field(
+        "auto",
+        description="data parallelism under torchrun; auto = ddp with several processes; zero1 = ddp with the "
+        "optimizer state sharded across ranks (ZeroRedundancyOptimizer)",
     )
     compile: bool = Field(False, description="torch.compile the model (falls back to eager with a warning)")
     activation_checkpointing: Literal["none", "full", "every_n"] = "none"

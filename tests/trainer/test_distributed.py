@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import small_train_args
 
@@ -59,3 +60,44 @@ def test_two_processes_equal_one_with_double_batch(strategy, tmp_path, corpus_fi
         assert abs(a - b) < 1e-5, (split, step, a, b)
     (ckpt,) = (tmp_path / "two").glob("*/artifacts/checkpoints/step_00000010")
     assert (ckpt / "model.safetensors").is_file()  # written once, by rank 0
+
+
+def _torchrun(args: list, save_dir: Path) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "lmlab", "train", *args, "--save-dir", str(save_dir)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_zero1_equals_ddp_and_resumes_on_the_same_world_size(tmp_path, corpus_file):
+    """ZeroRedundancyOptimizer over DDP: the same losses as DDP to 1e-5, including across a resume."""
+    common = small_train_args(
+        corpus_file,
+        dropout=0,
+        batch=4,
+        train__log_interval=1,
+        train__eval_interval=3,
+        train__eval_iters=2,
+        train__decay_steps=8,  # the same schedule for the run that stops at 5 and is resumed to 8
+    )
+    ddp = _torchrun([*common, "--max-steps", "8", "--train.distributed", "ddp"], tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    zero = [*common, "--train.distributed", "zero1"]
+    first = _torchrun([*zero, "--max-steps", "5"], tmp_path / "zero")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = (tmp_path / "zero").glob("2*")
+    resumed = _torchrun([*zero, "--max-steps", "8", "--train.resume", str(run)], tmp_path / "zero")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr and "step 5" in resumed.stderr
+
+    def train_losses(root: Path) -> dict[int, float]:
+        return {step: loss for split, step, loss in _losses(root) if split == "train"}
+
+    a, b = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "zero")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    state = torch.load(run / "artifacts" / "checkpoints" / "step_00000008" / "state.pt", weights_only=False)
+    optimizer = state["optimizer"]  # consolidated on rank 0: both ranks' shards of the AdamW state
+    assert state["world_size"] == 2 and len(optimizer["state"]) == sum(
+        len(g["params"]) for g in optimizer["param_groups"]
+    )

@@ -53,14 +53,18 @@ def cli() -> None:
 @user_errors
 def _train(**params) -> None:
     from lmlab.pipeline.train import train_from_config
+    from lmlab.utils import dist
 
     result = train_from_config(_resolve(params))
     m = result.metrics
     val = "n/a" if m.get("val_loss") is None else f"{m['val_loss']:.4f}"
     if m.get("interrupted"):
-        click.echo(f"interrupted at step {m['step']}; checkpoint written. Resume with:", err=True)
-        click.echo(f"  {_resume_command(result.run.path)}", err=True)
+        if dist.is_main():
+            click.echo(f"interrupted at step {m['step']}; checkpoint written. Resume with:", err=True)
+            click.echo(f"  {_resume_command(result.run.path)}", err=True)
         sys.exit(130)
+    if not dist.is_main():  # under torchrun, rank 0 speaks for the run
+        return
     if m.get("already_complete"):
         click.echo(
             f"already complete: {result.run.path} finished at step {m['step']} (val loss {val}); "

@@ -1,11 +1,14 @@
-"""Wrapping a model for training: activation checkpointing, DDP or FSDP2, torch.compile with a fallback.
+"""Wrapping a model for training: activation checkpointing, DDP, ZeRO-1 or FSDP2, torch.compile with a fallback.
 
 Order follows torchtitan: activation checkpointing on each block, then data parallelism
-(DDP, or FSDP2's `fully_shard` per block and at the root), then compilation.
+(DDP; ZeRO-1, DDP with a ZeroRedundancyOptimizer; or FSDP2's `fully_shard` per block and at the
+root), then compilation.
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -13,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lmlab.utils.dist import get_local_rank, get_world_size
+from lmlab.utils.dist import get_local_rank, get_world_size, is_distributed
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str, every: int = 2) -> int:
@@ -39,9 +42,17 @@ def _checkpointed(forward: Callable) -> Callable:
 
 
 def resolve_strategy(strategy: str) -> str:
-    """`auto` -> ddp when launched with several processes, else none."""
+    """`auto` -> ddp when launched with several processes, else none; a data-parallel strategy in a
+    process launched alone runs as none (a world of one), with a one-line notice."""
     if strategy == "auto":
         return "ddp" if get_world_size() > 1 else "none"
+    if strategy != "none" and not is_distributed():
+        print(
+            f"note: train.distributed={strategy} in a single process: training without data parallelism "
+            "(launch with torchrun --nproc_per_node N -m lmlab train ... for several)",
+            file=sys.stderr,
+        )
+        return "none"
     return strategy
 
 
@@ -51,6 +62,18 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
     ids = [get_local_rank()] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def wrap_zero1(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """ZeRO stage 1: the same optimizer over the same parameter groups, its state sharded across ranks
+    (each rank updates its shard of the parameters and broadcasts it; gradients stay DDP's all-reduce)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    groups = [dict(g) for g in optimizer.param_groups]  # every group keeps its own hyperparameters
+    # `defaults` can hold entries the constructor does not take (AdamW's decoupled_weight_decay).
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer), **defaults)
 
 
 def wrap_fsdp(model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

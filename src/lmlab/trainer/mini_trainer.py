@@ -136,7 +136,11 @@ def _first_tensor(batch: Any) -> torch.Tensor | None:
 
 
 class MiniTrainer:
-    """Trains `model` for `max_steps` optimizer steps or `epochs` passes over `train_loader` (whichever ends first)."""
+    """Trains `model` for `max_steps` optimizer steps or `epochs` passes over `train_loader` (whichever ends first).
+
+    `scheduler` is an LR scheduler or a function `optimizer -> scheduler`; a function is called with the
+    optimizer that actually steps, which ZeRO-1 and FSDP replace with their own.
+    """
 
     def __init__(
         self,
@@ -202,12 +206,17 @@ class MiniTrainer:
         self.raw_model = model.to(self.device)
         wrap.apply_activation_checkpointing(self.raw_model, ac_mode, ac_every)
         self.model: nn.Module = self.raw_model
-        if self.strategy == "ddp":
+        if self.strategy in ("ddp", "zero1"):
             self.model = wrap.wrap_ddp(self.raw_model, self.device)
-        elif self.strategy == "fsdp":
-            optimizer = wrap.wrap_fsdp(self.raw_model, optimizer)
-            if scheduler is not None:
-                scheduler.optimizer = optimizer
+        if self.strategy in ("zero1", "fsdp"):
+            if self.strategy == "zero1":
+                optimizer = wrap.wrap_zero1(optimizer)
+            else:
+                optimizer = wrap.wrap_fsdp(self.raw_model, optimizer)
+            if scheduler is not None and not callable(scheduler):
+                scheduler.optimizer = optimizer  # an object built on the optimizer before it was wrapped
+        if callable(scheduler) and not hasattr(scheduler, "state_dict"):
+            scheduler = scheduler(optimizer)  # a factory: the schedule is built on the optimizer that steps
         self._eager = self.model
         self.compiled = compile
         if compile:
@@ -295,6 +304,9 @@ class MiniTrainer:
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             return get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts)
+        if self.strategy == "zero1":  # gather the shards on rank 0, the one that writes the checkpoint
+            self.optimizer.consolidate_state_dict(to=0)
+            return self.optimizer.state_dict() if dist.is_main() else {}
         return self.optimizer.state_dict()
 
     def state_dict(self) -> dict:
