@@ -116,8 +116,18 @@ def test_every_config_file_is_kept_verbatim_in_the_run(tmp_path, corpus_file):
         "05_extra.yaml",
     ]
     assert (kept / "05_extra.yaml").read_text() == extra.read_text()  # verbatim, comment and all
+    more = tmp_path / "more.yaml"
+    more.write_text("train:\n  max_steps: 4  # one more step\n")
+    run = RunDir.latest(tmp_path / "runs")
+    result = CliRunner().invoke(
+        cli, ["train", "--config-dir", str(folder), "--config", str(more), *args, "--train.resume", str(run.path)]
+    )
+    assert result.exit_code == 0, result.output
+    resumed = sorted(p.name for p in (kept / "resume_01").iterdir())  # a resume keeps the files it was given
+    assert resumed[-1] == "05_more.yaml" and (kept / "resume_01" / "05_more.yaml").read_text() == more.read_text()
 
 
+LLM_COMMAND = "lmlab train --config llm.yaml"
 LLM_STYLE = """
 model:
   hidden_size: 64
@@ -140,7 +150,7 @@ def test_llm_style_field_names(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "input.txt").write_text("hello world\n" * 50)
     (tmp_path / "llm.yaml").write_text(LLM_STYLE)
-    cfg = _train_config("lmlab train --config llm.yaml", tmp_path)
+    cfg = _train_config(LLM_COMMAND, tmp_path)
     assert (cfg.model.d_model, cfg.model.n_layer, cfg.model.n_head, cfg.model.max_seq_len) == (64, 2, 4, 32)
     assert (cfg.model.attn, cfg.model.ffn, cfg.data.name, cfg.data.tokenizer) == (
         "sdpa",
@@ -149,5 +159,5 @@ def test_llm_style_field_names(tmp_path, monkeypatch):
         "char",
     )
     assert (cfg.train.compile, cfg.train.precision) == (False, "fp32")  # use_amp off = full precision
-    on = _train_config("lmlab train --config llm.yaml --use_amp true", tmp_path)
+    on = _train_config(f"{LLM_COMMAND} --use_amp true", tmp_path)
     assert on.train.precision == "auto"

@@ -1,5 +1,6 @@
 """Commands as nanoGPT (and HF, llm-style) users type them, verbatim: each resolves to the config it means."""
 
+import os
 import re
 import shlex
 import subprocess
@@ -12,7 +13,8 @@ from lmlab.cli.app import cli
 from lmlab.cli.schema_flags import collect_overrides
 from lmlab.config import resolve_config
 from lmlab.errors import ConfigError
-from tests.compat.test_config_folders import DIR_COMMAND, PY_COMMAND
+from tests.compat.test_config_folders import DIR_COMMAND, LLM_COMMAND, LLM_STYLE, PY_COMMAND
+from tests.compat.test_reference_yaml import REFERENCE_COMMANDS, reference_yaml
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "coming-from-nanogpt.md"
 NANOGPT = (
@@ -27,13 +29,15 @@ DASHED = (
 DATA = "lmlab train --data data/input.txt"
 
 
-def test_the_page_shows_exactly_these_commands_and_its_python_runs():
+def test_the_page_shows_exactly_these_commands_and_its_python_runs(tmp_path):
     text = PAGE.read_text()
     blocks = re.findall(r"```(\w+)\n(.*?)```", text, re.S)
     commands = [line for lang, body in blocks if lang == "bash" for line in body.splitlines() if line.strip()]
-    assert commands == [NANOGPT, DASHED, DATA, PY_COMMAND, DIR_COMMAND]
+    assert commands == [NANOGPT, DASHED, DATA, PY_COMMAND, DIR_COMMAND, LLM_COMMAND, *REFERENCE_COMMANDS]
+    assert [body for lang, body in blocks if lang == "yaml"] == [LLM_STYLE.lstrip(), reference_yaml()]
     (python,) = [body for lang, body in blocks if lang == "python"]
-    subprocess.run([sys.executable, "-c", python], check=True)
+    env = {**os.environ, "LMLAB_CACHE_DIR": str(tmp_path)}  # the snippet's token cache
+    subprocess.run([sys.executable, "-c", python], check=True, env=env)
 
 
 def _config(command: str):

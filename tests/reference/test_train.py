@@ -46,60 +46,6 @@ def test_tiny_enfr_memorises_50_pairs_through_the_cli(config, tmp_path):
     assert "i am zorglub. -> " in result.output  # unknown word: <unk>, not an exception
 
 
-FLAT = """
-seed: 3
-data:
-  path: task:reverse:60
-  val_split: 0.2
-  out_dir: {out}
-model:
-  hidden_size: 16
-  num_heads: 2
-  num_layers: 1
-  dim_feedforward: 32
-  dropout: 0.0
-train:
-  num_epochs: 3
-  batch_size: 8
-  learning_rate: 0.003
-  grad_clip: 1.0
-  eval_every: 3
-"""
-
-
-def test_the_flat_yaml_schema_runs_as_a_module(tmp_path):
-    """`python -m lmlab.reference.cli train --config X` with the sections written as users write them."""
-    import subprocess
-    import sys
-
-    from lmlab.reference.cli import read_config
-
-    path = tmp_path / "flat.yaml"
-    path.write_text(FLAT.format(out=tmp_path / "out"))
-    data, model, loop = read_config(path)
-    assert (data.pairs, data.val_split, data.seed, model.d_model, model.n_head, model.d_ff) == (
-        "task:reverse:60",
-        0.2,
-        3,
-        16,
-        2,
-        32,
-    )
-    assert (model.seed, loop.seed, loop.epochs, loop.lr, loop.clip) == (3, 3, 3, 0.003, 1.0)
-    run = [sys.executable, "-m", "lmlab.reference.cli"]
-    for command in ("prepare", "train"):
-        result = subprocess.run([*run, command, "--config", str(path)], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("48 pairs, 12 held out")
-    epochs = [line for line in lines if line.startswith("epoch")]
-    assert len(epochs) == 3 and all("val loss" in line and "val acc" in line for line in epochs)
-    assert lines[-1].startswith("done:") and "val acc" in lines[-1]
-    path.write_text(FLAT.format(out=tmp_path / "out").replace("dropout: 0.0", "dropout: 0.1"))
-    result = subprocess.run([*run, "train", "--config", str(path)], capture_output=True, text=True)
-    assert result.returncode == 2 and "model.dropout: 0.1; the NumPy reference has no dropout" in result.stderr
-
-
 def test_bad_config_names_the_field(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: {d_modle: 32}\n")

@@ -221,6 +221,8 @@ def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | No
     task = _seq2seq_task(cfg, run) if cfg.model.arch == "seq2seq" else _lm_task(cfg, run)
     if run is not None:
         check_same_architecture(saved, task.cfg, run.path)
+        if dist.is_main():
+            keep_config_files(run, task.cfg.sources, f"resume_{len(run.resumes()) + 1:02d}")
         resume = tc.resume if tc.resume != "auto" and Path(tc.resume).name.startswith("step_") else "auto"
         return task, run, resume, saved
     run = RunDir.create(tc.save_dir, tc.run_tag) if dist.is_main() else None
@@ -233,11 +235,12 @@ def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | No
     return task, run, None, None
 
 
-def keep_config_files(run: RunDir, sources: Sequence[str]) -> None:
-    """Copy every config file the run was given, verbatim and in precedence order, into meta/config_files/."""
-    folder = run.meta / "config_files"
+def keep_config_files(run: RunDir, sources: Sequence[str], subfolder: str = "") -> None:
+    """Copy every config file the run was given, verbatim and in precedence order, into meta/config_files/
+    (a resume's into meta/config_files/resume_NN/)."""
+    folder = run.meta / "config_files" / subfolder
     for i, source in enumerate(sources):
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, folder / f"{i:02d}_{Path(source).name}")
 
 
