@@ -44,17 +44,19 @@ class DataSection:
     out_dir: str = "runs/reference/enfr"
 
 
-@dataclass
-class ModelSection:
-    """The model's sizes; the NumPy model has no dropout, so only `dropout: 0` is accepted."""
-
-    d_model: int = 32
-    n_head: int = 1
-    n_layer: int = 1
-    d_ff: int | None = None
-    eps: float = 1e-5
-    seed: int = 0
-    dropout: float = 0.0
+# The model section is Seq2SeqConfig's sizes (its vocabularies come from the data) plus `dropout`,
+# which configs carry but the NumPy model does not have: only 0 is accepted.
+ModelSection = dataclasses.make_dataclass(
+    "ModelSection",
+    [
+        *(
+            (f.name, f.type, dataclasses.field(default=f.default))
+            for f in dataclasses.fields(Seq2SeqConfig)
+            if f.name not in ("src_vocab", "tgt_vocab")
+        ),
+        ("dropout", float, dataclasses.field(default=0.0)),
+    ],
+)
 
 
 ALIASES = {

@@ -5,14 +5,9 @@
 
 from __future__ import annotations
 
+from lmlab.utils.lazy import lazy_getattr
+
 _EXPORTS = {"MiniTrainer": "lmlab.trainer.mini_trainer", "Callback": "lmlab.trainer.callbacks"}
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lmlab.trainer' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
