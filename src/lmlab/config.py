@@ -135,6 +135,12 @@ class ModelConfig(Section):
     window: int | None = Field(
         None, ge=1, description="sliding-window attention span (tokens), mha/sdpa/sliding_window"
     )
+    attn_backend: Literal["auto", "eager", "flex", "sdpa"] = Field(
+        "auto",
+        description="how fused attentions compute a whole sequence: eager (a window in blocks, O(T*w)), flex "
+        "(FlexAttention block masks, compiled; CPU has no backward), sdpa (one dense masked call); auto = flex "
+        "on CUDA, else eager. Same weights and results; mha stays the explicit reference",
+    )
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
     block_options: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)

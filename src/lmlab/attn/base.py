@@ -85,7 +85,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.window = cfg.window
+        self.window, self.backend = cfg.window, cfg.attn_backend
         self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.attn_proj_bias)
         self.proj.residual_projection = True  # scaled init, GPT-2 §2.3
@@ -112,12 +112,20 @@ class CausalSelfAttention(nn.Module):
             k, v, k_pos = cache.update(k, v)  # (B, nkv, Tk, hs)
         else:
             k_pos = pos.q_pos
-        if causal:
-            mask, is_causal = attention_mask(pos, k_pos, self.window, q.dtype, k_first, key_mask)
-        else:
-            mask, is_causal = key_mask, False
-        y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hs)
+        y = None
+        if causal and cache is None and key_mask is None and pos.pad is None:
+            y = self.attend_sequence(q, k, v, pos)  # a whole sequence: a kernel that skips hidden keys, if any
+        if y is None:
+            if causal:
+                mask, is_causal = attention_mask(pos, k_pos, self.window, q.dtype, k_first, key_mask)
+            else:
+                mask, is_causal = key_mask, False
+            y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * hs))
+
+    def attend_sequence(self, q: Tensor, k: Tensor, v: Tensor, pos: PosContext) -> Tensor | None:
+        """Causal attention over a whole unpadded sequence by a cheaper kernel, or None for the masked path."""
+        return None
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
         """Attention core on (B, nh, T, hs) queries and (B, nkv, Tk, hs) keys/values."""

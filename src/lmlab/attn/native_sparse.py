@@ -7,8 +7,10 @@ Every query attends through three branches, each with its own keys and values (Â
        under the compressed attention probabilities (eqs. 8-11; shared by the heads of a GQA
        group), always including the first block and the query's own block;
   win: the last `window` tokens.
-Per-head sigmoid gates mix the three outputs (eq. 5). This reference computes each branch with a
-dense masked attention, so it is exact and causal but not yet fast; a kernel can replace it.
+Per-head sigmoid gates mix the three outputs (eq. 5). Over a whole sequence the selection branch
+gathers only the chosen blocks (O(n l') per token) and the window branch runs blockwise (O(w)), so
+the cost per token is O(T/d + n l' + w) as in the paper; decoding with a cache, and the registered
+`native_sparse_reference`, compute each branch as a dense masked attention instead.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lmlab.attn.base import visible
 from lmlab.attn.kv_cache import KVCache
+from lmlab.attn.local import blocked_window_attention
 from lmlab.config import ModelConfig
 from lmlab.pos.base import PosContext
 from lmlab.registry import ATTN
@@ -56,6 +60,12 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: f
     return probs @ v
 
 
+def _expand(t: Tensor, q: Tensor) -> Tensor:
+    """Repeat key/value (or mask) heads (B, kvh, ...) to the query heads of `q` (B, nh, ...)."""
+    rep = q.shape[1] // t.shape[1]
+    return t.repeat_interleave(rep, dim=1) if rep > 1 else t
+
+
 class NSAOptions(BaseModel):
     """Native Sparse Attention (Yuan et al. 2025) branch sizes."""
 
@@ -77,7 +87,13 @@ class NSAOptions(BaseModel):
     options_key="nsa",
 )
 class NativeSparseAttention(nn.Module):
-    """Compressed + selected + sliding-window attention mixed by learned per-head gates."""
+    """Compressed + selected + sliding-window attention mixed by learned per-head gates.
+
+    A whole sequence reads only what each branch keeps: the block summaries, the n chosen blocks, the
+    window. `native_sparse_reference` computes the same branches as dense masked attentions.
+    """
+
+    sparse = True
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -130,45 +146,109 @@ class NativeSparseAttention(nn.Module):
             kv, k_pos = cache.update(kv)
         else:
             k_pos = pos.q_pos
-        rep = self.n_head // kvh
-        expand = lambda t: t.repeat_interleave(rep, dim=1) if rep > 1 else t  # noqa: E731  (B, nh, Tk, hs)
         q_pos = pos.q_pos
-
-        # Compression branch: blocks [i*stride, i*stride + block) of all keys so far.
-        k_cmp, v_cmp = self._compress(*kv["cmp"])  # (B, kvh, n_cmp, hs)
-        n_cmp = k_cmp.shape[2]
-        cmp_end = torch.arange(n_cmp, device=x.device) * self.stride + self.block - 1
-        cmp_ok = cmp_end[None, :] <= q_pos[:, None]  # (T, n_cmp)
-        scores = (q @ expand(k_cmp).transpose(-2, -1)) * self.scale
-        p_cmp = torch.nan_to_num(F.softmax(scores.float().masked_fill(~cmp_ok, float("-inf")), -1), nan=0.0)
-        o_cmp = p_cmp.to(q.dtype) @ expand(v_cmp)
-
-        # Selection branch: block importance from p_cmp (eq. 9), summed over each GQA group (eq. 10).
+        o_cmp, p_cmp = self._compressed(q, *kv["cmp"], q_pos)
         n_sel = (pos.offset + pos.T - 1) // self.sel_block + 1  # the last key is the last query
-        starts = torch.arange(n_cmp, device=x.device) * self.stride
-        sel_of = torch.arange(n_sel, device=x.device) * self.sel_block
-        overlap = (starts[:, None] < sel_of[None, :] + self.sel_block) & (
-            starts[:, None] + self.block > sel_of[None, :]
-        )
-        importance = p_cmp @ overlap.float()  # (B, nh, T, n_sel)
-        importance = importance.view(B, kvh, rep, T, n_sel).sum(2)  # (B, kvh, T, n_sel)
+        top, valid = self._selected_blocks(p_cmp, q_pos, n_sel)
+        if cache is None and self.sparse:  # a whole sequence: only the chosen blocks and the window are read
+            o_slc = self._selection_sparse(q, *kv["slc"], top, valid, q_pos)
+            o_win = self._window_sparse(q, *kv["win"])
+        else:
+            o_slc = self._selection_dense(q, *kv["slc"], top, valid, q_pos, k_pos)
+            k_win, v_win = kv["win"]
+            o_win = _masked_attention(
+                q, _expand(k_win, q), _expand(v_win, q), visible(q_pos, k_pos, self.win), self.scale
+            )
+        return {"cmp": o_cmp, "slc": o_slc, "win": o_win}
+
+    def _compressed(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention over the block summaries (eq. 7): blocks [i*stride, i*stride + block) of the keys, each
+        visible once it has ended; returns the output and the probabilities (B, nh, T, n_cmp)."""
+        k_cmp, v_cmp = self._compress(k, v)  # (B, kvh, n_cmp, hs)
+        cmp_end = torch.arange(k_cmp.shape[2], device=q.device) * self.stride + self.block - 1
+        cmp_ok = cmp_end[None, :] <= q_pos[:, None]  # (T, n_cmp)
+        scores = (q @ _expand(k_cmp, q).transpose(-2, -1)) * self.scale
+        p_cmp = torch.nan_to_num(F.softmax(scores.float().masked_fill(~cmp_ok, float("-inf")), -1), nan=0.0)
+        return p_cmp.to(q.dtype) @ _expand(v_cmp, q), p_cmp
+
+    def _selected_blocks(self, p_cmp: Tensor, q_pos: Tensor, n_sel: int) -> tuple[Tensor, Tensor]:
+        """The top-n selection blocks of each query (eqs. 9-11) and which of them are real (not future).
+
+        A selection block's importance is the compressed probability of every compressed block that
+        overlaps it (eq. 9), summed over the heads of a GQA group (eq. 10); the first block and the
+        query's own block are always chosen. Returns (B, kvh, T, n) block indices and a validity mask.
+        """
+        B, H, T, n_cmp = p_cmp.shape
+        kvh = self.n_kv_head
+        group = p_cmp.view(B, kvh, H // kvh, T, n_cmp).sum(2)  # (B, kvh, T, n_cmp)
+        starts = torch.arange(n_cmp, device=p_cmp.device) * self.stride
+        first, last = starts // self.sel_block, (starts + self.block - 1) // self.sel_block
+        importance = group.new_zeros(B, kvh, T, n_sel)
+        for offset in range(int((last - first).max()) + 1 if n_cmp else 0):  # each overlapped block in turn
+            index = first + offset
+            ok = (index <= last) & (index < n_sel)
+            importance.scatter_add_(-1, index.clamp(max=n_sel - 1).expand(B, kvh, T, n_cmp), group * ok)
         own = q_pos // self.sel_block
-        blk = torch.arange(n_sel, device=x.device)
-        forced = (blk[None, :] == 0) | (blk[None, :] == own[:, None])  # the first and the local block
+        blk = torch.arange(n_sel, device=p_cmp.device)
+        forced = (blk[None, :] == 0) | (blk[None, :] == own[:, None])
         importance = importance.masked_fill(forced, float("inf"))
         importance = importance.masked_fill(blk[None, :] > own[:, None], float("-inf"))  # future blocks
         top = importance.topk(min(self.n_select, n_sel), dim=-1).indices
-        chosen = torch.zeros_like(importance, dtype=torch.bool).scatter_(-1, top, True)
-        chosen &= blk[None, :] <= own[:, None]
-        key_block = k_pos // self.sel_block  # (Tk,)
-        sel_ok = chosen[..., key_block] & visible(q_pos, k_pos)  # (B, kvh, T, Tk)
-        k_slc, v_slc = kv["slc"]
-        o_slc = _masked_attention(q, expand(k_slc), expand(v_slc), expand(sel_ok), self.scale)
+        return top, top <= own[:, None]
 
-        # Sliding-window branch.
-        k_win, v_win = kv["win"]
-        o_win = _masked_attention(q, expand(k_win), expand(v_win), visible(q_pos, k_pos, self.win), self.scale)
-        return {"cmp": o_cmp, "slc": o_slc, "win": o_win}
+    def _selection_dense(
+        self, q: Tensor, k: Tensor, v: Tensor, top: Tensor, valid: Tensor, q_pos: Tensor, k_pos: Tensor
+    ) -> Tensor:
+        """The selection branch as one masked attention over all keys (the reference; decoding)."""
+        chosen = torch.zeros(*top.shape[:-1], int(top.max()) + 1, dtype=torch.bool, device=q.device)
+        chosen.scatter_(-1, top, valid)
+        key_block = (k_pos // self.sel_block).clamp(max=chosen.shape[-1] - 1)
+        in_chosen = chosen[..., key_block] & (k_pos // self.sel_block < chosen.shape[-1])
+        allowed = in_chosen & visible(q_pos, k_pos)  # (B, kvh, T, Tk)
+        return _masked_attention(q, _expand(k, q), _expand(v, q), _expand(allowed, q), self.scale)
+
+    def _selection_sparse(self, q: Tensor, k: Tensor, v: Tensor, top: Tensor, valid: Tensor, q_pos: Tensor) -> Tensor:
+        """Each query reads only its n chosen blocks of `select_block` keys: O(n * l') per token. Queries go in
+        chunks, each recomputed in the backward, so the gathered keys are never all alive at once."""
+        B, H, T, hs = q.shape
+        kvh, L = self.n_kv_head, self.sel_block
+        pad = (-k.shape[2]) % L
+        kb = F.pad(k, (0, 0, 0, pad)).reshape(B, kvh, -1, L * hs)
+        vb = F.pad(v, (0, 0, 0, pad)).reshape(B, kvh, -1, L * hs)
+        qg = q.view(B, kvh, H // kvh, T, hs)
+        n = top.shape[-1]
+        chunk = max(1, (1 << 17) // (n * L))
+        outs = []
+        for t0 in range(0, T, chunk):
+            args = (qg[:, :, :, t0 : t0 + chunk], kb, vb, top[:, :, t0 : t0 + chunk], valid[:, :, t0 : t0 + chunk])
+            args += (q_pos[t0 : t0 + chunk],)
+            if torch.is_grad_enabled() and q.requires_grad:
+                outs.append(checkpoint(self._selection_chunk, *args, use_reentrant=False))
+            else:
+                outs.append(self._selection_chunk(*args))
+        return torch.cat(outs, dim=3).view(B, H, T, hs)
+
+    def _selection_chunk(self, q: Tensor, kb: Tensor, vb: Tensor, top: Tensor, valid: Tensor, q_pos: Tensor) -> Tensor:
+        """(B, kvh, rep, Tc, hs) queries on the gathered blocks of their group: (B, kvh, rep, Tc, hs)."""
+        B, kvh, _, Tc, hs = q.shape
+        n, L, n_blocks = top.shape[-1], self.sel_block, kb.shape[2]
+        # Whole blocks are copied as rows (index_select), far cheaper than an elementwise gather.
+        base = torch.arange(B * kvh, device=q.device).view(B, kvh, 1, 1) * n_blocks
+        rows = (base + top).flatten()
+        keys = kb.reshape(B * kvh * n_blocks, -1).index_select(0, rows).view(B, kvh, Tc, n * L, hs)
+        values = vb.reshape(B * kvh * n_blocks, -1).index_select(0, rows).view(B, kvh, Tc, n * L, hs)
+        key_pos = (top[..., None] * L + torch.arange(L, device=q.device)).flatten(-2)  # (B, kvh, Tc, n*L)
+        allowed = (key_pos <= q_pos[:, None]) & valid.repeat_interleave(L, dim=-1)
+        scores = torch.einsum("bgrtd,bgtsd->bgrts", q, keys) * self.scale
+        scores = scores.float().masked_fill(~allowed[:, :, None], float("-inf"))
+        probs = torch.nan_to_num(F.softmax(scores, dim=-1), nan=0.0).to(q.dtype)
+        return torch.einsum("bgrts,bgtsd->bgrtd", probs, values)
+
+    def _window_sparse(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The window branch in O(T * w) (blocked), or one causal kernel call when the window spans it all."""
+        if self.win < q.shape[2]:
+            return blocked_window_attention(q, k, v, self.win)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
     def _compress(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """phi: (B, kvh, Tk, hs) -> (B, kvh, n_cmp, hs), one coarse key/value per block."""
@@ -199,3 +279,18 @@ class NativeSparseAttention(nn.Module):
     def kv_bytes_per_token(cls, cfg: ModelConfig, bytes_per_value: int = 2) -> int:
         """Three branches of keys and values."""
         return 3 * 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * bytes_per_value
+
+
+@ATTN.register(
+    "native_sparse_reference",
+    tags=("sparse", "hierarchical", "gqa", "reference"),
+    caps={"kv_cache": True, "short": "NSAref", "supports": {"pos": ["rope", "none", "learned", "sinusoidal"]}},
+    paper="Yuan et al. 2025 (DeepSeek), arXiv:2502.11089",
+    options=NSAOptions,
+    options_key="nsa",
+)
+class NativeSparseReference(NativeSparseAttention):
+    """The same attention with every branch a dense masked softmax over all keys: O(T) per token, the
+    check that the sparse gathers and the blocked window compute exactly the paper's branches."""
+
+    sparse = False

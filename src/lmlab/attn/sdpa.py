@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from lmlab.attn.base import CausalSelfAttention
+from lmlab.attn.flex import flex_causal_attention
+from lmlab.attn.local import blocked_window_attention
+from lmlab.errors import ConfigError
+from lmlab.pos.base import PosContext
 from lmlab.registry import ATTN
 
 
@@ -18,6 +23,24 @@ from lmlab.registry import ATTN
 )
 class SDPA(CausalSelfAttention):
     """Same math as `mha`, computed by PyTorch's fused attention; GQA via `enable_gqa`."""
+
+    def attend_sequence(self, q: Tensor, k: Tensor, v: Tensor, pos: PosContext) -> Tensor | None:
+        """By `model.attn_backend`: FlexAttention, the blocked window (O(T*w)), or None (one dense SDPA call)."""
+        T = q.shape[2]
+        dropout = self.dropout if self.training else 0.0
+        training = torch.is_grad_enabled() and q.requires_grad
+        backend = self.backend
+        if backend == "auto":
+            backend = "flex" if q.device.type == "cuda" and not dropout else "eager"
+        if backend == "flex":
+            if dropout:
+                raise ConfigError(
+                    "model.attn_backend: flex has no attention dropout; allowed with dropout: auto, eager, sdpa"
+                )
+            return flex_causal_attention(q, k, v, self.window, slopes=pos.slopes, training=training)
+        if backend == "eager" and self.window is not None and self.window < T:
+            return blocked_window_attention(q, k, v, self.window, slopes=pos.slopes, dropout_p=dropout)
+        return None
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
         """One fused call; dropout on the attention weights only while training."""

@@ -63,7 +63,7 @@ def check_same_architecture(saved: RunConfig, current: RunConfig, where: Path) -
     """Refuse to resume into a run whose model differs, naming the mismatched fields."""
     a, b = saved.model.model_dump(), current.model.model_dump()
     diff = [
-        f"{k} ({a[k]!r} in run, {b[k]!r} now)" for k in a if a[k] != b[k] and k not in ("vocab_size", "src_vocab_size")
+        f"{k} ({a[k]!r} in run, {b[k]!r} now)" for k in a if a[k] != b[k] and k not in ("vocab_size", "src_vocab_size", "attn_backend")
     ]
     if diff:
         raise CheckpointError(f"resume: {where} has a different architecture: model." + ", model.".join(diff))

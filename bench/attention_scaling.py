@@ -1,0 +1,154 @@
+"""How attention cost grows with context: full causal SDPA, the blocked sliding window, sparse NSA.
+
+The attention layer of a Llama-style model (4 query heads sharing 1 key/value head, as NSA's GQA
+groups do; head dim 32; RoPE; batch 1), forward + backward, T = 512 .. 8192. Each (attention, T)
+point runs in its own process so that its peak memory (resident set above the model's own, after
+import) is its own; time is the best of `--rounds`. NSA uses the paper's sizes (Yuan et al. 2025, §4:
+compression block l = 32, stride d = 16, selection block l' = 64, n = 16 selected blocks, window
+w = 512); the sliding window is w = 256. Also runs the dense NSA reference up to `--reference-max` to
+show what the sparse gathers save. Prints a Markdown table, writes it and a PNG.
+
+    python bench/attention_scaling.py [--rounds 3] [--out docs/results/attention_scaling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ARMS = {
+    "sdpa": {"attn": "sdpa"},
+    "sliding_window w=256": {"attn": "sliding_window", "window": 256},
+    "native_sparse (paper)": {
+        "attn": "native_sparse",
+        "nsa": {"block_size": 32, "stride": 16, "select_block": 64, "n_select": 16, "window": 512},
+    },
+    "native_sparse_reference": {
+        "attn": "native_sparse_reference",
+        "nsa": {"block_size": 32, "stride": 16, "select_block": 64, "n_select": 16, "window": 512},
+    },
+}
+LENGTHS = (512, 1024, 2048, 4096, 8192)
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+from lmlab.config import ModelConfig
+from lmlab.model.build import build_model
+
+arm, T, rounds = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+cfg = ModelConfig.from_preset(
+    "llama", n_layer=1, n_head=4, n_kv_head=1, d_model=128, vocab_size=256, max_seq_len=T, dropout=0.0, **arm
+)
+model = build_model(cfg)
+attn = model.blocks[0].attn  # the attention layer alone: what differs between the arms
+x = torch.randn(1, T, cfg.d_model, requires_grad=True)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+best = float("inf")
+for _ in range(rounds):
+    attn.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    attn(x, pos=model.pos.context(T, 0, x.device)).square().mean().backward()
+    best = min(best, time.perf_counter() - t0)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"seconds": best, "peak_mib": peak / 1024}))
+"""
+
+
+def measure(arm: dict, T: int, rounds: int) -> dict:
+    """Best forward+backward seconds and peak MiB of one (attention, T) point, in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(arm), str(T), str(rounds)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict[str, dict[int, dict]]) -> str:
+    """Markdown: ms per forward+backward, ms per 1k tokens, and peak MiB, per length."""
+    lines = [
+        "| attention | " + " | ".join(f"T={T}" for T in LENGTHS) + " |",
+        "| --- | " + " | ".join("---" for _ in LENGTHS) + " |",
+    ]
+    for name, points in results.items():
+        cells = []
+        for T in LENGTHS:
+            p = points.get(T)
+            cells.append(
+                ""
+                if p is None
+                else f"{1000 * p['seconds']:,.0f} ms ({1e6 * p['seconds'] / T:,.0f} ms/1k tok), "
+                f"{p['peak_mib']:,.0f} MiB"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[int, dict]], path: Path) -> None:
+    """Time and peak memory against T, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, points in results.items():
+        Ts = sorted(points)
+        ax_t.plot(Ts, [points[T]["seconds"] * 1000 for T in Ts], marker="o", label=name)
+        ax_m.plot(Ts, [max(points[T]["peak_mib"], 1) for T in Ts], marker="o", label=name)
+    for ax, label in ((ax_t, "ms per forward + backward"), (ax_m, "peak MiB (above the model)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context T (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=8)
+    fig.suptitle(
+        "attention layer, 4 query heads x 32 (GQA, 1 kv head), batch 1, fp32 on "
+        + (platform.processor() or platform.machine())
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    """Measure every arm at every length, then print and write the table and the plot."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reference-max", type=int, default=4096, help="longest T for the dense NSA reference")
+    ap.add_argument("--out", default="docs/results/attention_scaling")
+    args = ap.parse_args()
+    results: dict[str, dict[int, dict]] = {}
+    for name, arm in ARMS.items():
+        results[name] = {}
+        for T in LENGTHS:
+            if name == "native_sparse_reference" and args.reference_max < T:
+                continue
+            results[name][T] = point = measure(arm, T, args.rounds)
+            print(f"{name:26s} T={T:5d}  {1000 * point['seconds']:9.1f} ms  {point['peak_mib']:8.1f} MiB", flush=True)
+    sdpa, swa, nsa = (results[n] for n in list(ARMS)[:3])
+    ratios = [
+        f"sliding window vs sdpa at T=4096: {sdpa[4096]['seconds'] / swa[4096]['seconds']:.2f}x faster",
+        "sliding window time per token, each doubling of T from 1024: "
+        + ", ".join(f"{(swa[2 * T]['seconds'] / (2 * T)) / (swa[T]['seconds'] / T):.2f}x" for T in LENGTHS[1:-1]),
+        f"native_sparse vs sdpa at T=8192: {sdpa[8192]['seconds'] / nsa[8192]['seconds']:.2f}x faster",
+        "native_sparse peak memory, each doubling of T: "
+        + ", ".join(f"{nsa[2 * T]['peak_mib'] / max(nsa[T]['peak_mib'], 1):.2f}x" for T in LENGTHS[:-1]),
+    ]
+    md = table(results) + "\n\n" + "\n".join(f"- {r}" for r in ratios) + "\n"
+    print("\n" + md)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md)
+    plot(results, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

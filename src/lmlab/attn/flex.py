@@ -1,0 +1,64 @@
+"""FlexAttention (torch.nn.attention.flex_attention) for whole causal sequences: block masks skip the key
+blocks a window or a document boundary hides, and ALiBi is a score modification.
+
+Compiled once per process (the eager flex_attention is a slow reference); the block mask is built per
+(length, window, device) and reused. This torch has no FlexAttention backward on CPU, so training on CPU
+uses the eager blocked path (`lmlab.attn.local`) instead.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from lmlab.errors import ConfigError
+
+
+def flex_available(device: torch.device, training: bool) -> bool:
+    """Whether FlexAttention runs here: CUDA for training and inference, CPU for inference only."""
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and not training)
+
+
+@functools.cache
+def _compiled():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_mask(T: int, window: int | None, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def causal(b, h, q_idx, kv_idx):
+        ok = kv_idx <= q_idx
+        return ok if window is None else ok & (q_idx - kv_idx < window)
+
+    return create_block_mask(causal, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
+
+
+def flex_causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, window: int | None, *, slopes: Tensor | None = None, training: bool
+) -> Tensor:
+    """Causal (windowed) attention of (B, nh, T, hs) queries on (B, nkv, T, hs) keys/values, ALiBi optional."""
+    if not flex_available(q.device, training):
+        raise ConfigError(
+            f"model.attn_backend: flex cannot train on {q.device.type} in this torch (no FlexAttention backward); "
+            "allowed here: auto, eager, sdpa"
+        )
+    score_mod = None
+    if slopes is not None:
+        slopes = slopes.to(q.dtype)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + slopes[h] * (kv_idx - q_idx)
+
+    T = q.shape[2]
+    mask = _block_mask(T, window, str(q.device))
+    return _compiled()(q, k, v, score_mod=score_mod, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
