@@ -60,6 +60,14 @@ print(json.dumps({"seconds": best, "peak_mib": peak / 1024}))
 """
 
 
+def torch_version() -> str:
+    """The torch the child processes import."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
 def measure(arm: dict, T: int, rounds: int) -> dict:
     """Best forward+backward seconds and peak MiB of one (attention, T) point, in a fresh process."""
     proc = subprocess.run(
@@ -141,9 +149,30 @@ def main() -> None:
         "native_sparse peak memory, each doubling of T: "
         + ", ".join(f"{nsa[2 * T]['peak_mib'] / max(nsa[T]['peak_mib'], 1):.2f}x" for T in LENGTHS[:-1]),
     ]
-    md = table(results) + "\n\n" + "\n".join(f"- {r}" for r in ratios) + "\n"
-    print("\n" + md)
     out = Path(args.out)
+    md = "\n".join(
+        [
+            "# How attention cost grows with context",
+            "",
+            "The attention layer alone (4 query heads sharing 1 key/value head, head dim 32, RoPE, batch 1, fp32),",
+            "forward + backward, best of "
+            f"{args.rounds} rounds; peak memory is the resident set above the model's, each point in its own",
+            f"process. Machine: {platform.processor() or platform.machine()}, torch {torch_version()}. NSA uses the",
+            "paper's sizes (l = 32, d = 16, l' = 64, n = 16, w = 512); the sliding window is w = 256.",
+            "",
+            "```bash",
+            "python bench/attention_scaling.py",
+            "```",
+            "",
+            table(results),
+            "",
+            *(f"- {r}" for r in ratios),
+            "",
+            f"![time and peak memory against context]({out.name}.png)",
+            "",
+        ]
+    )
+    print("\n" + md)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(md)
     plot(results, out.with_suffix(".png"))

@@ -190,6 +190,7 @@ def main() -> None:
         "",
         "- [Character vs BPE tokenizers at equal wall time](results/tokenizers_shakespeare.md)",
         "- [The first ablation, with per-step curves](results/ablation_gpt2.md)",
+        "- [How attention cost grows with context: SDPA, sliding window, sparse NSA](results/attention_scaling.md)",
         "",
     ]
     args.out.write_text("\n".join(page))

@@ -6,7 +6,7 @@ from lmlab.registry import ATTN, FFN, NORM, POS, Registry
 
 
 def test_builtin_blocks_registered():
-    assert set(ATTN.names()) == {"mha", "sdpa", "mla", "native_sparse", "sliding_window"}
+    assert set(ATTN.names()) == {"mha", "sdpa", "mla", "native_sparse", "native_sparse_reference", "sliding_window"}
     assert set(FFN.names()) == {"mlp", "swiglu", "geglu", "gated_mlp", "moe"}
     assert set(NORM.names()) == {"layernorm", "layernorm_nobias", "rmsnorm"}
     assert set(POS.names()) == {"learned", "rope", "none", "alibi", "sinusoidal"}
@@ -21,7 +21,7 @@ def test_unknown_name_lists_known_and_closest():
     with pytest.raises(UnknownComponentError) as exc:
         ATTN.get("SPDA")
     msg = str(exc.value)
-    assert msg.startswith("unknown attention 'SPDA'; known: mha, mla, native_sparse, sdpa, sliding_window")
+    assert msg.startswith("unknown attention 'SPDA'; known: mha, mla, native_sparse, native_sparse_reference, sdpa, sliding_window")
     assert "did you mean 'sdpa'" in msg
     assert ATTN.get("NSA") is ATTN.get("native_sparse") and ATTN.get("swa") is ATTN.get("sliding_window")
 

@@ -79,7 +79,7 @@ class ExportConfig(Section):
     format: Literal["hf", "safetensors"] = Field(
         "hf", description="hf: loadable by transformers (parity-checked); safetensors: weights + config"
     )
-    out: str | None = Field(None, description="output directory; default RUN/artifacts/export_FORMAT")
+    out: str | None = Field(None, description="output directory; default export_FORMAT in the run's artifacts folder")
 
 
 COMMAND_SECTIONS: dict[str, type[Section]] = {

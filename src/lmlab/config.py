@@ -133,7 +133,7 @@ class ModelConfig(Section):
     tie_weights: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     window: int | None = Field(
-        None, ge=1, description="sliding-window attention span (tokens), mha/sdpa/sliding_window"
+        None, ge=1, description="sliding-window attention span (tokens), for mha, sdpa, sliding_window"
     )
     attn_backend: Literal["auto", "eager", "flex", "sdpa"] = Field(
         "auto",
@@ -313,6 +313,11 @@ class DataConfig(Section):
         "random", description="random windows (nanoGPT) or each token once per epoch, streamed in order"
     )
     align_bos: bool = Field(False, description="random sampling: every window starts at a document start")
+    doc_mask: bool = Field(
+        False,
+        description="packed windows: tokens attend only within their document (up to each end-of-text "
+        "separator), and positions restart per document; needs a tokenizer with a separator",
+    )
     workers: int | None = Field(None, ge=1, description="tokenisation processes; default one per CPU core")
     errors: Literal["strict", "replace"] = Field(
         "strict", description="non-UTF-8 bytes: strict reports file and offset, replace substitutes U+FFFD"
@@ -381,7 +386,7 @@ class TrainConfig(Section):
     distributed: Literal["auto", "none", "ddp", "zero1", "fsdp"] = Field(
         "auto",
         description="data parallelism under torchrun; auto = ddp with several processes; zero1 = ddp with the "
-        "optimizer state sharded across ranks (ZeroRedundancyOptimizer)",
+        "optimizer state sharded across ranks (ZeRO stage 1)",
     )
     compile: bool = Field(False, description="torch.compile the model (falls back to eager with a warning)")
     activation_checkpointing: Literal["none", "full", "every_n"] = "none"
@@ -415,14 +420,13 @@ class TrackConfig(Section):
 
     trackers: list[str] = Field(
         default_factory=lambda: ["jsonl"],
-        description="jsonl (logs/metrics.jsonl), tensorboard, aim, wandb (WANDB_MODE=offline stays local); "
-        "extra [track]; comma-separated on the command line",
+        description="jsonl (metrics.jsonl in logs/), tensorboard, aim, wandb (stays local when WANDB_MODE is "
+        "offline); extra [track]; comma-separated on the command line",
     )
     shared: bool = Field(
         True,
-        description="runs under one save_dir share one Aim repo (<save_dir>/.aim) and TensorBoard root "
-        "(<save_dir>/tb/<run-id>), so `lmlab board` shows them side by side; false: each run's logs/aim, "
-        "logs/tensorboard",
+        description="runs under one save_dir share one Aim repo (.aim in it) and one TensorBoard root (tb/ in "
+        "it, a folder per run), so `lmlab board` shows them side by side; false: each run keeps its own in logs/",
     )
     hist_interval: int = Field(100, ge=1, description="steps between parameter/gradient histograms")
     project: str = Field("lmlab", description="project name for W&B, experiment name for Aim")

@@ -56,12 +56,16 @@ def _twins(attn: str, backends: tuple[str, str], **cfg):
 def test_eager_blocked_backend_equals_one_dense_call_through_the_model(attn, pos):
     eager, dense = _twins(attn, ("eager", "sdpa"), pos=pos, window=6, n_kv_head=2, max_seq_len=64)
     x = torch.randint(0, 61, (2, 29))
-    out_e, out_d = eager(x, targets=x), dense(x, targets=x)
-    torch.testing.assert_close(out_e.logits, out_d.logits, atol=1e-5, rtol=1e-5)
-    out_e.loss.backward()
-    out_d.loss.backward()
-    for (name, a), b in zip(eager.named_parameters(), dense.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=name)
+    x[:, [4, 17]] = 0  # separators, for the document-masked pass
+    for doc_sep in (None, 0):
+        eager.zero_grad()
+        dense.zero_grad()
+        out_e, out_d = eager(x, targets=x, doc_sep=doc_sep), dense(x, targets=x, doc_sep=doc_sep)
+        torch.testing.assert_close(out_e.logits, out_d.logits, atol=1e-5, rtol=1e-5)
+        out_e.loss.backward()
+        out_d.loss.backward()
+        for (name, a), b in zip(eager.named_parameters(), dense.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=f"{name} doc_sep={doc_sep}")
     # Left-padded batches (generation) and cached decoding take the masked path in both: unchanged.
     prompts = eager.generate(x[:, :5], max_new_tokens=4, temperature=0.0)
     assert torch.equal(prompts, dense.generate(x[:, :5], max_new_tokens=4, temperature=0.0))
@@ -115,5 +119,7 @@ def test_flex_inference_on_cpu_equals_the_dense_mask(pos):
     flex.eval()
     dense.eval()
     x = torch.randint(0, 61, (2, 29))
+    x[:, [7, 18]] = 0  # token 0 as a document separator: per-batch block masks keep documents apart
     with torch.no_grad():
         torch.testing.assert_close(flex(x).logits, dense(x).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(flex(x, doc_sep=0).logits, dense(x, doc_sep=0).logits, atol=1e-5, rtol=1e-5)

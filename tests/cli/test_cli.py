@@ -33,7 +33,7 @@ def test_help_is_fast_and_imports_no_torch():
     [
         (
             ["--attn", "Linformer", "--layers", "2"],
-            "unknown attention 'Linformer'; known: mha, mla, native_sparse, sdpa",
+            "unknown attention 'Linformer'; known: mha, mla, native_sparse, native_sparse_reference, sdpa",
         ),
         (
             ["--preset", "nope"],

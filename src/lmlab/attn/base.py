@@ -39,6 +39,14 @@ def padding_mask(pad: Tensor, q_pos: Tensor, k_pos: Tensor, dtype: torch.dtype) 
     return zeros.masked_fill(~allowed, float("-inf"))[:, None]
 
 
+def document_mask(starts: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, 1, T, T) additive mask of a packed window: a key is hidden unless it is in the query's document
+    (tokens of one document share their start slot). Keys are the window's own tokens (no cache)."""
+    same = starts[:, :, None] == starts[:, None, :]
+    zeros = torch.zeros(same.shape, dtype=dtype, device=starts.device)
+    return zeros.masked_fill(~same, float("-inf"))[:, None]
+
+
 def attention_mask(
     pos: PosContext,
     k_pos: Tensor,
@@ -57,6 +65,9 @@ def attention_mask(
     if pos.pad is not None:
         pad_mask = padding_mask(pos.pad, q_pos, k_pos, dtype)
         key_mask = pad_mask if key_mask is None else key_mask + pad_mask
+    if pos.starts is not None:
+        doc = document_mask(pos.starts, dtype)
+        key_mask = doc if key_mask is None else key_mask + doc
     bias = pos.bias(q_pos, k_pos)
     span = pos.offset + pos.T - (pos.offset if k_first is None else k_first)  # widest query-key distance
     if bias is None and key_mask is None and (window is None or window >= span):

@@ -43,10 +43,30 @@ def _block_mask(T: int, window: int | None, device: str):
     return create_block_mask(causal, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
 
 
+def _document_block_mask(starts: Tensor, window: int | None):
+    """A per-batch block mask: causal, windowed, and inside each token's document (built per call)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def allowed(b, h, q_idx, kv_idx):
+        ok = (kv_idx <= q_idx) & (starts[b, q_idx] == starts[b, kv_idx])
+        return ok if window is None else ok & (q_idx - kv_idx < window)
+
+    B, T = starts.shape
+    return create_block_mask(allowed, B=B, H=None, Q_LEN=T, KV_LEN=T, device=str(starts.device))
+
+
 def flex_causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, window: int | None, *, slopes: Tensor | None = None, training: bool
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int | None,
+    *,
+    slopes: Tensor | None = None,
+    starts: Tensor | None = None,
+    training: bool,
 ) -> Tensor:
-    """Causal (windowed) attention of (B, nh, T, hs) queries on (B, nkv, T, hs) keys/values, ALiBi optional."""
+    """Causal (windowed) attention of (B, nh, T, hs) queries on (B, nkv, T, hs) keys/values, ALiBi optional,
+    kept inside documents when `starts` (B, T) is given."""
     if not flex_available(q.device, training):
         raise ConfigError(
             f"model.attn_backend: flex cannot train on {q.device.type} in this torch (no FlexAttention backward); "
@@ -60,5 +80,5 @@ def flex_causal_attention(
             return score + slopes[h] * (kv_idx - q_idx)
 
     T = q.shape[2]
-    mask = _block_mask(T, window, str(q.device))
+    mask = _block_mask(T, window, str(q.device)) if starts is None else _document_block_mask(starts, window)
     return _compiled()(q, k, v, score_mod=score_mod, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])

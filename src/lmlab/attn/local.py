@@ -32,10 +32,18 @@ def _local_mask(w: int, b: int, nb: int, device: torch.device, slopes: Tensor | 
 
 
 def blocked_window_attention(
-    q: Tensor, k: Tensor, v: Tensor, window: int, *, slopes: Tensor | None = None, dropout_p: float = 0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    *,
+    slopes: Tensor | None = None,
+    starts: Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> Tensor:
     """Causal attention of (B, nh, T, hs) queries on (B, nkv, T, hs) keys/values within `window` positions
-    (GQA when nkv < nh), with an optional per-head ALiBi bias; equal to the dense masked computation."""
+    (GQA when nkv < nh), with an optional per-head ALiBi bias and document masking (`starts` (B, T): the
+    slot where each token's document begins); equal to the dense masked computation."""
     B, H, T, hs = q.shape
     w = window
     b = max(1, w // 2)
@@ -47,6 +55,11 @@ def blocked_window_attention(
         return F.pad(x, (0, 0, w, pad)).unfold(2, w + b, b).permute(0, 2, 1, 4, 3)
 
     mask = _local_mask(w, b, nb, q.device, slopes, q.dtype)
+    if starts is not None:  # keys of another document are hidden too: (B, nb, 1, b, w + b)
+        q_doc = F.pad(starts, (0, pad), value=-1).view(B, nb, b)
+        k_doc = F.pad(starts, (w, pad), value=-1).unfold(1, w + b, b)  # (B, nb, w + b)
+        other = q_doc[..., :, None] != k_doc[..., None, :]
+        mask = mask.masked_fill(other[:, :, None], float("-inf"))
     y = F.scaled_dot_product_attention(
         qb, windows(k), windows(v), attn_mask=mask, dropout_p=dropout_p, enable_gqa=k.shape[1] != H
     )

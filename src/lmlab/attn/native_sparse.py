@@ -27,6 +27,7 @@ from lmlab.attn.base import visible
 from lmlab.attn.kv_cache import KVCache
 from lmlab.attn.local import blocked_window_attention
 from lmlab.config import ModelConfig
+from lmlab.errors import ConfigError
 from lmlab.pos.base import PosContext
 from lmlab.registry import ATTN
 
@@ -136,6 +137,8 @@ class NativeSparseAttention(nn.Module):
 
     def branches(self, x: Tensor, *, pos: PosContext, cache: NSACache | None = None) -> dict[str, Tensor]:
         """The three branch outputs before gating, each (B, nh, T, hs)."""
+        if pos.starts is not None:
+            raise ConfigError("data.doc_mask: native_sparse attention has no document masking; use sdpa, mha, mla")
         B, T, _ = x.shape
         hs, kvh = self.head_dim, self.n_kv_head
         q = self.q(x).view(B, T, self.n_head, hs).transpose(1, 2)

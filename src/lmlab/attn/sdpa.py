@@ -37,10 +37,12 @@ class SDPA(CausalSelfAttention):
                 raise ConfigError(
                     "model.attn_backend: flex has no attention dropout; allowed with dropout: auto, eager, sdpa"
                 )
-            return flex_causal_attention(q, k, v, self.window, slopes=pos.slopes, training=training)
+            return flex_causal_attention(q, k, v, self.window, slopes=pos.slopes, starts=pos.starts, training=training)
         if backend == "eager" and self.window is not None and self.window < T:
-            return blocked_window_attention(q, k, v, self.window, slopes=pos.slopes, dropout_p=dropout)
-        return None
+            return blocked_window_attention(
+                q, k, v, self.window, slopes=pos.slopes, starts=pos.starts, dropout_p=dropout
+            )
+        return None  # dense: one SDPA call with the causal (and document) mask
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
         """One fused call; dropout on the attention weights only while training."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -11,6 +12,14 @@ from lmlab.model.flops import flops_per_token
 from lmlab.model.generate import generate
 from lmlab.model.init import init_weights
 from lmlab.model.output import ModelOutput
+
+
+def document_starts(input_ids: Tensor, sep: int) -> Tensor:
+    """(B, T) slot where each token's document begins: 0, and the slot after every separator."""
+    slots = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    begins = torch.zeros_like(input_ids, dtype=torch.bool)
+    begins[:, 1:] = input_ids[:, :-1] == sep
+    return torch.where(begins, slots, 0).cummax(dim=1).values
 
 
 class CausalLM(nn.Module):
@@ -42,18 +51,26 @@ class CausalLM(nn.Module):
         cache: list | None = None,
         last_only: bool = False,
         pad: Tensor | None = None,
+        doc_sep: int | None = None,
     ) -> ModelOutput:
         """input_ids (B, T) -> logits (B, T, V); loss is cross-entropy against targets (-100 ignored).
 
         `pad` (B,) is the number of left-padding slots in each row (batched prompts of different
-        lengths); padded rows give the logits they would give alone.
+        lengths); padded rows give the logits they would give alone. With `doc_sep` (a packed
+        training window), a token attends only within its document, which ends at that separator
+        id, and positions restart at every document: each document gives the logits it would alone.
         """
         offset = cache[0].length if cache else 0
         T = input_ids.shape[1]
-        x = self.pos.embed(self.tok_emb(input_ids), offset, pad)  # (B, T, C)
+        starts = None
+        if doc_sep is not None:
+            if cache is not None or pad is not None:
+                raise ValueError("doc_sep masks a whole packed window: no cache, no padding")
+            starts = document_starts(input_ids, doc_sep)
+        x = self.pos.embed(self.tok_emb(input_ids), offset, pad, starts)  # (B, T, C)
         if self.training:
             x = self.drop(x)
-        pos = self.pos.context(T, offset, input_ids.device, pad)
+        pos = self.pos.context(T, offset, input_ids.device, pad, starts)
         for i, block in enumerate(self.blocks):
             x = block(x, pos=pos, cache=cache[i] if cache else None)
         x = self.norm_f(x)

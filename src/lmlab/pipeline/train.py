@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import random
 import shutil
@@ -17,7 +18,7 @@ import torch
 from lmlab.config import RunConfig, changed_fields
 from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
-from lmlab.errors import CheckpointError
+from lmlab.errors import CheckpointError, DataError
 from lmlab.model.build import build_model
 from lmlab.model.cost import cost_card, param_counts
 from lmlab.registry import TRACKER
@@ -63,7 +64,9 @@ def check_same_architecture(saved: RunConfig, current: RunConfig, where: Path) -
     """Refuse to resume into a run whose model differs, naming the mismatched fields."""
     a, b = saved.model.model_dump(), current.model.model_dump()
     diff = [
-        f"{k} ({a[k]!r} in run, {b[k]!r} now)" for k in a if a[k] != b[k] and k not in ("vocab_size", "src_vocab_size", "attn_backend")
+        f"{k} ({a[k]!r} in run, {b[k]!r} now)"
+        for k in a
+        if a[k] != b[k] and k not in ("vocab_size", "src_vocab_size", "attn_backend")
     ]
     if diff:
         raise CheckpointError(f"resume: {where} has a different architecture: model." + ", model.".join(diff))
@@ -107,6 +110,15 @@ def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     vocab = source.config().model.vocab_size if source else tokenizer.vocab_size
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": vocab})})
     seq_len = cfg.seq_len
+    loss_fn = causal_lm_loss
+    if cfg.data.doc_mask:
+        sep = getattr(tokenizer, "eos_id", None)
+        if sep is None:
+            raise DataError(
+                f"data.doc_mask: tokenizer '{tokenizer.name}' has no document separator; "
+                "allowed with: byte, word, bpe, hf:, tiktoken:"
+            )
+        loss_fn = functools.partial(causal_lm_loss, doc_sep=sep)
 
     def loaders(rank: int, world: int) -> tuple:
         if cfg.data.sampling == "sequential":
@@ -127,6 +139,7 @@ def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
         lambda r: save_tokenizer(tokenizer, r.tokenizer),
         loaders,
         lambda m: sample_text(m, tokenizer, n=tc.num_samples, tokens=tc.sample_tokens, seed=tc.seed),
+        loss_fn,
     )
 
 

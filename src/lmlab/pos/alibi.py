@@ -46,6 +46,8 @@ class ALiBiPositions(PositionScheme):
         attention scores are counted)."""
         return 2 * cfg.n_layer * cfg.n_head * seq_len
 
-    def context(self, T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> PosContext:
+    def context(
+        self, T: int, offset: int, device: torch.device, pad: Tensor | None = None, starts: Tensor | None = None
+    ) -> PosContext:
         """A context carrying the slopes; attention turns them into a bias for its key positions."""
-        return PosContext(offset, T, device, slopes=self.slopes.to(device), pad=pad)
+        return PosContext(offset, T, device, slopes=self.slopes.to(device), pad=pad, starts=starts)

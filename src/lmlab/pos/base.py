@@ -24,6 +24,9 @@ class PosContext:
     token at position s - pad[b]. Masks work on slots (relative distances are the same), while
     embeddings and rotary tables use each row's own positions, so a padded row computes what it
     would alone.
+
+    `starts` (B, T) is the slot where each token's document begins, for packed training windows with
+    document masking: attention stays inside a document and positions restart at each document.
     """
 
     offset: int
@@ -34,6 +37,7 @@ class PosContext:
     sin: Tensor | None = None
     slopes: Tensor | None = None
     pad: Tensor | None = None
+    starts: Tensor | None = None
     _q_pos: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -54,8 +58,8 @@ class PosContext:
         if self.rotary is None or x.shape[-1] == 0:
             return x
         cos, sin = self.rotary.tables(self.offset + self.T, self.device, x.shape[-1])
-        cos, sin = row_tables(cos, sin, self.offset, self.T, self.pad)
-        if self.pad is not None and x.dim() == 4:
+        cos, sin = row_tables(cos, sin, self.offset, self.T, self.pad, self.starts)
+        if (self.pad is not None or self.starts is not None) and x.dim() == 4:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, r) against (B, nh, T, r)
         return apply_rotary(x, cos, sin)
 
@@ -67,19 +71,27 @@ class PosContext:
         return self.slopes[:, None, None] * distance
 
 
-def token_positions(T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> Tensor:
-    """Positions of slots offset..offset+T-1: (T,), or (B, T) shifted left by each row's padding (pads get 0)."""
+def token_positions(
+    T: int, offset: int, device: torch.device, pad: Tensor | None = None, starts: Tensor | None = None
+) -> Tensor:
+    """Positions of slots offset..offset+T-1: (T,), or (B, T) shifted left by each row's padding (pads get 0)
+    or, with `starts`, counted from each token's document start."""
     positions = torch.arange(offset, offset + T, device=device)
+    if starts is not None:
+        return positions[None, :] - starts
     if pad is None:
         return positions
     return (positions[None, :] - pad[:, None]).clamp_min(0)
 
 
-def row_tables(cos: Tensor, sin: Tensor, offset: int, T: int, pad: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Rows of full rotary tables for T slots from `offset`: (T, r), or (B, T, r) with per-row padding."""
-    if pad is None:
+def row_tables(
+    cos: Tensor, sin: Tensor, offset: int, T: int, pad: Tensor | None, starts: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Rows of full rotary tables for T slots from `offset`: (T, r), or (B, T, r) with per-row padding or
+    document starts."""
+    if pad is None and starts is None:
         return cos[offset : offset + T], sin[offset : offset + T]
-    positions = token_positions(T, offset, cos.device, pad)
+    positions = token_positions(T, offset, cos.device, pad, starts)
     return cos[positions], sin[positions]
 
 
@@ -109,10 +121,12 @@ class PositionScheme(nn.Module):
         """Elementwise FLOPs per token the scheme adds to a forward pass over all layers (none here)."""
         return 0
 
-    def embed(self, x: Tensor, offset: int, pad: Tensor | None = None) -> Tensor:
+    def embed(self, x: Tensor, offset: int, pad: Tensor | None = None, starts: Tensor | None = None) -> Tensor:
         """Token embeddings (B, T, C) with absolute positions added, if the scheme has them."""
         return x
 
-    def context(self, T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> PosContext:
-        """The PosContext for T queries starting at absolute position `offset` (`pad`: see PosContext)."""
-        return PosContext(offset=offset, T=T, device=device, pad=pad)
+    def context(
+        self, T: int, offset: int, device: torch.device, pad: Tensor | None = None, starts: Tensor | None = None
+    ) -> PosContext:
+        """The PosContext for T queries starting at absolute position `offset` (`pad`, `starts`: see PosContext)."""
+        return PosContext(offset=offset, T=T, device=device, pad=pad, starts=starts)

@@ -62,9 +62,12 @@ class RotaryPositions(PositionScheme):
             self._cache[(rot, device)] = cached
         return cached
 
-    def context(self, T: int, offset: int, device: torch.device, pad: Tensor | None = None) -> PosContext:
-        """Rotary tables for positions offset..offset+T-1 (per row, (B, 1, T, rot), when padded)."""
-        cos, sin = row_tables(*self.tables(offset + T, device), offset, T, pad)
-        if pad is not None:
+    def context(
+        self, T: int, offset: int, device: torch.device, pad: Tensor | None = None, starts: Tensor | None = None
+    ) -> PosContext:
+        """Rotary tables for positions offset..offset+T-1 (per row, (B, 1, T, rot), when padded or restarted
+        per document)."""
+        cos, sin = row_tables(*self.tables(offset + T, device), offset, T, pad, starts)
+        if pad is not None or starts is not None:
             cos, sin = cos[:, None], sin[:, None]
-        return PosContext(offset, T, device, rotary=self, cos=cos, sin=sin, pad=pad)
+        return PosContext(offset, T, device, rotary=self, cos=cos, sin=sin, pad=pad, starts=starts)

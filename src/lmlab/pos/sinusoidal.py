@@ -40,8 +40,8 @@ class SinusoidalPositions(PositionScheme):
         """Per feature: position x frequency, its sine or cosine, and the add."""
         return 3 * cfg.d_model
 
-    def embed(self, x: Tensor, offset: int, pad: Tensor | None = None) -> Tensor:
+    def embed(self, x: Tensor, offset: int, pad: Tensor | None = None, starts: Tensor | None = None) -> Tensor:
         """Add the encodings of positions offset..offset+T-1."""
-        positions = token_positions(x.shape[1], offset, x.device, pad)
+        positions = token_positions(x.shape[1], offset, x.device, pad, starts)
         table = sinusoidal_table(positions.flatten(), self.d_model).to(x.dtype)
         return x + table.view(*positions.shape, self.d_model)

@@ -37,10 +37,11 @@ from lmlab.utils.hardware import autocast_dtype, peak_flops, resolve_device, res
 from lmlab.utils.meters import AverageMeter, ThroughputMeter, peak_memory_bytes
 
 
-def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
-    """Next-token loss of an (x, y) batch, plus the model's auxiliary loss if it returns one."""
+def causal_lm_loss(model: nn.Module, batch: Any, *, doc_sep: int | None = None) -> torch.Tensor:
+    """Next-token loss of an (x, y) batch, plus the model's auxiliary loss if it returns one; with `doc_sep`,
+    attention stays within the documents that separator ends (document masking)."""
     x, y = batch
-    out = model(x, targets=y)
+    out = model(x, targets=y) if doc_sep is None else model(x, targets=y, doc_sep=doc_sep)
     return out.loss if out.aux_loss is None else out.loss + out.aux_loss
 
 
