@@ -89,7 +89,13 @@ def test_save_load_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "needles"),
     [
-        ({"attn": "Linformer"}, ["model.attn", "unknown attention 'Linformer'; known: mha, mla, native_sparse, native_sparse_reference, sdpa"]),
+        (
+            {"attn": "Linformer"},
+            [
+                "model.attn",
+                "unknown attention 'Linformer'; known: mha, mla, native_sparse, native_sparse_reference, sdpa",
+            ],
+        ),
         ({"d_model": 130, "n_head": 4}, ["model.d_model", "130", "multiple of n_head"]),
         ({"n_head": 4, "n_kv_head": 3}, ["model.n_kv_head", "allowed: 1, 2, 4"]),
         ({"norm_position": "middle"}, ["model.norm_position", "'pre' or 'post'"]),

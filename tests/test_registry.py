@@ -21,7 +21,9 @@ def test_unknown_name_lists_known_and_closest():
     with pytest.raises(UnknownComponentError) as exc:
         ATTN.get("SPDA")
     msg = str(exc.value)
-    assert msg.startswith("unknown attention 'SPDA'; known: mha, mla, native_sparse, native_sparse_reference, sdpa, sliding_window")
+    assert msg.startswith(
+        "unknown attention 'SPDA'; known: mha, mla, native_sparse, native_sparse_reference, sdpa, sliding_window"
+    )
     assert "did you mean 'sdpa'" in msg
     assert ATTN.get("NSA") is ATTN.get("native_sparse") and ATTN.get("swa") is ATTN.get("sliding_window")
 
