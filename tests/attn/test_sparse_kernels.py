@@ -123,3 +123,25 @@ def test_flex_inference_on_cpu_equals_the_dense_mask(pos):
     with torch.no_grad():
         torch.testing.assert_close(flex(x).logits, dense(x).logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(flex(x, doc_sep=0).logits, dense(x, doc_sep=0).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_both_sparse_selection_paths_equal_the_reference(monkeypatch):
+    """The union of a query block's choices (neighbours agree) and per-query gathers (they do not)."""
+    from lmlab.attn.native_sparse import NativeSparseAttention
+
+    cfg = tiny_cfg("llama", attn="native_sparse", n_kv_head=2, max_seq_len=128, nsa={"n_select": 2})
+    torch.manual_seed(3)
+    sparse, reference = ATTN.get("native_sparse")(cfg), ATTN.get("native_sparse_reference")(cfg)
+    reference.load_state_dict(sparse.state_dict())
+    x = torch.randn(2, 75, cfg.d_model)
+    pos = PosContext(0, 75, torch.device("cpu"))
+    union = NativeSparseAttention._selection_union
+    taken = []
+    monkeypatch.setattr(
+        NativeSparseAttention, "_selection_union", lambda s, *a: taken.append(union(s, *a)) or taken[-1]
+    )
+    expected = reference(x, pos=pos)
+    torch.testing.assert_close(sparse(x, pos=pos), expected, atol=1e-5, rtol=1e-5)
+    assert taken and taken[-1] is not None  # the union path ran
+    monkeypatch.setattr(NativeSparseAttention, "_selection_union", lambda s, *a: None)
+    torch.testing.assert_close(sparse(x, pos=pos), expected, atol=1e-5, rtol=1e-5)

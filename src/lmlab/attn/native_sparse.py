@@ -211,8 +211,49 @@ class NativeSparseAttention(nn.Module):
         return _masked_attention(q, _expand(k, q), _expand(v, q), _expand(allowed, q), self.scale)
 
     def _selection_sparse(self, q: Tensor, k: Tensor, v: Tensor, top: Tensor, valid: Tensor, q_pos: Tensor) -> Tensor:
-        """Each query reads only its n chosen blocks of `select_block` keys: O(n * l') per token. Queries go in
-        chunks, each recomputed in the backward, so the gathered keys are never all alive at once."""
+        """Each query reads only its n chosen blocks of `select_block` keys, O(n l') per token: through the
+        union of a query block's choices when neighbours agree (a trained model's usual case), else query
+        by query."""
+        out = self._selection_union(q, k, v, top, valid, q_pos)
+        return self._selection_per_query(q, k, v, top, valid, q_pos) if out is None else out
+
+    def _selection_union(
+        self, q: Tensor, k: Tensor, v: Tensor, top: Tensor, valid: Tensor, q_pos: Tensor
+    ) -> Tensor | None:
+        """Queries in blocks of `select_block`: a query block gathers the union of the blocks its queries
+        chose once, and one masked attention gives each query exactly its own n blocks, so keys are read
+        once per query block rather than once per query. None when the unions are too wide to pay."""
+        B, H, T, hs = q.shape
+        kvh, L = self.n_kv_head, self.sel_block
+        n_blocks = -(-k.shape[2] // L)
+        kb = F.pad(k, (0, 0, 0, n_blocks * L - k.shape[2])).reshape(B * kvh * n_blocks, L * hs)
+        vb = F.pad(v, (0, 0, 0, n_blocks * L - v.shape[2])).reshape(B * kvh * n_blocks, L * hs)
+        nqb = -(-T // L)
+        pad = nqb * L - T
+        chosen = torch.zeros(B, kvh, T, n_blocks, dtype=torch.bool, device=q.device).scatter_(-1, top, valid)
+        chosen = F.pad(chosen, (0, 0, 0, pad)).view(B, kvh, nqb, L, n_blocks)
+        used = chosen.any(3)  # (B, kvh, nqb, n_blocks): the blocks any query of the query block chose
+        U = int(used.sum(-1).max())
+        if 2 * top.shape[-1] < U:  # neighbours disagree (an untrained model): per-query gathers read less
+            return None
+        union = used.to(torch.int8).topk(U, dim=-1, sorted=False).indices  # (B, kvh, nqb, U)
+        picked = chosen.gather(-1, union[:, :, :, None, :].expand(-1, -1, -1, L, -1))  # (B, kvh, nqb, L, U)
+        rows = (torch.arange(B * kvh, device=q.device).view(B, kvh, 1, 1) * n_blocks + union).flatten()
+        keys = kb.index_select(0, rows).view(B, kvh, nqb, 1, U * L, hs)
+        values = vb.index_select(0, rows).view(B, kvh, nqb, 1, U * L, hs)
+        key_pos = (union[..., None] * L + torch.arange(L, device=q.device)).flatten(-2)  # (B, kvh, nqb, U*L)
+        slots = torch.arange(nqb * L, device=q.device).view(nqb, L)
+        allowed = picked.repeat_interleave(L, dim=-1) & (key_pos[:, :, :, None, :] <= slots[:, :, None])
+        allowed[:, :, -1, L - pad :, 0] = True  # padded queries see one key: no empty row, no NaN gradient
+        qb = F.pad(q, (0, 0, 0, pad)).view(B, kvh, H // kvh, nqb, L, hs).transpose(2, 3)  # (B, kvh, nqb, rep, L, hs)
+        y = F.scaled_dot_product_attention(qb, keys, values, attn_mask=allowed[:, :, :, None], scale=self.scale)
+        return y.transpose(2, 3).reshape(B, H, nqb * L, hs)[:, :, :T]
+
+    def _selection_per_query(
+        self, q: Tensor, k: Tensor, v: Tensor, top: Tensor, valid: Tensor, q_pos: Tensor
+    ) -> Tensor:
+        """Each query gathers its own n chosen blocks (chunks of queries, each recomputed in the backward, so
+        the gathered keys are never all alive at once): for selections that neighbours do not share."""
         B, H, T, hs = q.shape
         kvh, L = self.n_kv_head, self.sel_block
         pad = (-k.shape[2]) % L
