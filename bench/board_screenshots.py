@@ -11,7 +11,9 @@ validation-loss charts; writes docs/results/board_tensorboard.png and docs/resul
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -65,7 +67,10 @@ def start_viewer(save_dir: Path, viewer: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     argv = viewer_command(save_dir, viewer, port)
     argv += ["--host", "127.0.0.1"] if viewer == "aim" else ["--bind_all"]
-    proc = subprocess.Popen([find_viewer(argv[0]), *argv[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session: `aim up` serves from a uvicorn child that must stop with it.
+    proc = subprocess.Popen(
+        [find_viewer(argv[0]), *argv[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -74,7 +79,7 @@ def start_viewer(save_dir: Path, viewer: str) -> tuple[subprocess.Popen, str]:
             return proc, url
         except OSError:
             time.sleep(0.5)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError(f"{viewer} did not answer on {url}")
 
 
@@ -149,7 +154,7 @@ def main() -> None:
                     shoot(driver, url, out / f"board_{viewer}.png", args.settle)
                     print(f"wrote {out / f'board_{viewer}.png'}")
                 finally:
-                    proc.terminate()
+                    os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(timeout=30)
         finally:
             driver.quit()
