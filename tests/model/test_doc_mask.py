@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from lmlab.cli.app import cli
 from lmlab.errors import ConfigError
 from lmlab.model.build import build_model
-from lmlab.model.transformer import document_starts
+from lmlab.model.transformer import document_start_slots
 from lmlab.trainer.mini_trainer import causal_lm_loss
 from tests.conftest import tiny_cfg
 
@@ -20,9 +20,9 @@ def _packed(first_len: int, doc: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.cat([first, torch.tensor([[SEP]]), doc], dim=1)
 
 
-def test_document_starts():
+def test_document_start_slots():
     ids = torch.tensor([[5, 0, 7, 8, 0, 0, 3], [1, 2, 3, 4, 5, 6, 7]])
-    assert document_starts(ids, 0).tolist() == [[0, 0, 2, 2, 2, 5, 6], [0] * 7]
+    assert document_start_slots(ids, 0).tolist() == [[0, 0, 2, 2, 2, 5, 6], [0] * 7]
 
 
 @pytest.mark.parametrize(("preset", "pos"), [("llama", "rope"), ("gpt2", "learned"), ("llama", "alibi")])

@@ -22,10 +22,14 @@ def visible(q_pos: Tensor, k_pos: Tensor, window: int | None = None) -> Tensor:
     return ok
 
 
+def additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask as an additive one: 0 where allowed, -inf elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
 def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, 1, 1, Tk) additive mask from a (B, Tk) validity mask: -inf on padded keys, 0 elsewhere."""
-    zeros = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
-    return zeros.masked_fill(~valid.bool(), float("-inf"))[:, None, None, :]
+    return additive(valid.bool(), dtype)[:, None, None, :]
 
 
 def padding_mask(pad: Tensor, q_pos: Tensor, k_pos: Tensor, dtype: torch.dtype) -> Tensor:
@@ -35,16 +39,13 @@ def padding_mask(pad: Tensor, q_pos: Tensor, k_pos: Tensor, dtype: torch.dtype) 
     real tokens through 0 * NaN in the value sum.
     """
     allowed = (k_pos[None, None, :] >= pad[:, None, None]) | (k_pos[None, None, :] == q_pos[None, :, None])
-    zeros = torch.zeros(allowed.shape, dtype=dtype, device=k_pos.device)
-    return zeros.masked_fill(~allowed, float("-inf"))[:, None]
+    return additive(allowed, dtype)[:, None]
 
 
 def document_mask(starts: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, 1, T, T) additive mask of a packed window: a key is hidden unless it is in the query's document
     (tokens of one document share their start slot). Keys are the window's own tokens (no cache)."""
-    same = starts[:, :, None] == starts[:, None, :]
-    zeros = torch.zeros(same.shape, dtype=dtype, device=starts.device)
-    return zeros.masked_fill(~same, float("-inf"))[:, None]
+    return additive(starts[:, :, None] == starts[:, None, :], dtype)[:, None]
 
 
 def attention_mask(
@@ -75,8 +76,7 @@ def attention_mask(
             return None, len(q_pos) > 1  # keys are exactly the queries: standard causal mask
         if len(q_pos) == 1:
             return None, False  # one new token sees every cached key
-    mask = torch.zeros(len(q_pos), len(k_pos), device=k_pos.device, dtype=dtype)
-    mask = mask.masked_fill(~visible(q_pos, k_pos, window), float("-inf"))
+    mask = additive(visible(q_pos, k_pos, window), dtype)
     mask = mask if bias is None else mask + bias.to(dtype)
     return (mask if key_mask is None else mask + key_mask), False
 

@@ -32,27 +32,22 @@ def _compiled():
     return torch.compile(flex_attention, dynamic=False)
 
 
-@functools.lru_cache(maxsize=32)
-def _block_mask(T: int, window: int | None, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    def causal(b, h, q_idx, kv_idx):
-        ok = kv_idx <= q_idx
-        return ok if window is None else ok & (q_idx - kv_idx < window)
-
-    return create_block_mask(causal, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
-
-
-def _document_block_mask(starts: Tensor, window: int | None):
-    """A per-batch block mask: causal, windowed, and inside each token's document (built per call)."""
+def _block_mask_of(T: int, window: int | None, device: str, starts: Tensor | None = None):
+    """Causal, windowed and (with `starts` (B, T)) inside each token's document: one block mask per batch."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     def allowed(b, h, q_idx, kv_idx):
-        ok = (kv_idx <= q_idx) & (starts[b, q_idx] == starts[b, kv_idx])
+        ok = kv_idx <= q_idx
+        if starts is not None:
+            ok = ok & (starts[b, q_idx] == starts[b, kv_idx])
         return ok if window is None else ok & (q_idx - kv_idx < window)
 
-    B, T = starts.shape
-    return create_block_mask(allowed, B=B, H=None, Q_LEN=T, KV_LEN=T, device=str(starts.device))
+    B = None if starts is None else starts.shape[0]
+    return create_block_mask(allowed, B=B, H=None, Q_LEN=T, KV_LEN=T, device=device)
+
+
+# Without documents the mask depends only on (length, window, device): built once and reused.
+_block_mask = functools.lru_cache(maxsize=32)(_block_mask_of)
 
 
 def flex_causal_attention(
@@ -80,5 +75,6 @@ def flex_causal_attention(
             return score + slopes[h] * (kv_idx - q_idx)
 
     T = q.shape[2]
-    mask = _block_mask(T, window, str(q.device)) if starts is None else _document_block_mask(starts, window)
+    device = str(q.device)
+    mask = _block_mask(T, window, device) if starts is None else _block_mask_of(T, window, device, starts)
     return _compiled()(q, k, v, score_mod=score_mod, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])

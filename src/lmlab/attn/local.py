@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from lmlab.attn.base import additive
+
 
 def _local_mask(w: int, b: int, nb: int, device: torch.device, slopes: Tensor | None, dtype: torch.dtype) -> Tensor:
     """(nb, 1 or nh, b, w + b) additive mask: window key kk is query qq's neighbour iff qq < kk <= qq + w,
@@ -24,7 +26,7 @@ def _local_mask(w: int, b: int, nb: int, device: torch.device, slopes: Tensor | 
     kk = torch.arange(w + b, device=device)[None, :]
     c = torch.arange(nb, device=device)[:, None, None]
     allowed = (kk > qq) & (kk <= qq + w) & (kk >= w - c * b)  # (nb, b, w + b)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))[:, None]
+    mask = additive(allowed, dtype)[:, None]
     if slopes is None:
         return mask
     distance = (kk - w - qq).to(dtype)  # key position - query position, <= 0 where visible

@@ -137,13 +137,19 @@ def prepare_data(data, tokenizer: BaseTokenizer | None = None, *, on_piece=None)
     return corpus, tokenizer, splits
 
 
-def document_starts(tokens, tokenizer: BaseTokenizer) -> np.ndarray:
-    """Positions right after each EOS (and 0): where documents begin, for BOS-aligned sampling."""
+def separator_id(tokenizer: BaseTokenizer, field: str) -> int:
+    """The tokenizer's end-of-text id, which `field` (data.align_bos, data.doc_mask) needs, or a one-line error."""
     eos = getattr(tokenizer, "eos_id", None)
     if eos is None:
         raise DataError(
-            f"data.align_bos: tokenizer '{tokenizer.name}' has no document separator; allowed with: byte, word, bpe, hf:, tiktoken:"
+            f"{field}: tokenizer '{tokenizer.name}' has no document separator; allowed with: byte, word, bpe, hf:, tiktoken:"
         )
+    return eos
+
+
+def document_starts(tokens, tokenizer: BaseTokenizer) -> np.ndarray:
+    """Positions right after each EOS (and 0): where documents begin, for BOS-aligned sampling."""
+    eos = separator_id(tokenizer, "data.align_bos")
     ids = np.asarray(tokens)
     return np.concatenate([[0], np.flatnonzero(ids == eos) + 1]).astype(np.int64)
 

@@ -14,7 +14,7 @@ from lmlab.model.init import init_weights
 from lmlab.model.output import ModelOutput
 
 
-def document_starts(input_ids: Tensor, sep: int) -> Tensor:
+def document_start_slots(input_ids: Tensor, sep: int) -> Tensor:
     """(B, T) slot where each token's document begins: 0, and the slot after every separator."""
     slots = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     begins = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -66,7 +66,7 @@ class CausalLM(nn.Module):
         if doc_sep is not None:
             if cache is not None or pad is not None:
                 raise ValueError("doc_sep masks a whole packed window: no cache, no padding")
-            starts = document_starts(input_ids, doc_sep)
+            starts = document_start_slots(input_ids, doc_sep)
         x = self.pos.embed(self.tok_emb(input_ids), offset, pad, starts)  # (B, T, C)
         if self.training:
             x = self.drop(x)

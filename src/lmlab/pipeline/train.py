@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from lmlab.config import RunConfig, changed_fields
-from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data
+from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data, separator_id
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
-from lmlab.errors import CheckpointError, DataError
+from lmlab.errors import CheckpointError
 from lmlab.model.build import build_model
 from lmlab.model.cost import cost_card, param_counts
 from lmlab.registry import TRACKER
@@ -112,13 +112,7 @@ def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
     seq_len = cfg.seq_len
     loss_fn = causal_lm_loss
     if cfg.data.doc_mask:
-        sep = getattr(tokenizer, "eos_id", None)
-        if sep is None:
-            raise DataError(
-                f"data.doc_mask: tokenizer '{tokenizer.name}' has no document separator; "
-                "allowed with: byte, word, bpe, hf:, tiktoken:"
-            )
-        loss_fn = functools.partial(causal_lm_loss, doc_sep=sep)
+        loss_fn = functools.partial(causal_lm_loss, doc_sep=separator_id(tokenizer, "data.doc_mask"))
 
     def loaders(rank: int, world: int) -> tuple:
         if cfg.data.sampling == "sequential":

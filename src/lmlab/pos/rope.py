@@ -31,13 +31,18 @@ class RotaryPositions(PositionScheme):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        rot = int(cfg.head_dim * cfg.rope.fraction) // 2 * 2
+        rot = self.rot_dims(cfg)
         if rot == 0:
             raise ValueError(
                 f"model.rope.fraction: {cfg.rope.fraction} leaves no rotary dims of head_dim={cfg.head_dim}"
             )
         self.rot_dim, self.theta = rot, cfg.rope.theta
         self._cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
+
+    @staticmethod
+    def rot_dims(cfg: ModelConfig) -> int:
+        """Rotated features per head: `rope.fraction` of head_dim, rounded down to an even count."""
+        return int(cfg.head_dim * cfg.rope.fraction) // 2 * 2
 
     @classmethod
     def flops_per_token(cls, cfg: ModelConfig, seq_len: int) -> int:
@@ -46,7 +51,7 @@ class RotaryPositions(PositionScheme):
         if hasattr(attn, "rotated_per_token"):  # attention with its own rotary layout (MLA's decoupled keys)
             rotated = attn.rotated_per_token(cfg)
         else:
-            rotated = (cfg.n_head + cfg.n_kv_head) * (int(cfg.head_dim * cfg.rope.fraction) // 2 * 2)
+            rotated = (cfg.n_head + cfg.n_kv_head) * cls.rot_dims(cfg)
         return 3 * cfg.n_layer * rotated
 
     def tables(self, length: int, device: torch.device, rot_dim: int | None = None) -> tuple[Tensor, Tensor]:
