@@ -7,6 +7,7 @@ from torch.nn import functional as F
 from lmlab.attn.native_sparse import NativeSparseAttention
 from lmlab.errors import ConfigError
 from lmlab.model.build import build_model
+from lmlab.model.generate import generate
 from lmlab.pos.rope import RotaryPositions
 from tests.conftest import tiny_cfg
 
@@ -47,14 +48,10 @@ def test_selection_is_sparse_when_fewer_blocks_are_selected():
     torch.testing.assert_close(out["slc"][..., :8, :], dense[..., :8, :], atol=1e-5, rtol=1e-5)
 
 
-def test_output_never_depends_on_later_tokens():
-    cfg = tiny_cfg(
-        "llama",
-        attn="nsa",
-        n_kv_head=2,
-        max_seq_len=64,
-        nsa={"block_size": 4, "stride": 2, "select_block": 4, "n_select": 2, "window": 6},
-    )
+@pytest.mark.parametrize("selection", ["query", "block"])
+def test_output_never_depends_on_later_tokens(selection):
+    nsa = {"block_size": 4, "stride": 2, "select_block": 4, "n_select": 2, "window": 6, "selection": selection}
+    cfg = tiny_cfg("llama", attn="nsa", n_kv_head=2, max_seq_len=64, nsa=nsa)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     x = torch.randint(0, 61, (2, 48))
@@ -85,3 +82,19 @@ def test_bad_block_geometry_is_refused():
         tiny_cfg("llama", attn="nsa", nsa={"stride": 4, "select_block": 6})
     with pytest.raises(ConfigError, match="does not support pos='alibi'"):
         tiny_cfg("llama", attn="nsa", pos="alibi")
+
+
+def test_block_selection_decodes_with_a_cache_as_the_whole_sequence_does():
+    """The running block's choice is carried in the cache from its first query to the rest."""
+    nsa = {"block_size": 4, "stride": 2, "select_block": 4, "n_select": 2, "window": 6, "selection": "block"}
+    torch.manual_seed(1)
+    model = build_model(tiny_cfg("llama", attn="nsa", n_kv_head=2, max_seq_len=64, nsa=nsa)).eval()
+    prompt = torch.randint(0, 61, (2, 7))  # the prompt ends inside a selection block
+    for kwargs in ({"temperature": 0}, {"temperature": 1.0, "seed": 2}):
+        cached = generate(model, prompt, 40, use_cache=True, **kwargs)
+        assert torch.equal(cached, generate(model, prompt, 40, use_cache=False, **kwargs))
+    x = torch.randint(0, 61, (1, 45))
+    full = model(x).logits
+    cache = model.new_cache(1, 64)
+    steps = [model(x[:, a:b], cache=cache).logits for a, b in ((0, 6), (6, 7), (7, 13), (13, 45))]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)

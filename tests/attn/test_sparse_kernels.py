@@ -76,6 +76,8 @@ NSA_CASES = [  # T, n_kv_head, nsa options
     (64, 4, {}),
     (100, 1, {"block_size": 8, "stride": 4, "select_block": 8, "n_select": 3, "window": 10}),
     (20, 2, {"window": 64}),
+    (75, 2, {"n_select": 2, "selection": "block"}),  # a block shares its first query's choice
+    (100, 1, {"block_size": 8, "stride": 4, "select_block": 8, "n_select": 3, "window": 10, "selection": "block"}),
 ]
 
 
@@ -145,3 +147,27 @@ def test_both_sparse_selection_paths_equal_the_reference(monkeypatch):
     assert taken and taken[-1] is not None  # the union path ran
     monkeypatch.setattr(NativeSparseAttention, "_selection_union", lambda s, *a: None)
     torch.testing.assert_close(sparse(x, pos=pos), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_block_selection_reads_each_block_once_and_follows_its_first_query(monkeypatch):
+    """selection="block": every query of a selection block has its first query's blocks, so the union path
+    (one gather per query block) always runs."""
+    from lmlab.attn.native_sparse import NativeSparseAttention
+
+    cfg = tiny_cfg(
+        "llama", attn="native_sparse", n_kv_head=2, max_seq_len=128, nsa={"n_select": 2, "selection": "block"}
+    )
+    torch.manual_seed(5)
+    nsa = ATTN.get("native_sparse")(cfg)
+    choose, union = NativeSparseAttention._choose, NativeSparseAttention._selection_union
+    chosen, taken = [], []
+    monkeypatch.setattr(NativeSparseAttention, "_choose", lambda s, *a: chosen.append(choose(s, *a)) or chosen[-1])
+    monkeypatch.setattr(
+        NativeSparseAttention, "_selection_union", lambda s, *a: taken.append(union(s, *a)) or taken[-1]
+    )
+    T, L = 70, cfg.nsa.select_block
+    nsa(torch.randn(2, T, cfg.d_model), pos=PosContext(0, T, torch.device("cpu")))
+    top, _ = chosen[-1]
+    for t in range(T):
+        assert torch.equal(top[:, :, t], top[:, :, t // L * L])
+    assert taken and taken[-1] is not None

@@ -51,18 +51,21 @@ def blocked_window_attention(
     b = max(1, w // 2)
     nb = -(-T // b)
     pad = nb * b - T
-    qb = F.pad(q, (0, 0, 0, pad)).view(B, H, nb, b, hs).transpose(1, 2)  # (B, nb, nh, b, hs)
+    # Blocks fold into the batch: the fused kernels take 4-D inputs only (5-D falls back to the math kernel).
+    qb = F.pad(q, (0, 0, 0, pad)).view(B, H, nb, b, hs).transpose(1, 2).reshape(B * nb, H, b, hs)
 
-    def windows(x: Tensor) -> Tensor:  # (B, h, T, hs) -> (B, nb, h, w + b, hs), block c's keys [c*b - w, c*b + b)
-        return F.pad(x, (0, 0, w, pad)).unfold(2, w + b, b).permute(0, 2, 1, 4, 3)
+    def windows(x: Tensor) -> Tensor:  # (B, h, T, hs) -> (B * nb, h, w + b, hs), block c's keys [c*b - w, c*b + b)
+        win = F.pad(x, (0, 0, w, pad)).unfold(2, w + b, b).permute(0, 2, 1, 4, 3)
+        return win.reshape(B * nb, x.shape[1], w + b, hs)
 
-    mask = _local_mask(w, b, nb, q.device, slopes, q.dtype)
+    mask = _local_mask(w, b, nb, q.device, slopes, q.dtype)[None]  # (1, nb, 1 or nh, b, w + b)
     if starts is not None:  # keys of another document are hidden too: (B, nb, 1, b, w + b)
         q_doc = F.pad(starts, (0, pad), value=-1).view(B, nb, b)
         k_doc = F.pad(starts, (w, pad), value=-1).unfold(1, w + b, b)  # (B, nb, w + b)
         other = q_doc[..., :, None] != k_doc[..., None, :]
         mask = mask.masked_fill(other[:, :, None], float("-inf"))
+    mask = mask.expand(B, *mask.shape[1:]).reshape(B * nb, *mask.shape[2:])
     y = F.scaled_dot_product_attention(
         qb, windows(k), windows(v), attn_mask=mask, dropout_p=dropout_p, enable_gqa=k.shape[1] != H
     )
-    return y.transpose(1, 2).reshape(B, H, nb * b, hs)[:, :, :T]
+    return y.view(B, nb, H, b, hs).transpose(1, 2).reshape(B, H, nb * b, hs)[:, :, :T]

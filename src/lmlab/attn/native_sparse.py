@@ -11,11 +11,17 @@ Per-head sigmoid gates mix the three outputs (eq. 5). Over a whole sequence the 
 gathers only the chosen blocks (O(n l') per token) and the window branch runs blockwise (O(w)), so
 the cost per token is O(T/d + n l' + w) as in the paper; decoding with a cache, and the registered
 `native_sparse_reference`, compute each branch as a dense masked attention instead.
+
+`nsa.selection: block` lets the queries of each selection block share the choice of its first
+query (causal: that query precedes the others), so one fused attention call per query block reads
+its n blocks once for all of its queries; the paper's per-query choice (`query`) gathers per query
+where neighbours disagree.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lmlab.attn.base import visible
+from lmlab.attn.base import additive, visible
 from lmlab.attn.kv_cache import KVCache
 from lmlab.attn.local import blocked_window_attention
 from lmlab.config import ModelConfig
@@ -39,6 +45,7 @@ class NSACache:
 
     def __init__(self, batch: int, n_kv: int, max_len: int, hs: int, device, dtype) -> None:
         self.caches = {b: KVCache(batch, n_kv, max_len, hs, device, dtype) for b in BRANCHES}
+        self.block_top: tuple[Tensor, Tensor] | None = None  # selection="block": the running block's choice
 
     @property
     def length(self) -> int:
@@ -76,6 +83,11 @@ class NSAOptions(BaseModel):
     select_block: int = Field(16, ge=1, description="tokens per selection block (l')")
     n_select: int = Field(4, ge=1, description="selected blocks per query (n), incl. the first and local ones")
     window: int = Field(64, ge=1, description="sliding-window branch span (w)")
+    selection: Literal["query", "block"] = Field(
+        "query",
+        description="query: each query picks its own blocks (the paper); block: the queries of each selection "
+        "block share the choice of its first query, so a block's keys are read once for all of them",
+    )
 
 
 @ATTN.register(
@@ -107,6 +119,7 @@ class NativeSparseAttention(nn.Module):
             n.n_select,
             n.window,
         )
+        self.per_block = n.selection == "block"
         hs, kv = self.head_dim, self.n_kv_head
         self.q = nn.Linear(cfg.d_model, self.n_head * hs, bias=cfg.qkv_bias)
         self.kv = nn.Linear(cfg.d_model, len(BRANCHES) * 2 * kv * hs, bias=cfg.qkv_bias)  # independent K/V per branch
@@ -150,9 +163,9 @@ class NativeSparseAttention(nn.Module):
         else:
             k_pos = pos.q_pos
         q_pos = pos.q_pos
-        o_cmp, p_cmp = self._compressed(q, *kv["cmp"], q_pos)
+        o_cmp, p_cmp = self._compressed(q, *kv["cmp"], q_pos, leaders=self.per_block)
         n_sel = (pos.offset + pos.T - 1) // self.sel_block + 1  # the last key is the last query
-        top, valid = self._selected_blocks(p_cmp, q_pos, n_sel)
+        top, valid = self._choose(p_cmp, q_pos, n_sel, cache)
         if cache is None and self.sparse:  # a whole sequence: only the chosen blocks and the window are read
             o_slc = self._selection_sparse(q, *kv["slc"], top, valid, q_pos)
             o_win = self._window_sparse(q, *kv["win"])
@@ -164,15 +177,59 @@ class NativeSparseAttention(nn.Module):
             )
         return {"cmp": o_cmp, "slc": o_slc, "win": o_win}
 
-    def _compressed(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> tuple[Tensor, Tensor]:
+    def _compressed(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, leaders: bool) -> tuple[Tensor, Tensor]:
         """Attention over the block summaries (eq. 7): blocks [i*stride, i*stride + block) of the keys, each
-        visible once it has ended; returns the output and the probabilities (B, nh, T, n_cmp)."""
+        visible once it has ended; returns the output and the probabilities (B, nh, T or T/l', n_cmp) that
+        choose the selection blocks (only the leading query of each selection block's row when `leaders`)."""
         k_cmp, v_cmp = self._compress(k, v)  # (B, kvh, n_cmp, hs)
         cmp_end = torch.arange(k_cmp.shape[2], device=q.device) * self.stride + self.block - 1
         cmp_ok = cmp_end[None, :] <= q_pos[:, None]  # (T, n_cmp)
-        scores = (q @ _expand(k_cmp, q).transpose(-2, -1)) * self.scale
-        p_cmp = torch.nan_to_num(F.softmax(scores.float().masked_fill(~cmp_ok, float("-inf")), -1), nan=0.0)
-        return p_cmp.to(q.dtype) @ _expand(v_cmp, q), p_cmp
+        if not self.sparse or k_cmp.shape[2] == 0:  # the reference: one dense masked softmax
+            scores = (q @ _expand(k_cmp, q).transpose(-2, -1)) * self.scale
+            p_cmp = torch.nan_to_num(F.softmax(scores.float().masked_fill(~cmp_ok, float("-inf")), -1), nan=0.0)
+            out = p_cmp.to(q.dtype) @ _expand(v_cmp, q)
+            return out, p_cmp[:, :, q_pos % self.sel_block == 0] if leaders else p_cmp
+        # A fused kernel for the output; queries before the first block's end see nothing and stay zero.
+        seen = int((q_pos < self.block - 1).sum())
+        out = q.new_zeros(q.shape)
+        # The few summaries are repeated per head: the kernel's backward is faster so than with enable_gqa.
+        k_rep, v_rep = _expand(k_cmp, q), _expand(v_cmp, q)
+        mask = additive(cmp_ok[seen:], q.dtype)
+        out[:, :, seen:] = F.scaled_dot_product_attention(
+            q[:, :, seen:], k_rep, v_rep, attn_mask=mask, scale=self.scale
+        )
+        with torch.no_grad():  # the choice of blocks carries no gradient (topk)
+            rows = torch.nonzero(q_pos % self.sel_block == 0).flatten() if leaders else slice(None)
+            scores = (q[:, :, rows] @ _expand(k_cmp, q).transpose(-2, -1)) * self.scale
+            p_cmp = torch.nan_to_num(F.softmax(scores.float().masked_fill(~cmp_ok[rows], float("-inf")), -1), nan=0.0)
+        return out, p_cmp
+
+    def _choose(self, p_cmp: Tensor, q_pos: Tensor, n_sel: int, cache: NSACache | None) -> tuple[Tensor, Tensor]:
+        """Each query's chosen blocks: its own (selection="query"), or those of the first query of its selection
+        block (selection="block"; causal, since that query precedes the rest, and carried across decode steps
+        in the cache)."""
+        if not self.per_block:
+            return self._selected_blocks(p_cmp, q_pos, n_sel)
+        L, first = self.sel_block, int(q_pos[0])
+        leaders = torch.nonzero(q_pos % L == 0).flatten()  # the queries that choose for their block
+        top, valid = self._selected_blocks(p_cmp, q_pos[leaders], n_sel)  # p_cmp holds the leaders' rows
+        if first % L:  # the first queries belong to a block chosen before this call
+            if cache is None or cache.block_top is None:
+                raise RuntimeError("native_sparse selection='block' needs the choice of each block's first query")
+            held_top, held_valid = cache.block_top
+            need = top.shape[-1] - held_top.shape[-1]  # more blocks exist now: pad with future (invalid) ones
+            if need > 0:
+                future = held_top.new_tensor(range(need)) + first // L + 1
+                held_top = torch.cat([held_top, future.expand(*held_top.shape[:-1], need)], -1)
+                held_valid = F.pad(held_valid, (0, need))
+            top = torch.cat([held_top[:, :, None], top], 2)
+            valid = torch.cat([held_valid[:, :, None], valid], 2)
+        # The block each query follows, counted from the first one present here.
+        follow = q_pos // L - first // L
+        top, valid = top[:, :, follow], valid[:, :, follow]
+        if cache is not None:
+            cache.block_top = (top[:, :, -1], valid[:, :, -1])
+        return top, valid
 
     def _selected_blocks(self, p_cmp: Tensor, q_pos: Tensor, n_sel: int) -> tuple[Tensor, Tensor]:
         """The top-n selection blocks of each query (eqs. 9-11) and which of them are real (not future).
@@ -245,9 +302,13 @@ class NativeSparseAttention(nn.Module):
         slots = torch.arange(nqb * L, device=q.device).view(nqb, L)
         allowed = picked.repeat_interleave(L, dim=-1) & (key_pos[:, :, :, None, :] <= slots[:, :, None])
         allowed[:, :, -1, L - pad :, 0] = True  # padded queries see one key: no empty row, no NaN gradient
-        qb = F.pad(q, (0, 0, 0, pad)).view(B, kvh, H // kvh, nqb, L, hs).transpose(2, 3)  # (B, kvh, nqb, rep, L, hs)
-        y = F.scaled_dot_product_attention(qb, keys, values, attn_mask=allowed[:, :, :, None], scale=self.scale)
-        return y.transpose(2, 3).reshape(B, H, nqb * L, hs)[:, :, :T]
+        # One 4-D call (the fused kernels take nothing else): query blocks fold into the batch.
+        rep, n = H // kvh, B * kvh * nqb
+        qb = F.pad(q, (0, 0, 0, pad)).view(B, kvh, rep, nqb, L, hs).transpose(2, 3).reshape(n, rep, L, hs)
+        mask = additive(allowed, q.dtype).view(n, 1, L, U * L)
+        kv = keys.view(n, 1, U * L, hs), values.view(n, 1, U * L, hs)
+        y = F.scaled_dot_product_attention(qb, *kv, attn_mask=mask, scale=self.scale, enable_gqa=rep > 1)
+        return y.view(B, kvh, nqb, rep, L, hs).transpose(2, 3).reshape(B, H, nqb * L, hs)[:, :, :T]
 
     def _selection_per_query(
         self, q: Tensor, k: Tensor, v: Tensor, top: Tensor, valid: Tensor, q_pos: Tensor
