@@ -2,8 +2,9 @@
 
 One run, same machine, same weights (GPT-2-layout models exported with `to_hf`), greedy decoding
 of `--new` tokens after a `--prompt`-token prompt, at batch 1 and batch 8, for each `--sizes`
-entry (LAYERSxDIMxHEADS). lmlab and transformers alternate for `--rounds` rounds and the median
-time of each is reported, with the ratio lmlab / transformers.
+entry (LAYERSxDIMxHEADS). lmlab (eager, and with `compile=True`: static caches and a compiled
+decode step) and transformers take turns for `--rounds` rounds and the median time of each is
+reported, with the ratios to transformers; the compile time is the first compiled run's extra time.
 
 The "GEMM floor" column is the tokens/s the model's linear layers alone allow: every decode
 step must read all weights once, and at batch 1 that matrix-vector work is memory-bound, the
@@ -68,6 +69,9 @@ def bench_size(layers: int, dim: int, heads: int, args) -> list[str]:
         def run_ours(p=prompt) -> torch.Tensor:
             return generate(ours, p, args.new, temperature=0)
 
+        def run_compiled(p=prompt) -> torch.Tensor:
+            return generate(ours, p, args.new, temperature=0, compile=True)
+
         def run_theirs(p=prompt, m=mask) -> torch.Tensor:
             return theirs.generate(
                 p, attention_mask=m, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False
@@ -75,16 +79,20 @@ def bench_size(layers: int, dim: int, heads: int, args) -> list[str]:
 
         with torch.no_grad():
             assert torch.equal(run_ours(), run_theirs()), "greedy outputs differ"
-            t_ours, t_hf = [], []
+            first = timed(run_compiled)  # compiles the decode step once for this batch size
+            assert torch.equal(run_compiled(), run_ours()), "compiled greedy output differs"
+            t_ours, t_comp, t_hf = [], [], []
             for _ in range(args.rounds):
                 t_ours.append(timed(run_ours))
+                t_comp.append(timed(run_compiled))
                 t_hf.append(timed(run_theirs))
         n = batch * args.new
-        a, b = statistics.median(t_ours), statistics.median(t_hf)
-        floor = gemm_floor(ours, batch, args.new)
+        a, c, b = statistics.median(t_ours), statistics.median(t_comp), statistics.median(t_hf)
+        floor = n / gemm_floor(ours, batch, args.new)
         rows.append(
-            f"| {cfg.arch_name()} | {ours.num_params() / 1e6:.1f} M | {batch} | {n / a:,.0f} | {n / b:,.0f} "
-            f"| **{b / a:.2f}x** | {n / floor:,.0f} |"
+            f"| {cfg.arch_name()} | {ours.num_params() / 1e6:.1f} M | {batch} | {n / a:,.0f} | {n / c:,.0f} "
+            f"({n / c / floor:.0%} of floor) | {n / b:,.0f} | **{b / a:.2f}x** / **{b / c:.2f}x** | {floor:,.0f} "
+            f"| {first - c:.1f} s |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -105,8 +113,9 @@ def main() -> None:
         f"{args.rounds} alternating rounds; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}.",
         "",
-        "| model | params | batch | lmlab tok/s | transformers tok/s | ratio | GEMM floor tok/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | params | batch | lmlab tok/s | lmlab --compile tok/s | transformers tok/s "
+        "| vs transformers (eager / compiled) | GEMM floor tok/s | compile time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     print("\n".join(header), flush=True)
     rows = []

@@ -42,6 +42,9 @@ class SampleConfig(Section):
     batch_size: int = Field(8, ge=1, description="rows decoded together (left-padded)")
     stream: bool = Field(False, description="print tokens as they are generated (one row at a time)")
     cache: bool = Field(True, description="reuse keys and values; off: recompute the full context each step")
+    compile: bool = Field(False, description="decode through static caches with a compiled step")
+    draft: str | None = Field(None, description="run directory of a draft model for speculative decoding")
+    draft_tokens: int = Field(4, ge=1, description="tokens the draft proposes per pass of the model")
     device: str = Field("auto", description=DEVICE_HELP)
 
 
@@ -68,6 +71,9 @@ class ServeConfig(Section):
     max_concurrent: int = Field(64, ge=1, description="requests in flight before 429")
     max_batch: int = Field(16, ge=1, description="requests decoded together (1: no batching)")
     max_body_kb: int = Field(1024, ge=1, description="largest request body")
+    compile: bool = Field(False, description="decode through static caches with a compiled step")
+    draft: str | None = Field(None, description="run directory of a draft model (one served run only)")
+    draft_tokens: int = Field(4, ge=1, description="tokens the draft proposes per pass of the model")
     device: str = Field("auto", description=DEVICE_HELP)
 
 

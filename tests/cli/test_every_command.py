@@ -122,3 +122,23 @@ def test_last_is_the_newest_run(runs):
     assert out.exit_code == 0 and RunDir.latest(root).path.name in out.output
     none = CliRunner().invoke(cli, ["eval", "--run", str(root / "empty" / "last")])
     assert none.exit_code == 2 and "holds none" in none.output
+
+
+def test_generate_and_serve_take_a_draft_and_compile(runs, monkeypatch):
+    """--draft decodes speculatively and reports the acceptance rate; a draft with another tokenizer, or
+    for several served runs, is refused in one line; --compile decodes through the static caches."""
+    import lmlab.model.static_decode as static_decode
+
+    monkeypatch.setattr(static_decode, "BACKEND", "aot_eager")
+    big, small = str(runs["moe"].path), str(runs["decoder"].path)
+    base = ["generate", "--run", big, "--prompt", "the", "--max-new-tokens", "6", "--temperature", "0"]
+    plain = CliRunner().invoke(cli, base)
+    spec = CliRunner().invoke(cli, [*base, "--draft", small, "--draft-tokens", "2"])
+    assert spec.exit_code == 0, spec.output
+    assert spec.stdout == plain.stdout and "proposed tokens accepted" in spec.stderr
+    compiled = CliRunner().invoke(cli, [*base, "--compile"])
+    assert compiled.exit_code == 0 and compiled.stdout == plain.stdout, compiled.output
+    other = CliRunner().invoke(cli, [*base, "--draft", str(runs["seq2seq"].path)])
+    assert other.exit_code == 2 and other.output.count("\n") == 1 and "sample.draft" in other.output
+    two = CliRunner().invoke(cli, ["serve", "--run", big, "--run", small, "--draft", small, "--port", "0"])
+    assert two.exit_code == 2 and "serve.draft: a draft serves one model; give one --run, not 2" in two.output

@@ -70,8 +70,8 @@ def attention_mask(
         doc = document_mask(pos.starts, dtype)
         key_mask = doc if key_mask is None else key_mask + doc
     bias = pos.bias(q_pos, k_pos)
-    span = pos.offset + pos.T - (pos.offset if k_first is None else k_first)  # widest query-key distance
-    if bias is None and key_mask is None and (window is None or window >= span):
+    span = pos.T + (0 if k_first is None else pos.offset - k_first)  # widest query-key distance
+    if not pos.static and bias is None and key_mask is None and (window is None or window >= span):
         if len(k_pos) == len(q_pos):
             return None, len(q_pos) > 1  # keys are exactly the queries: standard causal mask
         if len(q_pos) == 1:

@@ -6,7 +6,17 @@ import torch
 from torch import Tensor
 
 
-class KVCache:
+class Truncatable:
+    """A cache that keeps every position in order, so it can forget the newest ones."""
+
+    length: int
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (speculative decoding drops the rejected draft tokens)."""
+        self.length = min(self.length, length)
+
+
+class KVCache(Truncatable):
     """Keys and values of every token so far, preallocated as (B, n_kv_head, max_len, head_dim)."""
 
     def __init__(
@@ -45,6 +55,36 @@ class KVCache:
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (beam search: each surviving beam takes its parent's cache)."""
         self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class StaticKVCache:
+    """A preallocated cache whose shapes never change: every update returns all `max_len` slots, and the
+    count of tokens seen is a device tensor, so one compiled decode step (or CUDA graph) serves every
+    position. Slots past the queries are hidden by the causal mask, which attention always builds from
+    the tensor positions here (`PosContext.static`)."""
+
+    first_position = 0
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, device, dtype) -> None:
+        self.k = torch.zeros(batch, n_kv_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = torch.zeros((), dtype=torch.long, device=device)
+        self.positions = torch.arange(max_len, device=device)
+        if hasattr(torch, "_dynamo"):  # fixed addresses: CUDA graphs may replay over the same buffers
+            for t in (self.k, self.v, self.length):
+                torch._dynamo.mark_static_address(t)
+
+    def reset(self) -> None:
+        """Empty the cache for a new prompt (in place: a compiled step keeps reading the same tensors)."""
+        self.length.zero_()
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Write (B, n_kv, T, hs) at the next T positions; return every slot and its position."""
+        at = self.length + torch.arange(k.shape[2], device=k.device)
+        self.k.index_copy_(2, at, k)
+        self.v.index_copy_(2, at, v)
+        self.length.add_(k.shape[2])
+        return self.k, self.v, self.positions
 
 
 class WindowKVCache:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lmlab.attn.base import attention_mask, masked_scores
+from lmlab.attn.kv_cache import Truncatable
 from lmlab.config import ModelConfig
 from lmlab.pos.base import PosContext
 from lmlab.registry import ATTN
@@ -37,7 +38,7 @@ def mla_dims(cfg: ModelConfig) -> dict[str, int | None]:
     }
 
 
-class LatentCache:
+class LatentCache(Truncatable):
     """Cached compressed latents (B, T, kv_rank) and shared rope keys (B, T, rope)."""
 
     def __init__(self, batch: int, max_len: int, kv_rank: int, rope: int, device, dtype) -> None:

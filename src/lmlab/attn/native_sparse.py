@@ -45,7 +45,12 @@ class NSACache:
 
     def __init__(self, batch: int, n_kv: int, max_len: int, hs: int, device, dtype) -> None:
         self.caches = {b: KVCache(batch, n_kv, max_len, hs, device, dtype) for b in BRANCHES}
-        self.block_top: tuple[Tensor, Tensor] | None = None  # selection="block": the running block's choice
+        self.block_tops: dict[int, tuple[Tensor, Tensor]] = {}  # selection="block": each block's choice
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on, in every branch."""
+        for cache in self.caches.values():
+            cache.truncate(length)
 
     @property
     def length(self) -> int:
@@ -214,9 +219,9 @@ class NativeSparseAttention(nn.Module):
         leaders = torch.nonzero(q_pos % L == 0).flatten()  # the queries that choose for their block
         top, valid = self._selected_blocks(p_cmp, q_pos[leaders], n_sel)  # p_cmp holds the leaders' rows
         if first % L:  # the first queries belong to a block chosen before this call
-            if cache is None or cache.block_top is None:
+            if cache is None or first // L not in cache.block_tops:
                 raise RuntimeError("native_sparse selection='block' needs the choice of each block's first query")
-            held_top, held_valid = cache.block_top
+            held_top, held_valid = cache.block_tops[first // L]
             need = top.shape[-1] - held_top.shape[-1]  # more blocks exist now: pad with future (invalid) ones
             if need > 0:
                 future = held_top.new_tensor(range(need)) + first // L + 1
@@ -226,9 +231,10 @@ class NativeSparseAttention(nn.Module):
             valid = torch.cat([held_valid[:, :, None], valid], 2)
         # The block each query follows, counted from the first one present here.
         follow = q_pos // L - first // L
+        if cache is not None:  # kept per block, so a cache cut back into an earlier block still has its choice
+            for i in range(top.shape[2]):
+                cache.block_tops[first // L + i] = (top[:, :, i], valid[:, :, i])
         top, valid = top[:, :, follow], valid[:, :, follow]
-        if cache is not None:
-            cache.block_top = (top[:, :, -1], valid[:, :, -1])
         return top, valid
 
     def _selected_blocks(self, p_cmp: Tensor, q_pos: Tensor, n_sel: int) -> tuple[Tensor, Tensor]:

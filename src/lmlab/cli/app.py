@@ -172,6 +172,8 @@ def _generate(run: str, prompts: tuple[str, ...], prompts_file: str | None, **pa
         return
     options = {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "min_p": opts.min_p}
     options |= {"repetition_penalty": opts.repetition_penalty, "use_cache": opts.cache}
+    options |= _decode_options(opts, dev, [loaded])
+    stats = options.get("draft_stats")
     rows = [(p, i, text) for p, text in enumerate(texts) for i in range(opts.num_samples)]  # (prompt, sample, text)
     size = 1 if opts.stream else opts.batch_size
     for start in range(0, len(rows), size):
@@ -193,6 +195,28 @@ def _generate(run: str, prompts: tuple[str, ...], prompts_file: str | None, **pa
             if not opts.stream:
                 _echo_sample_header(row, len(texts), opts.num_samples)
             click.echo(pieces[r] + streams[r].flush())
+    if stats is not None:
+        click.echo(f"draft: {stats.accepted} of {stats.proposed} proposed tokens accepted ({stats.rate:.0%})", err=True)
+
+
+def _decode_options(opts, device, runs) -> dict:
+    """iter_generate's compile and draft options from `sample` or `serve` settings; the draft run is loaded
+    here and refused in one line when it cannot propose for the model."""
+    from lmlab.errors import ConfigError
+    from lmlab.infer.load import load_run
+    from lmlab.model.speculative import DraftStats, check_draft
+
+    out: dict = {"compile": opts.compile} if opts.compile else {}
+    if opts.draft is None:
+        return out
+    runs = list(runs)
+    if len(runs) != 1:
+        raise ConfigError(f"{opts.SECTION}.draft: a draft serves one model; give one --run, not {len(runs)}")
+    draft = load_run(opts.draft, device=device)
+    check_draft(runs[0].model, draft.model)
+    if draft.tokenizer.fingerprint() != runs[0].tokenizer.fingerprint():
+        raise ConfigError(f"{opts.SECTION}.draft: {opts.draft} has another tokenizer; a draft needs the model's")
+    return out | {"draft": draft.model, "draft_tokens": opts.draft_tokens, "draft_stats": DraftStats()}
 
 
 generate_command = cli.command(
@@ -341,6 +365,9 @@ def _serve(runs: tuple[str, ...], compare: tuple[str, str] | None, **params) -> 
     for p in paths:
         name = Path(p).name
         loaded[name if name not in loaded else f"{name}-{len(loaded)}"] = load_run(p, device=dev)
+    decode = _decode_options(opts, dev, loaded.values())
+    for run in loaded.values():
+        run.decode = decode
     limits = Limits(
         max_tokens=opts.max_tokens,
         max_body_bytes=opts.max_body_kb * 1024,

@@ -54,8 +54,9 @@ class Batcher:
 
     OPTION_NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
-    def __init__(self, model: torch.nn.Module, max_batch: int = 16) -> None:
+    def __init__(self, model: torch.nn.Module, max_batch: int = 16, decode: dict | None = None) -> None:
         self.model, self.max_batch = model, max_batch
+        self.decode = decode or {}  # iter_generate's compile / draft options, the same for every request
         self.waiting: queue.Queue[list[Job]] = queue.Queue()  # groups that must share a batch (n > 1)
         self.deferred: list[list[Job]] = []
         self.largest_batch = 0
@@ -143,6 +144,7 @@ class Batcher:
             seed=[job.seed for job in jobs],
             top_logprobs=top,
             **options,
+            **self.decode,
         )
         for step in steps:
             tok, lp = step[0], step[1]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ class LoadedRun:
     tokenizer: BaseTokenizer  # the target side of an encoder-decoder run
     weights: Path
     src_tokenizer: BaseTokenizer | None = None  # encoder-decoder runs only
+    decode: dict = field(default_factory=dict)  # how it is decoded when served: compile, draft, draft_tokens
 
 
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None) -> LoadedRun:

@@ -101,6 +101,10 @@ def iter_generate(
     seed: int | Sequence[int] | None = None,
     pad: Tensor | None = None,
     top_logprobs: int = 0,
+    compile: bool = False,
+    draft=None,
+    draft_tokens: int = 4,
+    draft_stats=None,
 ) -> Iterator[tuple[Tensor, ...]]:
     """Yield (next ids (B, 1), their log-probabilities (B,) under the model) one step at a time.
 
@@ -112,12 +116,31 @@ def iter_generate(
     left padding (from `left_pad`); a padded row gets the tokens it would get alone. An
     attention without the `left_pad` cap decodes the rows one after another instead. `seed` is
     one seed for the batch, or one per row (each row then samples as it would alone with its seed).
+    `compile` decodes through static caches with a compiled step (`lmlab.model.static_decode`): the same
+    tokens, once the step is compiled faster. `draft` (a smaller model with the same tokenizer) decodes
+    speculatively, `draft_tokens` proposals per target pass (`lmlab.model.speculative`): greedy output is
+    plain greedy's and sampled output follows the same distribution; `draft_stats` (a `DraftStats`)
+    counts the proposals and acceptances.
     """
     if pad is not None and not bool(pad.any()):
         pad = None
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, seed=seed)
+    options |= dict(repetition_penalty=repetition_penalty, top_logprobs=top_logprobs)
+    if draft is not None:
+        if input_ids.shape[0] == 1 and pad is None:
+            from lmlab.model.speculative import iter_speculative
+
+            seed = seed[0] if isinstance(seed, Sequence) else seed
+            options |= dict(seed=seed, draft_tokens=draft_tokens, stats=draft_stats)
+            yield from iter_speculative(model, draft, input_ids, max_new_tokens, **options)
+            return
+        # Rows accept different numbers of draft tokens, so each row is decoded on its own.
+        options |= dict(draft=draft, draft_tokens=draft_tokens, draft_stats=draft_stats)
+        pad = pad if pad is not None else torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        yield from _rows_one_by_one(model, input_ids, pad, max_new_tokens, **options)
+        return
     if pad is not None and not supports_left_pad(model):
-        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, seed=seed)
-        options |= dict(repetition_penalty=repetition_penalty, use_cache=use_cache, top_logprobs=top_logprobs)
+        options |= dict(use_cache=use_cache, compile=compile)
         yield from _rows_one_by_one(model, input_ids, pad, max_new_tokens, **options)
         return
     was_training = model.training
@@ -126,9 +149,13 @@ def iter_generate(
     stop_ids = torch.tensor(list(stop or []), device=input_ids.device, dtype=input_ids.dtype)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     ids, cache = input_ids, [] if use_cache else None
+    if compile and use_cache:
+        from lmlab.model.static_decode import static_decoder
+
+        cache = static_decoder(model, ids.shape[0], model.config.max_seq_len) or cache
     try:
         for _ in range(max_new_tokens):
-            last = _next_logits(model, ids, cache, pad)
+            last = _next_logits(model, ids, cache, pad, first=_ == 0)
             logp = last.log_softmax(-1)
             last = apply_repetition_penalty(last, ids, repetition_penalty)
             nxt = sample_next(last, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator)
@@ -155,9 +182,12 @@ def _generators(seed: int | Sequence[int] | None, input_ids: Tensor):
     return None if seed is None else torch.Generator(device=input_ids.device).manual_seed(seed)
 
 
-def _next_logits(model, ids: Tensor, cache: list | None, pad: Tensor | None) -> Tensor:
-    """Last-position logits (B, V) in float32; `cache` is [] before the first cached step, None without a cache."""
+def _next_logits(model, ids: Tensor, cache, pad: Tensor | None, first: bool) -> Tensor:
+    """Last-position logits (B, V) in float32; `cache` is [] before the first cached step, None without a
+    cache, or a `StaticDecoder`."""
     max_len = model.config.max_seq_len
+    if hasattr(cache, "decode") and ids.shape[1] <= max_len:
+        return cache.prefill(ids, pad) if first else cache.decode(ids[:, -1:], pad)
     if cache is not None and ids.shape[1] <= max_len:
         if not cache:
             cache.append(model.new_cache(ids.shape[0], max_len))

@@ -61,6 +61,8 @@ class CausalLM(nn.Module):
         id, and positions restart at every document: each document gives the logits it would alone.
         """
         offset = cache[0].length if cache else 0
+        if isinstance(offset, Tensor):  # a static cache's count, which its updates advance in place
+            offset = offset.clone()
         T = input_ids.shape[1]
         starts = None
         if doc_sep is not None:

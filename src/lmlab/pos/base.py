@@ -27,9 +27,12 @@ class PosContext:
 
     `starts` (B, T) is the slot where each token's document begins, for packed training windows with
     document masking: attention stays inside a document and positions restart at each document.
+
+    `offset` is a 0-dim device tensor when decoding through a static cache (`static`): positions are then
+    computed on the device and masks are always built, so no shape depends on the position.
     """
 
-    offset: int
+    offset: int | Tensor
     T: int
     device: torch.device
     rotary: Any = None
@@ -44,8 +47,13 @@ class PosContext:
     def q_pos(self) -> Tensor:
         """Absolute positions of the queries, (T,)."""
         if self._q_pos is None:
-            self._q_pos = torch.arange(self.offset, self.offset + self.T, device=self.device)
+            self._q_pos = torch.arange(self.T, device=self.device) + self.offset
         return self._q_pos
+
+    @property
+    def static(self) -> bool:
+        """Whether the position is a device tensor (a static-cache decode step)."""
+        return isinstance(self.offset, Tensor)
 
     def rotate(self, *xs: Tensor) -> tuple[Tensor, ...]:
         """Apply the rotary tables to queries / new keys (B, nh, T, hs); identity without them."""
@@ -57,7 +65,9 @@ class PosContext:
         """Rotate every dim of x (..., T, r) with tables of width r (MLA's decoupled rope part)."""
         if self.rotary is None or x.shape[-1] == 0:
             return x
-        cos, sin = self.rotary.tables(self.offset + self.T, self.device, x.shape[-1])
+        cos, sin = self.rotary.tables(
+            table_length(self.offset, self.T, self.rotary.max_seq_len), self.device, x.shape[-1]
+        )
         cos, sin = row_tables(cos, sin, self.offset, self.T, self.pad, self.starts)
         if (self.pad is not None or self.starts is not None) and x.dim() == 4:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, r) against (B, nh, T, r)
@@ -71,12 +81,17 @@ class PosContext:
         return self.slopes[:, None, None] * distance
 
 
+def table_length(offset: int | Tensor, T: int, max_seq_len: int) -> int:
+    """Rows a position table needs for T slots from `offset` (max_seq_len when the offset is on the device)."""
+    return max_seq_len if isinstance(offset, Tensor) else offset + T
+
+
 def token_positions(
-    T: int, offset: int, device: torch.device, pad: Tensor | None = None, starts: Tensor | None = None
+    T: int, offset: int | Tensor, device: torch.device, pad: Tensor | None = None, starts: Tensor | None = None
 ) -> Tensor:
     """Positions of slots offset..offset+T-1: (T,), or (B, T) shifted left by each row's padding (pads get 0)
     or, with `starts`, counted from each token's document start."""
-    positions = torch.arange(offset, offset + T, device=device)
+    positions = torch.arange(T, device=device) + offset
     if starts is not None:
         return positions[None, :] - starts
     if pad is None:
@@ -85,11 +100,11 @@ def token_positions(
 
 
 def row_tables(
-    cos: Tensor, sin: Tensor, offset: int, T: int, pad: Tensor | None, starts: Tensor | None = None
+    cos: Tensor, sin: Tensor, offset: int | Tensor, T: int, pad: Tensor | None, starts: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Rows of full rotary tables for T slots from `offset`: (T, r), or (B, T, r) with per-row padding or
     document starts."""
-    if pad is None and starts is None:
+    if pad is None and starts is None and not isinstance(offset, Tensor):
         return cos[offset : offset + T], sin[offset : offset + T]
     positions = token_positions(T, offset, cos.device, pad, starts)
     return cos[positions], sin[positions]

@@ -31,6 +31,6 @@ class LearnedPositions(PositionScheme):
     def embed(self, x: Tensor, offset: int, pad: Tensor | None = None, starts: Tensor | None = None) -> Tensor:
         """Add the embeddings of positions offset..offset+T-1."""
         T = x.shape[1]
-        if offset + T > self.max_seq_len:
+        if isinstance(offset, int) and offset + T > self.max_seq_len:
             raise ValueError(f"sequence of {offset + T} positions exceeds max_seq_len={self.max_seq_len}")
         return x + self.wpe(token_positions(T, offset, x.device, pad, starts))

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from lmlab.config import ModelConfig
-from lmlab.pos.base import PosContext, PositionScheme, row_tables
+from lmlab.pos.base import PosContext, PositionScheme, row_tables, table_length
 from lmlab.registry import ATTN, POS
 
 
@@ -72,7 +72,7 @@ class RotaryPositions(PositionScheme):
     ) -> PosContext:
         """Rotary tables for positions offset..offset+T-1 (per row, (B, 1, T, rot), when padded or restarted
         per document)."""
-        cos, sin = row_tables(*self.tables(offset + T, device), offset, T, pad, starts)
+        cos, sin = row_tables(*self.tables(table_length(offset, T, self.max_seq_len), device), offset, T, pad, starts)
         if pad is not None or starts is not None:
             cos, sin = cos[:, None], sin[:, None]
         return PosContext(offset, T, device, rotary=self, cos=cos, sin=sin, pad=pad, starts=starts)

@@ -1,0 +1,106 @@
+"""Compiled static-cache decoding and speculative decoding give plain decoding's tokens (greedy) or its
+distribution (sampling), for every preset and attention."""
+
+import math
+
+import pytest
+import torch
+
+import lmlab.model.static_decode as static_decode
+from lmlab.errors import ConfigError
+from lmlab.model.build import build_model
+from lmlab.model.generate import generate, left_pad
+from lmlab.model.speculative import DraftStats
+from lmlab.registry import ATTN, POS
+from tests.conftest import tiny_cfg
+from tests.helpers import SMALL_SPARSE, legal_grid
+
+PRESETS = ["gpt2", "llama", "mistral", "deepseek", "hybrid", "mpt", "team", "tiny"]
+
+
+@pytest.fixture
+def graph_only(monkeypatch):
+    """Dynamo's graph over the static caches without inductor's code generation (one real compile below)."""
+    monkeypatch.setattr(static_decode, "BACKEND", "aot_eager")
+
+
+def _pair(preset: str, **kw):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(preset, max_seq_len=40, **kw)).eval()
+    draft = build_model(tiny_cfg(preset, n_layer=1, max_seq_len=40, **kw)).eval()
+    return model, draft
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_compiled_and_speculative_greedy_equal_plain_greedy(preset, graph_only, capsys):
+    model, draft = _pair(preset)
+    prompt = torch.randint(0, 61, (2, 7))
+    plain = generate(model, prompt, 45, temperature=0)  # 52 tokens: past max_seq_len=40, the context slides
+    assert torch.equal(generate(model, prompt, 45, temperature=0, compile=True), plain)
+    stats = DraftStats()
+    spec = generate(model, prompt, 45, temperature=0, draft=draft, draft_tokens=3, draft_stats=stats)
+    assert torch.equal(spec, plain)
+    assert stats.proposed > 0 and 0 <= stats.accepted <= stats.proposed
+    if model.config.attn == "mla":  # its latent cache has another shape: a one-line notice, eager decoding
+        assert "compile: mla attention keeps a cache of its own shape; decoding eagerly" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("attn", "pos"), legal_grid(attn=ATTN.names(), pos=POS.names()))
+def test_every_attention_decodes_fast_or_says_why(attn, pos, graph_only):
+    torch.manual_seed(0)
+    cfg = tiny_cfg("llama", attn=attn, pos=pos, n_kv_head=2, max_seq_len=24, window=8, **SMALL_SPARSE)
+    model, draft = build_model(cfg).eval(), build_model(cfg.model_copy(update={"n_layer": 1})).eval()
+    prompts, pad = left_pad([[5, 1, 7, 3, 9, 2], [11, 12]])
+    plain = generate(model, prompts, 12, temperature=0, pad=pad)
+    assert torch.equal(generate(model, prompts, 12, temperature=0, pad=pad, compile=True), plain)
+    assert torch.equal(generate(model, prompts, 12, temperature=0, pad=pad, draft=draft, draft_tokens=2), plain)
+
+
+def test_inductor_compiles_the_step_once_and_keeps_it(capsys):
+    """The real compiler, once in the suite: same greedy tokens, compile time reported once per process."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", max_seq_len=32)).eval()
+    prompt = torch.randint(0, 61, (1, 5))
+    plain = generate(model, prompt, 20, temperature=0)
+    assert torch.equal(generate(model, prompt, 20, temperature=0, compile=True), plain)
+    assert torch.equal(generate(model, prompt, 20, temperature=0, compile=True), plain)
+    assert capsys.readouterr().err.count("compiled the decode step in") == 1
+
+
+def _chi2_critical(df: int, alpha_z: float = 3.09) -> float:
+    """Wilson-Hilferty: the chi-square quantile at z (3.09: p = 0.001)."""
+    return df * (1 - 2 / (9 * df) + alpha_z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def test_speculative_sampling_follows_the_models_distribution():
+    """Two tokens drafted per pass by a different model: the joint law of the first two tokens is the
+    target's (chi-square over all 36 pairs of a 6-token vocabulary), so rejections are resampled right."""
+    torch.manual_seed(1)
+    V = 6
+    model = build_model(tiny_cfg("llama", vocab_size=V, max_seq_len=16)).eval()
+    draft = build_model(tiny_cfg("llama", vocab_size=V, n_layer=1, max_seq_len=16)).eval()
+    with torch.no_grad():  # make the two disagree more than random init does
+        for p in draft.parameters():
+            p.mul_(3.0)
+    prompt = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        p1 = model(prompt).logits[0, -1].softmax(-1)
+        second = torch.cat([prompt.expand(V, -1), torch.arange(V)[:, None]], 1)
+        p2 = model(second).logits[:, -1].softmax(-1)
+    expected = (p1[:, None] * p2).flatten()
+    n, stats = 1500, DraftStats()
+    counts = torch.zeros(V * V)
+    for seed in range(n):
+        out = generate(model, prompt, 2, temperature=1.0, seed=seed, draft=draft, draft_tokens=2, draft_stats=stats)
+        counts[int(out[0, 3]) * V + int(out[0, 4])] += 1
+    assert 0.05 < stats.rate < 0.95  # both branches of the rule ran
+    keep = expected * n >= 5
+    stat = float((((counts - n * expected) ** 2) / (n * expected))[keep].sum())
+    assert stat < _chi2_critical(int(keep.sum()) - 1), (stat, counts, expected * n)
+
+
+def test_a_draft_with_another_vocabulary_is_refused():
+    model = build_model(tiny_cfg("llama")).eval()
+    draft = build_model(tiny_cfg("llama", vocab_size=50)).eval()
+    with pytest.raises(ConfigError, match="draft has vocab_size 50, the model 61; a draft needs the same tokenizer"):
+        generate(model, torch.tensor([[1, 2]]), 3, draft=draft)
