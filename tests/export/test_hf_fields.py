@@ -47,7 +47,9 @@ def _hf(family: str, **fields):
 def _assert_same_logits(hf_model, ours) -> None:
     x = torch.randint(0, 61, (3, CONTEXT), generator=torch.Generator().manual_seed(1))  # the full context
     with torch.no_grad():
-        torch.testing.assert_close(ours.eval()(x).logits, hf_model(x).logits, atol=2e-5, rtol=1e-5)
+        # 5e-5: windowed families sum in another order (blocks here, one masked call there), and the fp32
+        # kernels' rounding differs between CPUs.
+        torch.testing.assert_close(ours.eval()(x).logits, hf_model(x).logits, atol=5e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

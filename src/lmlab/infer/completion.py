@@ -40,7 +40,7 @@ class Served:
     batcher: Batcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.batcher = Batcher(self.loaded.model, self.max_batch, decode=self.loaded.decode)
+        self.batcher = Batcher(self.loaded.model, self.max_batch, decode=getattr(self.loaded, "decode", None))
 
 
 class CompletionService:

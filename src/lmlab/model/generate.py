@@ -1,6 +1,12 @@
 """Autoregressive sampling with a KV cache: temperature, top-k, top-p, min-p, repetition penalty, stop tokens,
 per-token log-probabilities, token-by-token streaming (`iter_generate`) and batched prompts of different
-lengths (`left_pad`)."""
+lengths (`left_pad`).
+
+`compile=True` decodes through static caches with a compiled step (`lmlab.model.static_decode`): the same
+tokens, faster once compiled. `draft` (a smaller model with the same tokenizer) decodes speculatively,
+`draft_tokens` proposals per pass of the model (`lmlab.model.speculative`): greedy output is plain
+greedy's and sampled output follows the same distribution; `draft_stats` (a `DraftStats`) counts the
+proposals and acceptances."""
 
 from __future__ import annotations
 
@@ -10,26 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-
-def filter_logits(
-    logits: Tensor, *, top_k: int | None = None, top_p: float | None = None, min_p: float | None = None
-) -> Tensor:
-    """Set to -inf every logit outside the top-k, outside the smallest set with mass >= top_p, and (min-p,
-    Nguyen et al. 2024) every token whose probability is below min_p times the most likely one's."""
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = F.softmax(sorted_logits, dim=-1).cumsum(-1)
-        # Drop a token when the mass before it already reaches top_p; the first token always stays.
-        drop_sorted = (cum - F.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    if min_p is not None and 0 < min_p <= 1:
-        probs = F.softmax(logits, dim=-1)
-        logits = logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, float("-inf"))
-    return logits
+from lmlab.model.sampling import apply_repetition_penalty, filter_logits
 
 
 def left_pad(prompts: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -51,16 +38,6 @@ def supports_left_pad(model) -> bool:
     from lmlab.registry import ATTN
 
     return bool(ATTN.entry(model.config.attn).caps.get("left_pad"))
-
-
-def apply_repetition_penalty(logits: Tensor, context: Tensor, penalty: float) -> Tensor:
-    """CTRL's penalty (Keskar et al. 2019): every token already in the context has its logit divided by
-    `penalty` if positive, multiplied if negative."""
-    if penalty == 1.0:
-        return logits
-    seen = torch.gather(logits, -1, context)
-    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
-    return logits.scatter(-1, context, seen)
 
 
 def sample_next(
@@ -106,38 +83,16 @@ def iter_generate(
     draft_tokens: int = 4,
     draft_stats=None,
 ) -> Iterator[tuple[Tensor, ...]]:
-    """Yield (next ids (B, 1), their log-probabilities (B,) under the model) one step at a time.
-
-    With `top_logprobs` k > 0 each step also yields the k most likely tokens: (log-probs (B, k), ids (B, k)).
-
-    A row that emits a stop id keeps emitting it; iteration ends when every row has stopped.
-    Past max_seq_len the context slides, so each step re-reads the last max_seq_len tokens; the
-    cached and uncached paths give the same tokens in every case. `pad` (B,) counts each row's
-    left padding (from `left_pad`); a padded row gets the tokens it would get alone. An
-    attention without the `left_pad` cap decodes the rows one after another instead. `seed` is
-    one seed for the batch, or one per row (each row then samples as it would alone with its seed).
-    `compile` decodes through static caches with a compiled step (`lmlab.model.static_decode`): the same
-    tokens, once the step is compiled faster. `draft` (a smaller model with the same tokenizer) decodes
-    speculatively, `draft_tokens` proposals per target pass (`lmlab.model.speculative`): greedy output is
-    plain greedy's and sampled output follows the same distribution; `draft_stats` (a `DraftStats`)
-    counts the proposals and acceptances.
-    """
-    if pad is not None and not bool(pad.any()):
-        pad = None
+    """Yield (next ids (B, 1), their log-probabilities (B,)[, (top-k log-probs, ids) with `top_logprobs` k])
+    one step at a time. A row that emits a stop id keeps emitting it until every row has stopped. Past
+    max_seq_len the context slides (cached and uncached give the same tokens). `pad` (B,) counts each
+    row's left padding (`left_pad`): a row gets the tokens it would alone (rows one after another where the
+    attention lacks the `left_pad` cap). `seed`: one for the batch, or one per row. `compile`, `draft`: see above."""
+    pad = pad if pad is not None and bool(pad.any()) else None
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, seed=seed)
     options |= dict(repetition_penalty=repetition_penalty, top_logprobs=top_logprobs)
     if draft is not None:
-        if input_ids.shape[0] == 1 and pad is None:
-            from lmlab.model.speculative import iter_speculative
-
-            seed = seed[0] if isinstance(seed, Sequence) else seed
-            options |= dict(seed=seed, draft_tokens=draft_tokens, stats=draft_stats)
-            yield from iter_speculative(model, draft, input_ids, max_new_tokens, **options)
-            return
-        # Rows accept different numbers of draft tokens, so each row is decoded on its own.
-        options |= dict(draft=draft, draft_tokens=draft_tokens, draft_stats=draft_stats)
-        pad = pad if pad is not None else torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-        yield from _rows_one_by_one(model, input_ids, pad, max_new_tokens, **options)
+        yield from _drafted(model, draft, input_ids, pad, max_new_tokens, draft_tokens, draft_stats, options)
         return
     if pad is not None and not supports_left_pad(model):
         options |= dict(use_cache=use_cache, compile=compile)
@@ -148,11 +103,7 @@ def iter_generate(
     generator = _generators(seed, input_ids)
     stop_ids = torch.tensor(list(stop or []), device=input_ids.device, dtype=input_ids.dtype)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    ids, cache = input_ids, [] if use_cache else None
-    if compile and use_cache:
-        from lmlab.model.static_decode import static_decoder
-
-        cache = static_decoder(model, ids.shape[0], model.config.max_seq_len) or cache
+    ids, cache = input_ids, _new_cache(model, input_ids, use_cache, compile)
     try:
         for _ in range(max_new_tokens):
             last = _next_logits(model, ids, cache, pad, first=_ == 0)
@@ -171,6 +122,40 @@ def iter_generate(
                 break
     finally:
         model.train(was_training)
+
+
+def _new_cache(model, input_ids: Tensor, use_cache: bool, compile: bool):
+    """None (no cache), [] (a cache made at the first step) or the process's compiled `StaticDecoder`."""
+    if not use_cache:
+        return None
+    if compile:
+        from lmlab.model.static_decode import static_decoder
+
+        return static_decoder(model, input_ids.shape[0], model.config.max_seq_len) or []
+    return []
+
+
+def _drafted(model, draft, input_ids, pad, max_new_tokens: int, draft_tokens: int, stats, options: dict) -> Iterator:
+    """`iter_generate` with a draft model: one row speculatively, then (no room left to draft) plainly;
+    rows of a batch one by one, since each accepts a different number of tokens."""
+    from lmlab.model.speculative import iter_speculative
+
+    if input_ids.shape[0] > 1 or pad is not None:
+        options |= dict(draft=draft, draft_tokens=draft_tokens, draft_stats=stats)
+        pad = pad if pad is not None else torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        yield from _rows_one_by_one(model, input_ids, pad, max_new_tokens, **options)
+        return
+    seed = options["seed"]
+    options |= dict(seed=seed[0] if isinstance(seed, Sequence) else seed)
+    ids = input_ids
+    for step in iter_speculative(
+        model, draft, input_ids, max_new_tokens, draft_tokens=draft_tokens, stats=stats, **options
+    ):
+        ids = torch.cat([ids, step[0]], 1)
+        yield step
+    rest = max_new_tokens - (ids.shape[1] - input_ids.shape[1])
+    if rest > 0 and int(ids[0, -1]) not in (options["stop"] or []):  # the context slides on without a draft
+        yield from iter_generate(model, ids, rest, **options)
 
 
 def _generators(seed: int | Sequence[int] | None, input_ids: Tensor):

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from lmlab.attn.base import CausalSelfAttention
 from lmlab.attn.kv_cache import KVCache
 from lmlab.errors import ConfigError
+from lmlab.model.sampling import apply_repetition_penalty, filter_logits
 
 
 class DraftStats:
@@ -65,8 +66,6 @@ def rollback_caches(model, max_len: int) -> list:
 
 def _dist(logits: Tensor, context: Tensor, temperature: float, options: dict) -> Tensor:
     """The sampling distribution over the vocabulary (V,) for one position, as plain sampling draws from it."""
-    from lmlab.model.generate import apply_repetition_penalty, filter_logits
-
     logits = apply_repetition_penalty(logits[None], context[None], options["repetition_penalty"])[0]
     if temperature == 0:
         return F.one_hot(logits.argmax(), logits.shape[-1]).float()
@@ -90,82 +89,48 @@ def iter_speculative(
     max_new_tokens: int,
     *,
     draft_tokens: int = 4,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
+    stats: DraftStats | None = None,
     stop: Sequence[int] | None = None,
     seed: int | None = None,
     top_logprobs: int = 0,
-    stats: DraftStats | None = None,
+    **sampling,
 ) -> Iterator[tuple[Tensor, ...]]:
     """`iter_generate`'s steps (next id (1, 1), its log-probability (1,) under the model[, top-k]) for one row,
-    drafted `draft_tokens` at a time by `draft` and verified by `model`."""
+    drafted `draft_tokens` at a time by `draft` and verified by `model`; `sampling` is iter_generate's
+    temperature, top_k, top_p, min_p and repetition_penalty. Ends early, after a stop id or when the
+    context has no room left to draft (iter_generate then goes on without a draft)."""
     if input_ids.shape[0] != 1:
         raise ValueError("iter_speculative decodes one row; iter_generate splits a batch into rows")
     check_draft(model, draft)
-    options = dict(top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty)
-    device = input_ids.device
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ()).item()))
+    rule = _Rule(sampling, seed, input_ids.device)
     stats = stats if stats is not None else DraftStats()
     limit = min(model.config.max_seq_len, draft.config.max_seq_len)
     seq = input_ids[0].tolist()
-    stop_set = set(stop or [])
     was = model.training, draft.training
     model.eval()
     draft.eval()
     try:
-        if len(seq) >= limit:  # no room to draft: plain decoding slides the context
-            yield from _plain(model, seq, max_new_tokens, temperature, options, stop, seed, top_logprobs, device)
+        if len(seq) >= limit:
             return
         big, small = rollback_caches(model, limit), rollback_caches(draft, limit)
-        _feed(model, big, seq[:-1], device) if len(seq) > 1 else None
+        if len(seq) > 1:
+            _feed(model, big, seq[:-1], rule.device)
         emitted = 0
         while emitted < max_new_tokens:
             k = min(draft_tokens, max_new_tokens - emitted, limit - len(seq))
             if k < 1:
-                rest = max_new_tokens - emitted
-                yield from _plain(model, seq, rest, temperature, options, stop, seed, top_logprobs, device)
                 return
-            # Draft k tokens, each from the draft's distribution q_i.
-            logits = _feed(draft, small, seq[small[0].length :], device)[-1]
-            proposals, qs = [], []
-            for i in range(k):
-                context = torch.tensor(seq + proposals, device=device)
-                q = _dist(logits, context, temperature, options)
-                x = int(q.argmax()) if temperature == 0 else int(torch.multinomial(q, 1, generator=gen))
-                proposals.append(x)
-                qs.append(q)
-                if i + 1 < k:
-                    logits = _feed(draft, small, [x], device)[-1]
-            # One target pass scores the pending token and every proposal: p_0 .. p_k.
-            base = big[0].length
-            target = _feed(model, big, seq[base:] + proposals, device)[len(seq) - base - 1 :]
-            accepted = 0
-            for i, x in enumerate(proposals):
-                context = torch.tensor(seq + proposals[:i], device=device)
-                p = _dist(target[i], context, temperature, options)
-                keep = float(p[x]) >= float(qs[i][x]) * float(torch.rand((), generator=gen, device=device))
-                if temperature == 0:
-                    keep = int(p.argmax()) == x
-                if not keep:
-                    residual = (p - qs[i]).clamp_min(0)
-                    nxt = _sample(residual if float(residual.sum()) > 0 else p, temperature, gen)
-                    break
-                accepted += 1
-            else:
-                context = torch.tensor(seq + proposals, device=device)
-                nxt = _sample(_dist(target[k], context, temperature, options), temperature, gen)
+            proposals, qs = _propose(draft, small, seq, k, rule)
+            base = big[0].length  # one target pass scores the pending token and every proposal: p_0 .. p_k
+            target = _feed(model, big, seq[base:] + proposals, rule.device)[len(seq) - base - 1 :]
+            new = rule.verify(seq, proposals, qs, target)
             stats.proposed += k
-            stats.accepted += accepted
-            new = [*proposals[:accepted], nxt]
+            stats.accepted += len(new) - 1
             for i, tok in enumerate(new):
-                yield _step(target[i], tok, top_logprobs, device)
+                yield _step(target[i], tok, top_logprobs, rule.device)
                 emitted += 1
                 seq.append(tok)
-                if tok in stop_set or emitted >= max_new_tokens:
+                if tok in set(stop or []) or emitted >= max_new_tokens:
                     return
             # Keep in the caches only what was accepted; the newest token stays pending for the next pass.
             for cache in big + small:
@@ -175,8 +140,51 @@ def iter_speculative(
         draft.train(was[1])
 
 
-def _sample(dist: Tensor, temperature: float, gen: torch.Generator) -> int:
-    return int(dist.argmax()) if temperature == 0 else int(torch.multinomial(dist, 1, generator=gen))
+class _Rule:
+    """The sampling distribution of a position and the accept/reject rule, with one random stream."""
+
+    def __init__(self, sampling: dict, seed: int | None, device) -> None:
+        self.temperature = sampling.get("temperature", 1.0)
+        self.options = {name: sampling.get(name) for name in ("top_k", "top_p", "min_p")}
+        self.options["repetition_penalty"] = sampling.get("repetition_penalty", 1.0)
+        self.device = device
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ()).item()))
+
+    def dist(self, logits: Tensor, context: list[int]) -> Tensor:
+        """The distribution (V,) plain sampling draws from after `context`."""
+        return _dist(logits, torch.tensor(context, device=self.device), self.temperature, self.options)
+
+    def sample(self, dist: Tensor) -> int:
+        """A draw from `dist` (its argmax at temperature 0)."""
+        if self.temperature == 0:
+            return int(dist.argmax())
+        return int(torch.multinomial(dist, 1, generator=self.gen))
+
+    def verify(self, seq: list[int], proposals: list[int], qs: list[Tensor], target: Tensor) -> list[int]:
+        """The accepted proposals and one more token: the residual draw at the first rejection, or a draw
+        from the last target distribution when every proposal is kept."""
+        for i, x in enumerate(proposals):
+            p = self.dist(target[i], seq + proposals[:i])
+            u = float(torch.rand((), generator=self.gen, device=self.device))
+            keep = int(p.argmax()) == x if self.temperature == 0 else float(p[x]) >= float(qs[i][x]) * u
+            if not keep:
+                residual = (p - qs[i]).clamp_min(0)
+                return [*proposals[:i], self.sample(residual if float(residual.sum()) > 0 else p)]
+        return [*proposals, self.sample(self.dist(target[len(proposals)], seq + proposals))]
+
+
+def _propose(draft, cache: list, seq: list[int], k: int, rule: _Rule) -> tuple[list[int], list[Tensor]]:
+    """k draft tokens, each drawn from the draft's distribution q_i, and those distributions."""
+    logits = _feed(draft, cache, seq[cache[0].length :], rule.device)[-1]
+    proposals, qs = [], []
+    for i in range(k):
+        q = rule.dist(logits, seq + proposals)
+        proposals.append(rule.sample(q))
+        qs.append(q)
+        if i + 1 < k:
+            logits = _feed(draft, cache, proposals[-1:], rule.device)[-1]
+    return proposals, qs
 
 
 def _step(logits: Tensor, token: int, top_logprobs: int, device) -> tuple:
@@ -188,13 +196,3 @@ def _step(logits: Tensor, token: int, top_logprobs: int, device) -> tuple:
         values, index = logp.topk(min(top_logprobs, logp.shape[-1]))
         out += ((values[None], index[None]),)
     return out
-
-
-def _plain(model, seq, n, temperature, options, stop, seed, top_logprobs, device) -> Iterator:
-    """The rest of a generation without a draft (no room left in the draft's context)."""
-    from lmlab.model.generate import iter_generate
-
-    ids = torch.tensor([seq], device=device)
-    yield from iter_generate(
-        model, ids, n, temperature=temperature, stop=stop, seed=seed, top_logprobs=top_logprobs, **options
-    )

@@ -30,7 +30,7 @@ def static_blocker(model) -> str | None:
     for block in blocks:
         if not isinstance(block.attn, CausalSelfAttention):
             return f"{model.config.attn} attention keeps a cache of its own shape"
-    from lmlab.trainer.distributed import missing_compiler
+    from lmlab.utils.hardware import missing_compiler
 
     return missing_compiler(model.lm_head.weight.device.type)
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmlab.utils.dist import get_local_rank, get_world_size, is_distributed
+from lmlab.utils.hardware import missing_compiler
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str, every: int = 2) -> int:
@@ -91,15 +92,6 @@ def wrap_fsdp(model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim
         for g, names_ in zip(optimizer.param_groups, groups, strict=True)
     ]
     return type(optimizer)(new_groups)  # every group carries its own hyperparameters
-
-
-def missing_compiler(device_type: str) -> str | None:
-    """Why torch.compile cannot run on this device type, or None: on CUDA its kernels are Triton's."""
-    import importlib.util
-
-    if device_type == "cuda" and importlib.util.find_spec("triton") is None:
-        return 'torch.compile on CUDA needs Triton; install it with: pip install "lmlab[fast]"'
-    return None
 
 
 def compile_model(model: nn.Module) -> nn.Module:

@@ -103,3 +103,12 @@ def peak_flops(device: torch.device, precision: str, *, override: float | None =
     if device.type == "cpu":
         return cpu_matmul_peak()
     return None
+
+
+def missing_compiler(device_type: str) -> str | None:
+    """Why torch.compile cannot run on this device type, or None: on CUDA its kernels are Triton's."""
+    import importlib.util
+
+    if device_type == "cuda" and importlib.util.find_spec("triton") is None:
+        return 'torch.compile on CUDA needs Triton; install it with: pip install "lmlab[fast]"'
+    return None
