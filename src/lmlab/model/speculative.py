@@ -106,6 +106,7 @@ def iter_speculative(
     stats = stats if stats is not None else DraftStats()
     limit = min(model.config.max_seq_len, draft.config.max_seq_len)
     seq = input_ids[0].tolist()
+    stop_ids = set(stop or [])
     was = model.training, draft.training
     model.eval()
     draft.eval()
@@ -130,7 +131,7 @@ def iter_speculative(
                 yield _step(target[i], tok, top_logprobs, rule.device)
                 emitted += 1
                 seq.append(tok)
-                if tok in set(stop or []) or emitted >= max_new_tokens:
+                if tok in stop_ids or emitted >= max_new_tokens:
                     return
             # Keep in the caches only what was accepted; the newest token stays pending for the next pass.
             for cache in big + small:

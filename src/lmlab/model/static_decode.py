@@ -35,7 +35,7 @@ def static_blocker(model) -> str | None:
     return missing_compiler(model.lm_head.weight.device.type)
 
 
-def compile_mode(device: torch.device) -> str:
+def compile_mode(device: torch.device) -> str | None:
     """CUDA graphs on CUDA (launch overhead is what a decode step is made of); plain inductor elsewhere."""
     return "reduce-overhead" if device.type == "cuda" and BACKEND == "inductor" else None
 
