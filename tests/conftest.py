@@ -22,6 +22,8 @@ def _isolated_cache(tmp_path_factory):
     mp.setenv("LMLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     mp.delenv("LMLAB_DATA_DIR", raising=False)
     torch.set_num_threads(_threads())
+    # Subprocesses (CLI runs, docs pages) share the cores with the other workers: more threads only contend.
+    mp.setenv("OMP_NUM_THREADS", str(_threads()))
     yield
     mp.undo()
 

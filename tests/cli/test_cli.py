@@ -170,8 +170,8 @@ def test_mla_seed_command_runs_as_written(tmp_path):
         "--save-dir",
         "ckpt/mla_demo",
         "--max-steps",
-        "2",
-        "--train.eval_iters",  # the command as written, with a short evaluation and sample
+        "1",
+        "--train.eval_iters",  # the command as written, one step, with a short evaluation and sample
         "1",
         "--train.sample_tokens",
         "8",
@@ -179,7 +179,7 @@ def test_mla_seed_command_runs_as_written(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     (run_dir,) = (tmp_path / "ckpt/mla_demo").iterdir()
-    assert (run_dir / "artifacts/checkpoints/step_00000002/model.safetensors").is_file()
+    assert (run_dir / "artifacts/checkpoints/step_00000001/model.safetensors").is_file()
     assert json.loads((run_dir / "meta/full_config.json").read_text())["model"]["attn"] == "mla"
 
 

@@ -10,7 +10,7 @@ these rewrites and nothing else —
 - `--data shakespeare` reads a few kilobytes of stand-in text (the tests are offline);
 - torchrun runs one node of two CPU processes on 127.0.0.1, on a free port; the server too;
 - `make` targets run in the repository, with training steps, evaluation and the run folder
-  set through `LMLAB_TRAIN__*` variables (batch 4, 40 sample tokens) and `make test` limited to one test file; the fresh
+  set through `LMLAB_TRAIN__*` variables (batch 4, 40 sample tokens) and `make test` limited to one test file in one process; the fresh
   folder links the repository's `.venv` and `experiments/`, so `source .venv/bin/activate` and
   the reference configs work as in a clone.
 A `python` block with a `title="path"` is written to that file; a path under `src/` goes into a
@@ -114,6 +114,7 @@ def test_code_blocks_run(page, tmp_path):
         "LMLAB_TRAIN__BATCH_SIZE": "4",
         "LMLAB_TRAIN__SAMPLE_TOKENS": "40",
         "PYTEST_ADDOPTS": "tests/test_registry.py -p no:cacheprovider",
+        "PYTEST_WORKERS": "0",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "MPLBACKEND": "Agg",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from lmlab.attn.base import CausalSelfAttention
 from lmlab.config import ModelConfig
@@ -13,19 +14,35 @@ from lmlab.model.flops import flops_breakdown
 from lmlab.registry import ATTN, FFN
 
 
+class _NoRandomInit(TorchFunctionMode):
+    """Random initialisers become no-ops: a meta tensor holds no values, and its `normal_` runs a Python
+    decomposition that imports the whole compiler stack (seconds of every command's start)."""
+
+    SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def meta_model(cfg: ModelConfig):
+    """The model `cfg` describes, on the meta device (shapes only, nothing initialised)."""
+    with torch.device("meta"), _NoRandomInit():
+        return build_model(cfg)
+
+
 def param_counts(cfg: ModelConfig) -> dict:
     """What a run's meta/params.json holds: the total and, for decoders, the count per component."""
     if cfg.arch == "seq2seq":
-        with torch.device("meta"):
-            return {"total": build_model(cfg).num_params()}
+        return {"total": meta_model(cfg).num_params()}
     parts = params_by_component(cfg)
     return {"total": sum(parts.values()), "by_component": parts}
 
 
 def params_by_component(cfg: ModelConfig) -> dict[str, int]:
     """Parameter counts grouped as embedding, position, attn, ffn, norm and lm_head (tied weights once)."""
-    with torch.device("meta"):
-        model = build_model(cfg)
+    model = meta_model(cfg)
     counts: Counter[str] = Counter()
     for name, p in model.named_parameters():  # shared (tied) parameters are yielded once
         head = name.split(".")[0]
