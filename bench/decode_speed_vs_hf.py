@@ -11,7 +11,13 @@ step must read all weights once, and at batch 1 that matrix-vector work is memor
 same kernels for both libraries. It bounds any ratio: lmlab's speed-up can only come from
 everything around those kernels.
 
+`--speculative` adds speculative decoding: a 6L/384D model and a 2-layer draft trained here for
+`--train-steps` steps on the same characters of `--text`, then greedy decoding of the big model
+alone (eager and compiled) against the big model with the draft proposing `--draft-tokens` tokens
+per pass, with the acceptance rate. Speculative and plain greedy outputs are checked equal.
+
     python bench/decode_speed_vs_hf.py [--sizes 4x128x4,6x384x6 --new 128 --rounds 5] [--out FILE.md]
+    python bench/decode_speed_vs_hf.py --sizes none --speculative --text ../shared/data/tinyshakespeare.txt
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from lmlab.config import ModelConfig
 from lmlab.export.hf import to_hf
 from lmlab.model.build import build_model
 from lmlab.model.generate import generate
+from lmlab.model.speculative import DraftStats
+from lmlab.trainer.optim import configure_optimizer
 
 
 def timed(fn) -> float:
@@ -98,6 +106,67 @@ def bench_size(layers: int, dim: int, heads: int, args) -> list[str]:
     return rows
 
 
+def trained(layers: int, dim: int, heads: int, ids: torch.Tensor, vocab: int, args) -> torch.nn.Module:
+    """A character model trained for `args.train_steps` AdamW steps on random windows of `ids`."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(
+        "gpt2",
+        n_layer=layers,
+        d_model=dim,
+        n_head=heads,
+        vocab_size=vocab,
+        max_seq_len=args.prompt + args.new,
+        dropout=0.0,
+    )
+    model = build_model(cfg)
+    opt = configure_optimizer(model, lr=1e-3, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(args.train_steps):
+        starts = torch.randint(0, len(ids) - 65, (16,), generator=gen).tolist()
+        chunk = torch.stack([ids[s : s + 65] for s in starts])
+        loss = model(chunk[:, :-1], chunk[:, 1:]).loss
+        loss.backward()
+        loss = loss.detach()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    print(f"trained {cfg.arch_name()} for {args.train_steps} steps: loss {loss.item():.2f}", flush=True)
+    return model.eval()
+
+
+def bench_speculative(args) -> list[str]:
+    """Plain (eager and compiled) vs speculative greedy decoding of a trained 6L/384D with a 2-layer draft."""
+    text = Path(args.text).read_text()
+    chars = sorted(set(text))
+    ids = torch.tensor([chars.index(c) for c in text[:400_000]])
+    big = trained(6, 384, 6, ids, len(chars), args)
+    draft = trained(2, args.draft_dim, max(1, args.draft_dim // 64), ids, len(chars), args)
+    prompt = ids[1000 : 1000 + args.prompt][None]
+    stats = DraftStats()
+    runs = {
+        "plain": lambda: generate(big, prompt, args.new, temperature=0),
+        "plain --compile": lambda: generate(big, prompt, args.new, temperature=0, compile=True),
+        "speculative": lambda: generate(
+            big, prompt, args.new, temperature=0, draft=draft, draft_tokens=args.draft_tokens, draft_stats=stats
+        ),
+    }
+    with torch.no_grad():
+        reference = runs["plain"]()
+        for name, run in runs.items():
+            assert torch.equal(run(), reference), f"{name} greedy output differs"
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                times[name].append(timed(run))
+    plain = statistics.median(times["plain"])
+    rows = []
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        rate = f"{stats.rate:.0%}" if name == "speculative" else ""
+        rows.append(f"| {name} | {args.new / t:,.0f} | **{plain / t:.2f}x** | {rate} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     """Time every size at batch 1 and 8 and print (and optionally write) a table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,6 +176,11 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
+    ap.add_argument("--speculative", action="store_true", help="add the trained speculative-decoding rows")
+    ap.add_argument("--text", default="../shared/data/tinyshakespeare.txt", help="training text for --speculative")
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--draft-dim", type=int, default=128)
+    ap.add_argument("--draft-tokens", type=int, default=4)
     args = ap.parse_args()
     header = [
         f"Greedy decoding, prompt {args.prompt} tokens, {args.new} new tokens, vocab {args.vocab}, median of "
@@ -117,11 +191,25 @@ def main() -> None:
         "| vs transformers (eager / compiled) | GEMM floor tok/s | compile time |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    if args.sizes == "none":
+        header = header[:1]
     print("\n".join(header), flush=True)
     rows = []
-    for size in args.sizes.split(","):
+    for size in args.sizes.split(",") if args.sizes != "none" else []:
         layers, dim, heads = (int(v) for v in size.lower().split("x"))
         rows += bench_size(layers, dim, heads, args)
+    if args.speculative:
+        spec = [
+            "",
+            f"Speculative greedy decoding of a trained 6L/384D character model, batch 1, {args.new} new tokens; "
+            f"draft: 2 layers, {args.draft_dim} wide, {args.draft_tokens} tokens per pass, both trained "
+            f"{args.train_steps} steps on the same text.",
+            "",
+            "| decoding | tok/s | vs plain | draft acceptance |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        print("\n".join(spec), flush=True)
+        rows += spec + bench_speculative(args)
     if args.out:
         Path(args.out).write_text("\n".join(header + rows) + "\n")
 

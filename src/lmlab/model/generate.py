@@ -106,22 +106,37 @@ def iter_generate(
     ids, cache = input_ids, _new_cache(model, input_ids, use_cache, compile)
     try:
         for _ in range(max_new_tokens):
-            last = _next_logits(model, ids, cache, pad, first=_ == 0)
-            logp = last.log_softmax(-1)
-            last = apply_repetition_penalty(last, ids, repetition_penalty)
-            nxt = sample_next(last, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator)
+            nxt, chosen, logp = _choose(model, ids, cache, pad, _ == 0, options, generator)
             if len(stop_ids):
                 nxt = torch.where(done[:, None], stop_ids[0], nxt)
                 done |= torch.isin(nxt[:, 0], stop_ids)
             ids = torch.cat([ids, nxt], dim=1)
+            if len(stop_ids) and logp is not None:  # a stopped row's repeated stop token
+                chosen = logp.gather(-1, nxt)[:, 0]
             if top_logprobs:
-                yield nxt, logp.gather(-1, nxt)[:, 0], logp.topk(min(top_logprobs, logp.shape[-1]), dim=-1)
+                yield nxt, chosen, logp.topk(min(top_logprobs, logp.shape[-1]), dim=-1)
             else:
-                yield nxt, logp.gather(-1, nxt)[:, 0]
+                yield nxt, chosen
             if len(stop_ids) and bool(done.all()):
                 break
     finally:
         model.train(was_training)
+
+
+def _choose(model, ids: Tensor, cache, pad: Tensor | None, first: bool, options: dict, generator):
+    """(next ids (B, 1), their log-probabilities (B,), every log-probability (B, V), or None when the
+    compiled step chose greedily on its own)."""
+    fused = not first and hasattr(cache, "decode_greedy") and ids.shape[1] <= model.config.max_seq_len
+    plain = options["repetition_penalty"] == 1.0 and not options["top_logprobs"]
+    # A stopped row repeats its stop token with that token's log-probability: only one row needs none.
+    if fused and plain and options["temperature"] == 0 and (not options["stop"] or ids.shape[0] == 1):
+        return (*cache.decode_greedy(ids[:, -1:], pad), None)
+    last = _next_logits(model, ids, cache, pad, first=first)
+    logp = last.log_softmax(-1)
+    last = apply_repetition_penalty(last, ids, options["repetition_penalty"])
+    sampling = {k: options[k] for k in ("temperature", "top_k", "top_p", "min_p")}
+    nxt = sample_next(last, **sampling, generator=generator)
+    return nxt, logp.gather(-1, nxt)[:, 0], logp
 
 
 def _new_cache(model, input_ids: Tensor, use_cache: bool, compile: bool):

@@ -3,11 +3,19 @@ position as a device tensor, so every step has the same shapes and one `torch.co
 graph on CUDA) serves all of them. The prompt is prefilled eagerly through the same caches.
 
 Compiled steps are kept per model, batch size and cache length for the life of the process, so
-only the first generation pays the compile time, and it is reported once.
+only the first generation pays the compile time, and it is reported once. Greedy decoding picks the
+token inside the compiled step, so a step is one call with no eager work around it.
+
+On CPU a one-token step is made of matrix-vector products far too small for a BLAS call's fixed cost,
+so the step is compiled with them as generated loops (inductor's memory-bound mm decomposition) and
+attention as explicit math, which inductor fuses; once compiled, only the guards that tell the cached
+steps apart are checked per call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import sys
 import time
 import weakref
@@ -40,6 +48,25 @@ def compile_mode(device: torch.device) -> str | None:
     return "reduce-overhead" if device.type == "cuda" and BACKEND == "inductor" else None
 
 
+def compile_options(device: torch.device, batch: int) -> dict | None:
+    """Inductor options for a CPU step: (batch, K) x (K, N) products up to N = 4096 as generated loops."""
+    if device.type != "cpu" or BACKEND != "inductor":
+        return None
+    limits = {"cpu_max_first_dimension_decomposition": batch, "cpu_max_other_dimension_decomposition": 4096}
+    # The step's inputs are its own fixed buffers and the model's parameters: no per-call shape checks.
+    return {"post_grad_fusion_options": {"decompose_mm_pass": limits}, "size_asserts": False}
+
+
+_STANCE = getattr(torch.compiler, "set_stance", None)
+_SKIP_GUARDS = _STANCE is not None and "skip_guard_eval_unsafe" in inspect.signature(_STANCE).parameters
+
+
+def _warm_guards():
+    """Check only the guards that tell cached steps apart (`set_stance(skip_guard_eval_unsafe=True)`,
+    torch >= 2.7); every call has the shapes and objects the step was compiled for."""
+    return _STANCE("default", skip_guard_eval_unsafe=True) if _SKIP_GUARDS else contextlib.nullcontext()
+
+
 class StaticDecoder:
     """Static caches for `batch` rows of up to `max_len` positions and the compiled one-token step."""
 
@@ -49,14 +76,27 @@ class StaticDecoder:
         self.caches = [
             StaticKVCache(batch, b.attn.n_kv_head, max_len, b.attn.head_dim, p.device, p.dtype) for b in model.blocks
         ]
-        # Every decoder shares `_step`'s code object, so each model and batch size is one more cache entry.
+        # Every decoder shares the steps' code objects, so each model and batch size is one more cache entry.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        self.step = torch.compile(self._step, mode=compile_mode(p.device), dynamic=False, backend=BACKEND)
+        mode, options = compile_mode(p.device), compile_options(p.device, batch)
+        self.cuda_graphs = mode is not None
+        compiled = dict(mode=mode, options=options, dynamic=False, backend=BACKEND)
+        self.step = torch.compile(self._step, **compiled)
+        self.greedy_step = torch.compile(self._greedy_step, **compiled)
         self.compile_seconds: float | None = None
+        self._compiled: set = set()  # the steps this decoder has run once (and so compiled)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=p.device)  # one input, one layout, every step
 
     def _step(self, token: Tensor, pad: Tensor | None) -> Tensor:
+        if token.device.type == "cpu" and token.shape[1] == 1:  # one query: math that inductor fuses
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+                return self.model(token, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
         return self.model(token, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
+
+    def _greedy_step(self, token: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
+        logp = self._step(token, pad).log_softmax(-1)
+        nxt = logp.argmax(-1, keepdim=True)
+        return nxt, logp.gather(-1, nxt)[:, 0]
 
     def prefill(self, ids: Tensor, pad: Tensor | None) -> Tensor:
         """Empty the caches, run the prompt through them eagerly; last-position logits (B, V) in float32."""
@@ -65,14 +105,28 @@ class StaticDecoder:
         return self._step(ids, pad)
 
     def decode(self, token: Tensor, pad: Tensor | None) -> Tensor:
-        """One compiled step on (B, 1) new tokens; the first call compiles and reports how long it took."""
+        """One compiled step on (B, 1) new tokens: last-position logits (B, V) in float32."""
+        return self._call(self.step, token, pad)
+
+    def decode_greedy(self, token: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One compiled step that also picks the token: (argmax ids (B, 1), their log-probabilities (B,))."""
+        return self._call(self.greedy_step, token, pad)
+
+    def _call(self, step, token: Tensor, pad: Tensor | None):
+        """Run a compiled step; the process's first call of a step compiles it and says how long that took.
+        CUDA graphs reuse their output buffers at the next replay, so those outputs are copied."""
         self.token.copy_(token)
-        if self.compile_seconds is not None:
-            return self.step(self.token, pad)
-        t0 = time.perf_counter()
-        out = self.step(self.token, pad)
-        self.compile_seconds = time.perf_counter() - t0
-        print(f"compiled the decode step in {self.compile_seconds:.1f} s (kept for this process)", file=sys.stderr)
+        if step in self._compiled:
+            with _warm_guards():
+                out = step(self.token, pad)
+        else:
+            t0 = time.perf_counter()
+            out = step(self.token, pad)
+            self._compiled.add(step)
+            self.compile_seconds = time.perf_counter() - t0
+            print(f"compiled the decode step in {self.compile_seconds:.1f} s (kept for this process)", file=sys.stderr)
+        if self.cuda_graphs:
+            return out.clone() if isinstance(out, Tensor) else tuple(t.clone() for t in out)
         return out
 
 
