@@ -389,6 +389,11 @@ class TrainConfig(Section):
         "optimizer state sharded across ranks (ZeRO stage 1)",
     )
     compile: bool = Field(False, description="torch.compile the model (falls back to eager with a warning)")
+    fused_adamw: Literal["auto", "on", "off"] = Field(
+        "auto", description="fused AdamW kernel; auto = when every parameter is a floating CUDA tensor"
+    )
+    tf32: bool = Field(True, description="TF32 for fp32 matmuls and convolutions on Ampere or newer GPUs")
+    pin_memory: bool = Field(True, description="on CUDA: pinned host batches, copied with non_blocking")
     activation_checkpointing: Literal["none", "full", "every_n"] = "none"
     ac_every: int = Field(2, ge=1, description="with every_n: checkpoint every n-th block")
     nonfinite: Literal["skip", "stop"] = Field("skip", description="on a NaN/inf loss or gradient")

@@ -23,6 +23,10 @@ class CheckpointError(LmlabError):
     """A checkpoint or run directory that is missing, partial or incompatible."""
 
 
+class MemoryBudgetError(LmlabError, MemoryError):
+    """A step that does not fit in the device's memory, with what to change."""
+
+
 class MissingExtraError(LmlabError, ImportError):
     """An optional dependency is not installed."""
 

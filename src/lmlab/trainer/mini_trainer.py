@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from lmlab.config import TrainConfig
-from lmlab.errors import CheckpointError
+from lmlab.errors import CheckpointError, MemoryBudgetError
 from lmlab.runs import checkpoint as ckpt
 from lmlab.trainer import distributed as wrap
+from lmlab.trainer import optim
 from lmlab.trainer.callbacks import Callback, as_callback
 from lmlab.utils import dist
 from lmlab.utils.hardware import autocast_dtype, peak_flops, resolve_device, resolve_precision
@@ -121,13 +122,19 @@ def _cycle(loader: Iterable) -> Iterator:
             yield batch
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def _to_device(batch: Any, device: torch.device, pin: bool = False) -> Any:
+    """`batch` on `device`; with `pin`, host tensors go through pinned memory, so the copy overlaps compute."""
     if isinstance(batch, torch.Tensor):
+        if pin and batch.device.type == "cpu" and not batch.is_pinned():
+            batch = batch.pin_memory()
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(_to_device(b, device, pin) for b in batch)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, pin) for k, v in batch.items()}
     return batch
 
 
@@ -173,6 +180,9 @@ class MiniTrainer:
         nonfinite: str = "skip",
         peak_flops_override: float | None = None,
         max_time: float | None = None,
+        fused_adamw: str = "auto",
+        tf32: bool = True,
+        pin_memory: bool = True,
     ) -> None:
         if train_loader is None:
             raise ValueError("train_loader is required")
@@ -181,6 +191,7 @@ class MiniTrainer:
         self._place(
             model, optimizer, scheduler, device, precision, distributed, compile, activation_checkpointing, ac_every
         )
+        self._cuda_defaults(fused_adamw, tf32, pin_memory)
         self.loss_fn, self.train_loader, self.val_loader = as_model_loss(loss_fn), train_loader, val_loader
         # its own draws over the training split, so measuring it never moves the training data order
         self.train_eval_loader = train_eval_loader
@@ -224,6 +235,18 @@ class MiniTrainer:
             self.model = wrap.compile_model(self.model)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def _cuda_defaults(self, fused_adamw: str, tf32: bool, pin_memory: bool) -> None:
+        """What GPU users expect, each switchable (`train.fused_adamw`, `tf32`, `pin_memory`); `self.kernels`
+        records what took effect."""
+        cuda = self.device.type == "cuda"
+        self.pin_memory = pin_memory and cuda
+        fused = optim.use_fused(self.optimizer, fused_adamw)
+        tf32_on = tf32 and cuda and torch.cuda.get_device_capability(self.device)[0] >= 8  # Ampere or newer
+        if tf32_on:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.kernels = {"fused_adamw": fused, "tf32": tf32_on, "pin_memory": self.pin_memory}
 
     def _reset_progress(self) -> None:
         self.step = self.start_step = self.epoch = 0
@@ -271,6 +294,9 @@ class MiniTrainer:
             nonfinite=cfg.nonfinite,
             peak_flops_override=cfg.peak_flops,
             max_time=cfg.max_time,
+            fused_adamw=cfg.fused_adamw,
+            tf32=cfg.tf32,
+            pin_memory=cfg.pin_memory,
         )
         return cls(model, optimizer, loss_fn, train_loader, val_loader, **{**settings, **runtime})
 
@@ -515,10 +541,14 @@ class MiniTrainer:
         self._t_start = time.perf_counter()
         while self.step < self.total_steps and not self.should_stop:
             t0 = time.perf_counter()
-            step = self.train_step(batches)
-            if self.should_stop and not step.finite:
-                break
-            metrics = self.after_step(step, time.perf_counter() - t0)
+            try:
+                step = self.train_step(batches)
+                if self.should_stop and not step.finite:
+                    break
+                metrics = self.after_step(step, time.perf_counter() - t0)
+            except OUT_OF_MEMORY as exc:  # a step or its evaluation: nothing half-written to keep
+                self.optimizer.zero_grad(set_to_none=True)
+                raise MemoryBudgetError(self.out_of_memory_advice()) from exc
         return metrics
 
     def train_step(self, batches: Iterator) -> StepResult:
@@ -528,10 +558,11 @@ class MiniTrainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
             td = time.perf_counter()
-            batch = _to_device(next(batches), self.device)
+            batch = _to_device(next(batches), self.device, self.pin_memory)
             result.data_wait += time.perf_counter() - td
             first = _first_tensor(batch)
             if first is not None:
+                self._batch_shape = tuple(first.shape)
                 result.n_tokens, result.seq_len = result.n_tokens + first.numel(), first.shape[-1]
             with self._sync_context(micro == self.grad_accum - 1):
                 loss = self._loss(batch)
@@ -604,6 +635,24 @@ class MiniTrainer:
         if router is not None and (stats := router()):
             metrics["tokens_per_expert"] = stats  # MoE load, per layer, for the last micro-batch
         return metrics
+
+    def out_of_memory_advice(self) -> str:
+        """One line for an out-of-memory step: the batch, the cost card's activation estimate, the remedies."""
+        shape = getattr(self, "_batch_shape", None)
+        batch, seq_len = (shape[0], shape[-1]) if shape and len(shape) >= 2 else (None, None)
+        where = f"batch {batch} x {seq_len} tokens (grad_accum {self.grad_accum})" if batch else "the first batch"
+        cfg = getattr(self.raw_model, "config", None)
+        estimate = ""
+        if batch and getattr(cfg, "arch", None) == "decoder":
+            from lmlab.model.cost import activation_bytes
+
+            width = 4 if self.precision == "fp32" else 2
+            estimate = f", activations about {activation_bytes(cfg, seq_len, batch, width) / 2**30:.2f} GiB (cost card)"
+        return (
+            f"out of memory on {self.device} at step {self.step + 1} with {where}{estimate}; the last checkpoint is "
+            f"intact. Try a smaller --batch with --train.grad_accum (same global batch), "
+            f"--train.activation_checkpointing full, or --precision bf16"
+        )
 
     def step_flops(self, n_tokens: int, seq_len: int) -> float | None:
         """Training FLOPs (forward + backward) of one step over `n_tokens` tokens in sequences of `seq_len`."""

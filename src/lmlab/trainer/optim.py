@@ -1,4 +1,4 @@
-"""AdamW with the usual split: weight decay on matrices, none on biases, norms and gains."""
+"""AdamW with the usual split: weight decay on matrices, none on biases, norms and gains; fused on GPUs."""
 
 from __future__ import annotations
 
@@ -15,3 +15,25 @@ def configure_optimizer(
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def fused_applies(optimizer: torch.optim.Optimizer, setting: str = "auto") -> bool:
+    """Whether `setting` (auto | on | off) turns on the fused kernel: auto when every parameter is a
+    floating CUDA tensor; on wherever torch has one (CUDA and CPU); never for optimizers without one."""
+    if setting == "off" or not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return False
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if setting == "on":
+        return True
+    return bool(params) and all(p.is_cuda and torch.is_floating_point(p) for p in params)
+
+
+def use_fused(optimizer: torch.optim.Optimizer, setting: str = "auto") -> bool:
+    """Switch an Adam/AdamW to its fused kernel once its parameters sit on their device; whether it did.
+    (A hyperparameter of each group, as torch reads it at every step.)"""
+    if not fused_applies(optimizer, setting):
+        return False
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+    optimizer.defaults["fused"] = True
+    return True

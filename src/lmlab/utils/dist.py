@@ -41,23 +41,43 @@ def init_distributed() -> bool:
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    if backend == "nccl":  # before the group: NCCL binds each rank to the current device
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend)
+        dist.init_process_group(backend, device_id=torch.device("cuda", get_local_rank()))
+    else:
+        dist.init_process_group(backend)
     return True
 
 
+def process_device() -> torch.device:
+    """Where this process's collectives run: its GPU under NCCL (which takes CUDA tensors only), else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
+    """Average `t` over ranks in place, on the process's device, without reading it back; returns it."""
+    if is_distributed():
+        device = process_device()
+        on_device = t if t.device == device else t.to(device)
+        dist.all_reduce(on_device)
+        on_device /= dist.get_world_size()
+        if on_device is not t:
+            t.copy_(on_device)
+    return t
+
+
 def all_reduce_mean(value: float | torch.Tensor) -> float:
-    """Mean of a scalar over ranks."""
+    """Mean of a scalar over ranks, read back as a Python float (one host sync)."""
     if not is_distributed():
         return float(value)
-    t = torch.as_tensor(float(value), dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t) / dist.get_world_size()
+    t = torch.as_tensor(value, dtype=torch.float64, device=process_device()).detach().clone()
+    return float(all_reduce_mean_(t))
 
 
 def all_gather_object(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order."""
+    """Every rank's `obj`, in rank order (NCCL pickles through the current CUDA device, set at init)."""
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
@@ -66,6 +86,11 @@ def all_gather_object(obj: Any) -> list[Any]:
 
 
 def barrier() -> None:
-    """Wait for every rank (no-op alone)."""
-    if is_distributed():
+    """Wait for every rank (no-op alone); under NCCL on this process's GPU."""
+    if not is_distributed():
+        return
+    device = process_device()
+    if device.type == "cuda":
+        dist.barrier(device_ids=[device.index])
+    else:
         dist.barrier()
