@@ -79,8 +79,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def train_rate(model, step_model, size: dict, device, dtype, args) -> dict:
-    """Tokens/s, MFU and peak memory of AdamW training steps of `step_model` (a compiled or eager `model`)."""
+def train_rate(model, step_model, flops_per_token: float, size: dict, device, dtype) -> dict:
+    """Tokens/s, MFU and peak memory of AdamW training steps of `step_model` (a compiled or eager `model`);
+    `flops_per_token` is lmlab's count for the architecture (the same for a twin in another library)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randint(0, size["vocab"], (size["batch"], size["context"]), device=device)
 
@@ -99,8 +100,7 @@ def train_rate(model, step_model, size: dict, device, dtype, args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(step, device, 1) / size["steps"]
     tokens = size["batch"] * size["context"]
-    n_params = sum(p.numel() for p in model.parameters())
-    flops = 6 * n_params * tokens + 12 * size["layers"] * size["dim"] * size["context"] * tokens
+    flops = flops_per_token * tokens
     peak = peak_flops(device, "bf16" if dtype is not None else "fp32")
     row = {"tokens_per_s": tokens / seconds, "mfu": flops / seconds / peak if peak else None}
     if device.type == "cuda":
@@ -146,30 +146,22 @@ def hf_gpt2(size: dict, device) -> torch.nn.Module:
 def training_rows(size: dict, device, dtype, args) -> list[dict]:
     """GPT-2 (lmlab eager, lmlab compiled, transformers compiled) and llama (eager, compiled) training."""
     compile_ = lambda m: torch.compile(m, backend=args.compile_backend)  # noqa: E731
+    gpt2, llama, hf = lmlab_model("gpt2", size, device), lmlab_model("llama", size, device), hf_gpt2(size, device)
+    runs = [  # (model, mode, parameters, step, the lmlab model whose FLOP count applies)
+        ("lmlab gpt2", "eager", gpt2, gpt2, gpt2),
+        ("lmlab gpt2", "compiled", gpt2, compile_(gpt2), gpt2),
+        ("transformers GPT2LMHeadModel", "compiled", hf, compile_(lambda x, y: hf(input_ids=x, labels=y)), gpt2),
+        ("lmlab llama", "eager", llama, llama, llama),
+        ("lmlab llama", "compiled", llama, compile_(llama), llama),
+    ]
     rows = []
-    gpt2 = lmlab_model("gpt2", size, device)
-    rows.append({"model": "lmlab gpt2", "mode": "eager", **train_rate(gpt2, gpt2, size, device, dtype, args)})
-    rows.append(
-        {"model": "lmlab gpt2", "mode": "compiled", **train_rate(gpt2, compile_(gpt2), size, device, dtype, args)}
-    )
+    for name, mode, model, step, twin in runs:
+        flops = twin.flops_per_token(size["context"], training=True)
+        rows.append({"model": name, "mode": mode, **train_rate(model, step, flops, size, device, dtype)})
     n_params = sum(p.numel() for p in gpt2.parameters())
     width = 2 if dtype is not None else 4
     state = n_params * (4 + 4 + 8)  # fp32 weights, gradients, AdamW's two moments
-    rows[-1]["estimate"] = state + activation_bytes(gpt2.config, size["context"], size["batch"], width)
-    hf = hf_gpt2(size, device)
-    hf_step = compile_(lambda x, y: hf(input_ids=x, labels=y))
-    rows.append(
-        {
-            "model": "transformers GPT2LMHeadModel",
-            "mode": "compiled",
-            **train_rate(hf, hf_step, size, device, dtype, args),
-        }
-    )
-    llama = lmlab_model("llama", size, device)
-    rows.append({"model": "lmlab llama", "mode": "eager", **train_rate(llama, llama, size, device, dtype, args)})
-    rows.append(
-        {"model": "lmlab llama", "mode": "compiled", **train_rate(llama, compile_(llama), size, device, dtype, args)}
-    )
+    rows[1]["estimate"] = state + activation_bytes(gpt2.config, size["context"], size["batch"], width)
     return rows
 
 

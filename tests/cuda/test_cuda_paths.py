@@ -2,8 +2,6 @@
 against the math kernel, compiled == eager, CUDA-graph decoding == eager greedy, collectives under NCCL
 and the out-of-the-box GPU defaults."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -84,12 +82,15 @@ def test_cuda_graph_decoding_equals_eager_greedy(batch):
     assert torch.equal(generate(model, prompt, 30, temperature=0, compile=True), plain)
 
 
-def test_collectives_run_on_the_gpu_under_nccl(tmp_path):
+def test_collectives_run_on_the_gpu_under_nccl(monkeypatch):
     import torch.distributed as dist
 
     from lmlab.utils import dist as lmdist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    for key, value in dict(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+    ).items():
+        monkeypatch.setenv(key, value)
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
     try:

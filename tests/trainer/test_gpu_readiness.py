@@ -98,9 +98,8 @@ def test_a_bf16_autocast_training_step_is_finite_and_near_fp32(tmp_path):
     losses = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        trainer = _trainer(tmp_path / precision, build_model(tiny_cfg("llama", dropout=0.0)), precision=precision)
-        trainer.max_steps = 2
-        trainer.total_steps = 2
+        model = build_model(tiny_cfg("llama", dropout=0.0))
+        trainer = _trainer(tmp_path / precision, model, precision=precision, max_steps=2)
         losses[precision] = trainer.train()["loss"]
     assert np.isfinite(losses["bf16"])
     assert abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"]  # bf16 keeps 8 bits of mantissa

@@ -88,10 +88,10 @@ class StaticDecoder:
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=p.device)  # one input, one layout, every step
 
     def _step(self, token: Tensor, pad: Tensor | None) -> Tensor:
-        if token.device.type == "cpu" and token.shape[1] == 1:  # one query: math that inductor fuses
-            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-                return self.model(token, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
-        return self.model(token, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
+        one_query_on_cpu = token.device.type == "cpu" and token.shape[1] == 1  # math that inductor fuses
+        math = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)
+        with math if one_query_on_cpu else contextlib.nullcontext():
+            return self.model(token, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
 
     def _greedy_step(self, token: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
         logp = self._step(token, pad).log_softmax(-1)

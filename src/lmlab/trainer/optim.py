@@ -22,9 +22,9 @@ def fused_applies(optimizer: torch.optim.Optimizer, setting: str = "auto") -> bo
     floating CUDA tensor; on wherever torch has one (CUDA and CPU); never for optimizers without one."""
     if setting == "off" or not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         return False
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     if setting == "on":
         return True
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     return bool(params) and all(p.is_cuda and torch.is_floating_point(p) for p in params)
 
 
