@@ -370,7 +370,9 @@ class TrainConfig(Section):
     clip_grad: float | None = Field(1.0, gt=0)
     eval_interval: int = Field(250, ge=1)
     eval_iters: int = Field(20, ge=1)
-    log_interval: int = Field(10, ge=1)
+    log_interval: int = Field(
+        10, ge=1, description="steps per logged line: the loss logged is the interval's mean, read back once"
+    )
     ckpt_interval: int | None = Field(None, ge=1, description="default eval_interval")
     keep_last: int = Field(2, ge=1)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
@@ -394,6 +396,11 @@ class TrainConfig(Section):
     )
     tf32: bool = Field(True, description="TF32 for fp32 matmuls and convolutions on Ampere or newer GPUs")
     pin_memory: bool = Field(True, description="on CUDA: pinned host batches, copied with non_blocking")
+    deterministic: bool = Field(
+        False,
+        description="torch.use_deterministic_algorithms for the process (and cuBLAS's fixed workspace): bitwise "
+        "repeatable GPU runs, at some speed",
+    )
     activation_checkpointing: Literal["none", "full", "every_n"] = "none"
     ac_every: int = Field(2, ge=1, description="with every_n: checkpoint every n-th block")
     nonfinite: Literal["skip", "stop"] = Field("skip", description="on a NaN/inf loss or gradient")

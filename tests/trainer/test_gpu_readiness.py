@@ -3,6 +3,7 @@ out-of-memory line (and the checkpoint it leaves intact), a bf16-autocast traini
 eager forward and backward for every attention family, and an install that keeps the user's torch."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def test_a_fused_adamw_step_equals_the_foreach_step():
 
 def test_the_trainer_records_which_gpu_defaults_took_effect(tmp_path):
     trainer = _trainer(tmp_path, build_model(tiny_cfg("llama")), fused_adamw="auto")
-    assert trainer.kernels == {"fused_adamw": False, "tf32": False, "pin_memory": False}
+    assert trainer.kernels == {"fused_adamw": False, "tf32": False, "pin_memory": False, "deterministic": False}
     assert _trainer(tmp_path / "on", build_model(tiny_cfg("llama")), fused_adamw="on").kernels["fused_adamw"]
 
 
@@ -157,3 +158,15 @@ def test_the_device_report_runs_at_toy_size_on_cpu(tmp_path):
     assert {r["mode"] for r in report["training"]} == {"eager", "compiled"} and len(report["training"]) == 5
     assert [r["T"] for r in report["attention"]] == [128, 256] and len(report["decode"]) == 2
     assert "| lmlab gpt2 | compiled |" in (tmp_path / "gpu_report.md").read_text()
+
+
+def test_deterministic_turns_on_torch_deterministic_algorithms_for_the_process(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer = _trainer(tmp_path, build_model(tiny_cfg("llama")), deterministic=True)
+        assert trainer.kernels["deterministic"] and torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # what cuBLAS needs to repeat itself
+        assert TrainConfig(deterministic=True).deterministic and not TrainConfig().deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)

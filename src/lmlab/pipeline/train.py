@@ -202,6 +202,8 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
         ckpt_dir=run.checkpoints,
         resume=resume,
     )
+    if dist.is_main():  # which GPU defaults took effect (the config holds what was asked for)
+        (run.meta / "kernels.json").write_text(json.dumps(trainer.kernels))
     if dist.is_main() and not quiet:
         print(
             f"run {run.path} | {model_cfg.arch_name()} | {model.num_params():,} params | "

@@ -12,6 +12,7 @@ import functools
 import inspect
 import itertools
 import math
+import os
 import random
 import signal
 import sys
@@ -98,14 +99,71 @@ def set_rng_state(state: dict) -> None:
 
 @dataclass
 class StepResult:
-    """What one optimizer step measured: its mean loss, gradient norm, tokens, and whether it was applied."""
+    """What one optimizer step measured: its mean loss, gradient norm, tokens, and whether it was applied.
 
-    loss: float = 0.0
-    grad_norm: float = 0.0
+    `loss` and `grad_norm` stay 0-dim tensors on the device (reading one waits for the device); `finite` is a
+    bool when the non-finite policy needed the host to decide, else a device tensor too.
+    """
+
+    loss: torch.Tensor | float = 0.0
+    grad_norm: torch.Tensor | float = 0.0
     n_tokens: int = 0
     seq_len: int = 0
     data_wait: float = 0.0
-    finite: bool = True
+    finite: torch.Tensor | bool = True
+
+
+class IntervalSums:
+    """What a log step reports about the steps since the last one.
+
+    Loss and gradient-norm sums over the finite steps, and the skipped steps, stay on the device so that a
+    step never waits for the host; `read` brings them over in one transfer. The steps, tokens, FLOPs and
+    training seconds (evaluations and checkpoint writes excluded) of this process are host numbers.
+    """
+
+    FIELDS = ("loss", "grad_norm", "finite_steps", "skipped")
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(len(self.FIELDS), device=device)
+        self.steps, self.tokens, self.flops, self.paused, self.t0 = 0, 0, 0.0, 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, finite: torch.Tensor | bool) -> None:
+        """Count one step (its loss and norm only if it was finite: a NaN must not poison the interval)."""
+        ok = torch.as_tensor(finite, device=self.sums.device)
+        zero = self.sums.new_zeros(())
+        loss, grad_norm = loss.to(self.sums), grad_norm.to(self.sums)
+        self.sums += torch.stack(
+            [torch.where(ok, loss, zero), torch.where(ok, grad_norm, zero), ok.float(), (~ok).float()]
+        )
+
+    def read(self, restart: bool = True) -> dict[str, float]:
+        """The interval's sums as Python numbers (the one host sync of a log step) and its training seconds;
+        with `restart` the next interval begins (a run stopped mid-interval keeps it open for its resume)."""
+        values = dict(zip(self.FIELDS, self.sums.tolist(), strict=True))
+        now = time.perf_counter()
+        values |= {"steps": self.steps, "tokens": self.tokens, "flops": self.flops}
+        values["seconds"] = now - self.t0 - self.paused
+        if restart:
+            self.sums.zero_()
+            self.steps, self.tokens, self.flops, self.paused, self.t0 = 0, 0, 0.0, 0.0, now
+        return values
+
+    @contextlib.contextmanager
+    def pause(self):
+        """Time inside is not training time (an evaluation, a checkpoint write)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - t
+
+    def state_dict(self) -> list[float]:
+        """The open interval's device sums, for a checkpoint (a resume mid-interval logs the same mean)."""
+        return self.sums.tolist()
+
+    def load_state_dict(self, state: list[float]) -> None:
+        """Inverse of `state_dict`."""
+        self.sums.copy_(torch.tensor(state, dtype=self.sums.dtype))
 
 
 def _cycle(loader: Iterable) -> Iterator:
@@ -183,6 +241,8 @@ class MiniTrainer:
         fused_adamw: str = "auto",
         tf32: bool = True,
         pin_memory: bool = True,
+        deterministic: bool = False,
+        log_interval: int = 1,
     ) -> None:
         if train_loader is None:
             raise ValueError("train_loader is required")
@@ -191,7 +251,7 @@ class MiniTrainer:
         self._place(
             model, optimizer, scheduler, device, precision, distributed, compile, activation_checkpointing, ac_every
         )
-        self._cuda_defaults(fused_adamw, tf32, pin_memory)
+        self._cuda_defaults(fused_adamw, tf32, pin_memory, deterministic)
         self.loss_fn, self.train_loader, self.val_loader = as_model_loss(loss_fn), train_loader, val_loader
         # its own draws over the training split, so measuring it never moves the training data order
         self.train_eval_loader = train_eval_loader
@@ -205,7 +265,7 @@ class MiniTrainer:
         self.eval_interval = eval_interval or self.total_steps
         self.ckpt_interval = ckpt_interval or self.eval_interval
         self.peak = peak_flops(self.device, self.precision, override=peak_flops_override)
-        self.max_time = max_time
+        self.max_time, self.log_interval = max_time, log_interval  # losses are read back once per log interval
         self._reset_progress()
 
     def _place(self, model, optimizer, scheduler, device, precision, distributed, compile, ac_mode, ac_every) -> None:
@@ -236,9 +296,9 @@ class MiniTrainer:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
-    def _cuda_defaults(self, fused_adamw: str, tf32: bool, pin_memory: bool) -> None:
-        """What GPU users expect, each switchable (`train.fused_adamw`, `tf32`, `pin_memory`); `self.kernels`
-        records what took effect."""
+    def _cuda_defaults(self, fused_adamw: str, tf32: bool, pin_memory: bool, deterministic: bool) -> None:
+        """What GPU users expect, each switchable (`train.fused_adamw`, `tf32`, `pin_memory`, `deterministic`);
+        `self.kernels` records what took effect."""
         cuda = self.device.type == "cuda"
         self.pin_memory = pin_memory and cuda
         fused = optim.use_fused(self.optimizer, fused_adamw)
@@ -246,7 +306,23 @@ class MiniTrainer:
         if tf32_on:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.kernels = {"fused_adamw": fused, "tf32": tf32_on, "pin_memory": self.pin_memory}
+        if deterministic:
+            # cuBLAS reads its workspace setting when it first runs; the trainer is built before any matmul
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.kernels = {
+            "fused_adamw": fused,
+            "tf32": tf32_on,
+            "pin_memory": self.pin_memory,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+        }
+
+    @property
+    def device_skip(self) -> bool:
+        """Whether a non-finite step is skipped on the device: a fused Adam skips when told so (`found_inf`, the
+        path GradScaler uses); other optimizers, `stop` and fp16 (whose scaler owns found_inf) need the host."""
+        return self.kernels["fused_adamw"] and self.precision != "fp16" and self.nonfinite == "skip"
 
     def _reset_progress(self) -> None:
         self.step = self.start_step = self.epoch = 0
@@ -262,6 +338,7 @@ class MiniTrainer:
         self._saved_step: int | None = None
         self.loss_meter = AverageMeter()
         self.throughput = ThroughputMeter()
+        self.interval = IntervalSums(self.device)
 
     @classmethod
     def from_config(
@@ -297,6 +374,8 @@ class MiniTrainer:
             fused_adamw=cfg.fused_adamw,
             tf32=cfg.tf32,
             pin_memory=cfg.pin_memory,
+            deterministic=cfg.deterministic,
+            log_interval=cfg.log_interval,
         )
         return cls(model, optimizer, loss_fn, train_loader, val_loader, **{**settings, **runtime})
 
@@ -344,6 +423,7 @@ class MiniTrainer:
             "tokens_seen": self.tokens_seen,
             "flops_seen": self.flops_seen,
             "skipped_steps": self.skipped_steps,
+            "interval": self.interval.state_dict(),
             "wall": self.wall(),
             "best_val": self.best_val,
             "best_ckpt": str(self.best_ckpt or ""),
@@ -384,6 +464,8 @@ class MiniTrainer:
         self.step = self.start_step = int(state["step"])
         self.epoch, self.tokens_seen = int(state["epoch"]), int(state["tokens_seen"])
         self.flops_seen, self.skipped_steps = float(state["flops_seen"]), int(state["skipped_steps"])
+        if "interval" in state:  # checkpoints before the field existed logged every step
+            self.interval.load_state_dict(state["interval"])
         self.wall_before = float(state.get("wall", 0.0))  # checkpoints before the field existed: 0
         self.best_val = float(state["best_val"])
         self.best_ckpt = Path(state["best_ckpt"]) if state["best_ckpt"] else None
@@ -469,12 +551,13 @@ class MiniTrainer:
         return out
 
     def _mean_loss(self, loader: Iterable) -> float:
-        losses = []
+        total, n = torch.zeros((), dtype=torch.float32, device=self.device), 0
         batches = _cycle(loader)  # a short split wraps around instead of running dry
         for batch in itertools.islice(batches, self.eval_iters):
             with self.autocast():
-                losses.append(float(self.loss_fn(self.model, _to_device(batch, self.device))))
-        return dist.all_reduce_mean(sum(losses) / len(losses) if losses else math.nan)
+                total += self.loss_fn(self.model, _to_device(batch, self.device)).detach().float()
+            n += 1
+        return dist.all_reduce_mean(total / n if n else math.nan)  # read back once, not per batch
 
     def _loss(self, batch: Any) -> torch.Tensor:
         with self.autocast():
@@ -543,7 +626,7 @@ class MiniTrainer:
             t0 = time.perf_counter()
             try:
                 step = self.train_step(batches)
-                if self.should_stop and not step.finite:
+                if self.should_stop and step.finite is False:
                     break
                 metrics = self.after_step(step, time.perf_counter() - t0)
             except OUT_OF_MEMORY as exc:  # a step or its evaluation: nothing half-written to keep
@@ -570,20 +653,36 @@ class MiniTrainer:
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad or math.inf)
-        result.grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         for cb in self.callbacks:
             cb.on_before_optimizer_step(self)
-        result.loss = dist.all_reduce_mean(loss_sum) / self.grad_accum
-        result.finite = math.isfinite(result.loss) and (math.isfinite(result.grad_norm) or self.precision == "fp16")
-        if result.finite:
-            self.scaler.step(self.optimizer)  # fp16: GradScaler itself skips steps with inf gradients
-        else:
-            self.skipped_steps += 1
-            if self.nonfinite == "stop":
-                self.should_stop = f"non-finite loss/gradient at step {self.step + 1}; last good checkpoint kept"
+        result.loss = dist.all_reduce_mean_(loss_sum / self.grad_accum)  # every rank decides alike
+        result.grad_norm = grad_norm.detach()
+        finite = torch.isfinite(result.loss) & (torch.isfinite(grad_norm) | (self.precision == "fp16"))
+        self._apply(finite, result)
+        self.interval.add(result.loss, result.grad_norm, result.finite)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return result
+
+    def _apply(self, finite: torch.Tensor, result: StepResult) -> None:
+        """The optimizer step, or the non-finite policy: on the device where the optimizer can skip by itself,
+        else after one host read of `finite` (the only sync of a step between logs)."""
+        if self.device_skip:
+            self.optimizer.found_inf, self.optimizer.grad_scale = (~finite).float(), None
+            try:
+                self.scaler.step(self.optimizer)
+            finally:
+                del self.optimizer.found_inf, self.optimizer.grad_scale
+            result.finite = finite
+            return
+        result.finite = bool(finite)
+        if result.finite:
+            self.scaler.step(self.optimizer)  # fp16: GradScaler itself skips steps with inf gradients
+            return
+        self.skipped_steps += 1
+        if self.nonfinite == "stop":
+            self.should_stop = f"non-finite loss/gradient at step {self.step + 1}; last good checkpoint kept"
 
     def after_step(self, step: StepResult, dt: float) -> dict:
         """Schedule, counters, metrics and callbacks after a step; then evaluation and checkpoint when due."""
@@ -596,14 +695,25 @@ class MiniTrainer:
         step_flops = self.step_flops(global_tokens, step.seq_len)
         self.flops_seen += step_flops or 0.0
         self.throughput.update(global_tokens, dt, step.data_wait)
-        if step.finite:
-            self.loss_meter.update(step.loss)
+        self.interval.steps += 1
+        self.interval.tokens += global_tokens
+        self.interval.flops += step_flops or 0.0
         metrics = self._step_metrics(step, lr, dt, global_tokens, step_flops)
-        for cb in self.callbacks:
-            cb.on_batch_end(self, metrics)
         if self.max_time is not None and metrics["wall"] >= self.max_time:
             self.should_stop = f"time budget of {self.max_time:g} s reached at step {self.step}"
+        scheduled = self.step % self.log_interval == 0 or self.step == self.total_steps
+        if scheduled or self.should_stop:
+            self._log_metrics(metrics, restart=scheduled)
+        for cb in self.callbacks:
+            cb.on_batch_end(self, metrics)
         last = self.step == self.total_steps or bool(self.should_stop)
+        if last and not (scheduled or isinstance(metrics["loss"], float)):  # a callback stopped the run
+            self._log_metrics(metrics, restart=False)
+        with self.interval.pause():
+            self._evaluate_and_save(metrics, last)
+        return metrics
+
+    def _evaluate_and_save(self, metrics: dict, last: bool) -> None:
         due = self.step % self.eval_interval == 0 or last
         if self.val_loader is not None and due and not self.interrupted:
             val = self.evaluate()
@@ -611,9 +721,8 @@ class MiniTrainer:
             metrics.update(val)
             for cb in self.callbacks:
                 cb.on_eval_end(self, val)
-        if self.ckpt_dir is not None and (self.step % self.ckpt_interval == 0 or last or self.should_stop):
+        if self.ckpt_dir is not None and (self.step % self.ckpt_interval == 0 or last):
             self.save_checkpoint()
-        return metrics
 
     def _step_metrics(self, step: StepResult, lr: float, dt: float, tokens: int, flops: float | None) -> dict:
         metrics = {
@@ -631,10 +740,33 @@ class MiniTrainer:
             "skipped_steps": self.skipped_steps,
             "peak_mem": peak_memory_bytes(self.device),
         }
+        return metrics
+
+    def _log_metrics(self, metrics: dict, restart: bool = True) -> None:
+        """A log step: the interval's mean loss and gradient norm, skipped steps and throughput, read back once.
+
+        Between log steps `loss` and `grad_norm` are the step's own device tensors and `step_time` the host's
+        launch time; here the device has caught up, so the interval's seconds give the real step time, rate and MFU.
+        """
+        sums = self.interval.read(restart)
+        n = sums["finite_steps"]
+        if self.device_skip and restart:  # the host counted its own skips
+            self.skipped_steps += round(sums["skipped"])
+        metrics["loss"] = sums["loss"] / n if n else math.nan
+        metrics["grad_norm"] = sums["grad_norm"] / n if n else math.nan
+        metrics["skipped_steps"] = self.skipped_steps + (
+            0 if restart or not self.device_skip else round(sums["skipped"])
+        )
+        if n and restart:
+            self.loss_meter.update(metrics["loss"], round(n))
+        if sums["seconds"] > 0 and sums["steps"]:
+            metrics["step_time"] = sums["seconds"] / sums["steps"]
+            metrics["tokens_per_s"] = sums["tokens"] / sums["seconds"]
+            if sums["flops"] and self.peak:
+                metrics["mfu"] = sums["flops"] / sums["seconds"] / self.peak / dist.get_world_size()
         router = getattr(self.raw_model, "router_stats", None)
         if router is not None and (stats := router()):
             metrics["tokens_per_expert"] = stats  # MoE load, per layer, for the last micro-batch
-        return metrics
 
     def out_of_memory_advice(self) -> str:
         """One line for an out-of-memory step: the batch, the cost card's activation estimate, the remedies."""
