@@ -43,7 +43,7 @@ def test_ablation_end_to_end_small(tmp_path, corpus_file, capsys):
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["base", "pos=rope", "norm=rmsnorm", "all"]
     said = capsys.readouterr().err.splitlines()  # a line as each of the 8 runs starts and as it ends
-    assert said[0] == "[1/8] ablate base seed 0: training" and len(said) == 16
+    assert said[0] == "[1/8] ablate base seed 0: training on this process" and len(said) == 16
     assert said[-1].startswith("[8/8] ablate all seed 1: val ") and said[-1].endswith(" s; 0 to go")
     assert rows["all"]["arch"] == "1L-2H-32D-RoPE-RMS-GELU-PreNorm"
     assert all(len(r["losses"]) == 2 and r["ci95"] > 0 for r in rows.values())

@@ -1,6 +1,9 @@
 """Optuna sweeps: parsing, samplers, bad input, and an end-to-end grid through the CLI."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -67,14 +70,14 @@ def test_grid_visits_every_point_once(tmp_path, capsys):
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_samplers_stay_in_bounds_and_are_seeded(tmp_path, sampler):
     runs = []
-    for _ in range(2):
+    for i in range(2):
         calls = []
         run_sweep(
             "tiny",
             ["lr=logfloat:1e-4:1e-1", "d_model=int:32:128:16"],
             sampler=sampler,
             trials=12,
-            save_dir=tmp_path,
+            save_dir=tmp_path / str(i),
             train_fn=_fake_train(calls),
         )
         assert len(calls) == 12
@@ -103,7 +106,7 @@ def test_tpe_beats_random_on_a_bowl(tmp_path):
             ["lr=logfloat:1e-4:1e-1"],
             sampler=sampler,
             trials=40,
-            save_dir=tmp_path,
+            save_dir=tmp_path / sampler,
             train_fn=_fake_train(calls),
         )
         best[sampler] = report["trials"][0]["val_loss"]
@@ -127,12 +130,74 @@ def test_bad_sweeps_fail_before_training(tmp_path):
 
 def test_sweep_cli_end_to_end(tmp_path, corpus_file):
     out = tmp_path / "sweep"
-    args = ["sweep", "--param", "ffn=mlp,swiglu", "--sampler", "grid", "--out", str(out)]
+    args = ["sweep", "--param", "ffn=mlp,swiglu", "--sampler", "grid", "--out", str(out), "-j", "2"]
     args += small_train_args(corpus_file, layers=1, max_steps=4, train__eval_iters=2, batch=4)
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(cli, args)  # two trials side by side, each in its own process
     assert result.exit_code == 0, result.output
     report = json.loads((out / "sweep.json").read_text())
     assert sorted(t["params"]["model.ffn"] for t in report["trials"]) == ["mlp", "swiglu"]
     for t in report["trials"]:
         assert (tmp_path / "sweep" / t["run"].split("/")[-1] / "meta" / "full_config.json").is_file()
     assert (out / "report.html").is_file() and "sweep.md" in result.output
+
+
+def test_two_sweep_processes_on_one_journal_cover_a_six_point_grid_exactly_once(tmp_path, corpus_file):
+    import optuna
+
+    from lmlab.pipeline.sweep import open_storage
+
+    journal = tmp_path / "shared.journal"
+    args = ["-m", "lmlab", "sweep", "--param", "lr=1e-3,2e-3,3e-3", "--param", "ffn=mlp,swiglu", "--sampler", "grid"]
+    args += ["--storage", f"journal:{journal}", "--study-name", "grid6"]
+    args += small_train_args(corpus_file, layers=1, dim=16, max_steps=2, train__eval_iters=1, batch=2)
+    procs = [
+        subprocess.Popen([sys.executable, *args, "--out", str(tmp_path / f"p{i}")], stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
+    study = optuna.load_study(study_name="grid6", storage=open_storage(optuna, f"journal:{journal}"))
+    trials = study.get_trials()
+    points = [(t.params["train.lr"], t.params["model.ffn"]) for t in trials]
+    assert len(trials) == 6 and len(set(points)) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    owners = {t.user_attrs["owner"] for t in trials}
+    assert len(owners) <= 2 and all(Path(t.user_attrs["run"]).is_dir() for t in trials)
+
+
+def test_a_sweep_run_again_continues_its_search_and_a_changed_one_is_refused(tmp_path):
+    calls = []
+    run_sweep(
+        "tiny", ["lr=logfloat:1e-4:1e-1"], sampler="random", trials=3, save_dir=tmp_path, train_fn=_fake_train(calls)
+    )
+    report = run_sweep(
+        "tiny", ["lr=logfloat:1e-4:1e-1"], sampler="random", trials=3, save_dir=tmp_path, train_fn=_fake_train(calls)
+    )
+    assert len(calls) == 3 and len(report["trials"]) == 3  # nothing left to do the second time
+    with pytest.raises(ConfigError, match="holds a different sweep plan"):
+        run_sweep(
+            "tiny", ["lr=logfloat:1e-4:1e-1"], sampler="tpe", trials=3, save_dir=tmp_path, train_fn=_fake_train(calls)
+        )
+
+
+def test_the_pruner_stops_a_run_whose_validation_loss_lags_the_median(tmp_path):
+    import optuna
+
+    from lmlab.pipeline.sweep import PruneCallback, make_pruner, open_storage
+    from lmlab.trainer.callbacks import Event
+
+    url = f"journal:{tmp_path / 'j.journal'}"
+    study = optuna.create_study(
+        study_name="s", storage=open_storage(optuna, url), pruner=make_pruner(optuna, "median", 10)
+    )
+    for _ in range(3):
+        done = study.ask()
+        done.report(1.0, 1)
+        study.tell(done, 1.0)
+    running = study.ask()
+    callback = PruneCallback({"storage": url, "study": "s", "trial_id": running._trial_id, "pruner": "median"})
+    trainer = SimpleNamespace(step=1, should_stop=None)
+    callback(trainer, Event("eval_end", {"val_loss": 0.5}))
+    assert trainer.should_stop is None  # better than the median: it goes on
+    callback2 = PruneCallback({"storage": url, "study": "s", "trial_id": study.ask()._trial_id, "pruner": "median"})
+    callback2(trainer, Event("eval_end", {"val_loss": 5.0}))
+    assert trainer.should_stop == "pruned by the median pruner at step 1"

@@ -10,6 +10,7 @@ import click
 
 from lmlab import __version__
 from lmlab.cli.schema_flags import SchemaCommand, collect_overrides
+from lmlab.cli.study import STUDY_OPTIONS, pending_is_not_an_error, placement, study_group
 from lmlab.errors import LmlabError, user_errors
 from lmlab.reference.cli import reference_group
 
@@ -522,8 +523,12 @@ def _ablate(base: str, swap: tuple[str, ...], seeds: int, match: str, out: str, 
 
     if params.pop("preset", None):
         raise LmlabError("ablate: the base preset is --base; --preset is not read here")
+    where = placement(params)
     overrides = _study_overrides(params)
-    report = run_ablation(base, list(swap), seeds=seeds, match=match, overrides=overrides, save_dir=out)
+    with pending_is_not_an_error():
+        report = run_ablation(
+            base, list(swap), seeds=seeds, match=match, overrides=overrides, save_dir=out, placement=where
+        )
     Console(width=200).print(markdown_table(report))
     _study_report([r for row in report["rows"] for r in row["runs"]], Path(out), "ablation.md")
 
@@ -561,6 +566,7 @@ ablate_command = cli.command(
             help="what the variants share",
         ),
         click.Option(["--out"], default="runs/ablate", show_default=True, help="where runs and the report go"),
+        *STUDY_OPTIONS,
         *COMMON,
     ],
     help="Each swap alone and all together vs the base, over seeds: mean +- 95% CI, difference, Welch p. "
@@ -569,21 +575,37 @@ ablate_command = cli.command(
 
 
 @user_errors
-def _sweep(param: tuple[str, ...], sampler: str, trials: int | None, metric: str, out: str, **params) -> None:
+def _sweep(
+    param: tuple[str, ...],
+    sampler: str,
+    trials: int | None,
+    metric: str,
+    out: str,
+    storage: str | None,
+    study_name: str,
+    pruner: str | None,
+    **params,
+) -> None:
     from rich.console import Console
 
     from lmlab.pipeline.sweep import markdown_table, run_sweep
 
     preset = params.pop("preset", None)
-    report = run_sweep(
-        preset,
-        list(param),
-        sampler=sampler,
-        trials=trials,
-        metric=metric,
-        overrides=_study_overrides(params),
-        save_dir=out,
-    )
+    where = placement(params)
+    with pending_is_not_an_error():
+        report = run_sweep(
+            preset,
+            list(param),
+            sampler=sampler,
+            trials=trials,
+            metric=metric,
+            overrides=_study_overrides(params),
+            save_dir=out,
+            placement=where,
+            storage=storage,
+            study_name=study_name,
+            pruner=pruner,
+        )
     Console(width=200).print(markdown_table(report))
     _study_report([t["run"] for t in report["trials"]], Path(out), "sweep.md")
 
@@ -602,6 +624,20 @@ sweep_command = cli.command(
         click.Option(["--trials"], type=int, default=None, help="number of trials (grid: default the full grid)"),
         click.Option(["--metric"], default="val_loss", show_default=True, help="final metric to minimise"),
         click.Option(["--out"], default="runs/sweep", show_default=True, help="where trial runs and the report go"),
+        click.Option(
+            ["--storage"],
+            default=None,
+            help="Optuna storage that several sweep processes share: journal:PATH (one machine or a shared file "
+            "system) or an RDB URL (sqlite:///sweep.db, postgresql://...); default a journal in --out",
+        ),
+        click.Option(["--study-name"], default="sweep", show_default=True, help="the study's name in the storage"),
+        click.Option(
+            ["--pruner"],
+            type=click.Choice(["median", "hyperband"]),
+            default=None,
+            help="stop trials early from the validation losses they report at each evaluation",
+        ),
+        *STUDY_OPTIONS,
         *COMMON,
     ],
     help="Hyperparameter search with Optuna over any config field; each trial is a run directory, "
@@ -656,6 +692,7 @@ def replay_cmd(run: str, steps: int, rtol: float, out: str | None) -> None:
 
 
 cli.add_command(reference_group)
+cli.add_command(study_group)
 
 
 def main() -> None:

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import ModelConfig, RunConfig, deep_merge, resolve_config
+from lmlab.config import ModelConfig, deep_merge, resolve_config
 from lmlab.errors import ConfigError
 from lmlab.model.cost import params_by_component
 from lmlab.model.flops import flops_per_token
+from lmlab.pipeline.study import Placement, PlannedRun, Study, run_key
 from lmlab.pipeline.study_progress import StudyProgress
+from lmlab.runs.run_dir import RunDir
 from lmlab.track import stats
 
 # Laptop scale for a study: applied under the user's own flags, so any of them can be overridden.
@@ -77,11 +79,11 @@ def run_ablation(
     overrides: dict[str, Any] | None = None,
     save_dir: str | Path = "runs/ablate",
     train_fn=None,
+    placement: Placement | None = None,
 ) -> dict:
-    """Train every variant for `seeds` seeds and return the table as a dict (also written to save_dir)."""
-    from lmlab.pipeline.train import train_from_config
+    """Train every variant for `seeds` seeds and return the table as a dict (also written to save_dir).
 
-    train_fn = train_fn or train_from_config
+    The same call again with the same `save_dir` trains only the runs that are not complete."""
     if seeds < 2:
         raise ConfigError("ablate --seeds: at least 2 seeds are needed for confidence intervals; allowed: >= 2")
     if match not in ("tokens", "time", "params", "flops"):
@@ -95,7 +97,9 @@ def run_ablation(
     variants = parse_swaps(swaps)
     # Validate every arm (unknown block, illegal combination) before training any of them.
     configs = [resolve_config(preset=base, cli=deep_merge(layered, {"model": v.swaps})) for v in variants]
-    _train_arms(variants, configs, base_cfg, seeds=seeds, match=match, save_dir=save_dir, train_fn=train_fn)
+    _train_arms(
+        variants, configs, base_cfg, seeds=seeds, match=match, save_dir=save_dir, train_fn=train_fn, placement=placement
+    )
     rows = _rows(variants, base_cfg.seq_len)
     report = {"base": base, "swaps": swaps, "match": match, "seeds": seeds, "rows": rows}
     out = Path(save_dir)
@@ -105,27 +109,35 @@ def run_ablation(
     return report
 
 
-def _train_arms(variants, configs, base_cfg, *, seeds: int, match: str, save_dir, train_fn) -> None:
-    """Train every variant for every seed, recording its validation losses, trained config and run paths."""
-    base_time = None
-    progress = StudyProgress("ablate", len(variants) * seeds)
+def _train_arms(variants, configs, base_cfg, *, seeds: int, match: str, save_dir, train_fn, placement) -> None:
+    """Train every variant for every seed through the study runner (the plan recorded first, finished runs
+    kept), recording each variant's validation losses, trained config and run paths."""
+    study = Study(save_dir, "ablate", {"match": match, "seeds": seeds, "variants": [v.name for v in variants]})
+    planned = []
     for v, cfg in zip(variants, configs, strict=True):
         model = match_width(base_cfg.model, cfg.model, match, cfg.seq_len)
         for seed in range(seeds):
-            train = {"seed": base_cfg.train.seed + seed, "save_dir": str(save_dir), "run_tag": f"{v.name}-s{seed}"}
-            if match == "time" and base_time is not None:
-                train.update({"max_time": base_time, "max_steps": 10**9})
-            run_cfg = RunConfig.model_validate(
-                deep_merge(cfg.model_dump(), {"model": model.model_dump(), "train": train})
+            config = deep_merge(
+                cfg.model_dump(mode="json"),
+                {"model": model.model_dump(mode="json"), "train": {"seed": base_cfg.train.seed + seed}},
             )
-            progress.start(f"{v.name} seed {seed}")
-            result = train_fn(run_cfg, quiet=True)
-            progress.end(f"{v.name} seed {seed}", result.metrics.get("val_loss"))
-            v.losses.append(float(result.metrics["val_loss"]))
-            v.config = result.run.config().model  # as trained: vocabulary from the tokenizer
-            v.runs.append(str(result.run.path))
-            if match == "time" and v.name == "base" and seed == 0:
-                base_time = float(result.metrics["wall"])
+            planned.append((v, PlannedRun(run_key(f"{v.name}-s{seed}"), f"{v.name} seed {seed}", config)))
+    runs = [r for _, r in planned]
+    study.record_plan(runs)
+    progress = StudyProgress("ablate", len(runs), out=save_dir)
+    try:
+        if match == "time":  # the base's first seed sets every other run's wall-clock budget
+            first = study.run(runs[:1], placement, train_fn=train_fn, progress=progress)[runs[0].key]
+            for r in runs[1:]:
+                r.config["train"].update(max_time=float(first["metrics"]["wall"]), max_steps=10**9)
+        results = study.run(runs, placement, train_fn=train_fn, progress=progress)
+    finally:
+        progress.close()
+    for v, r in planned:
+        record = results[r.key]
+        v.losses.append(float(record["metrics"]["val_loss"]))
+        v.config = RunDir(Path(record["run"])).config().model  # as trained: vocabulary from the tokenizer
+        v.runs.append(record["run"])
 
 
 def _rows(variants, seq_len: int) -> list[dict]:

@@ -9,17 +9,25 @@ FIELD is `section.field` (`train.lr`, `model.rope.theta`) or a field name unique
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
+import os
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmlab.config import deep_merge, field_path, nested, resolve_config
 from lmlab.errors import ConfigError, require
+from lmlab.pipeline.study import Placement, PlannedRun, Study, add_callback
 from lmlab.pipeline.study_progress import StudyProgress
 
 SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("median", "hyperband")
 KINDS = ("float", "logfloat", "int", "logint")
 
 
@@ -110,55 +118,242 @@ def run_sweep(
     overrides: dict[str, Any] | None = None,
     save_dir: str | Path = "runs/sweep",
     train_fn=None,
+    placement: Placement | None = None,
+    storage: str | None = None,
+    study_name: str = "sweep",
+    pruner: str | None = None,
 ) -> dict:
-    """Run the search and return (and write to save_dir/sweep.json and .md) every trial, best first."""
-    from lmlab.pipeline.train import train_from_config
+    """Run the search and return (and write to save_dir/sweep.json and .md) every trial, best first.
 
+    Trials live in an Optuna storage (`storage`: `journal:PATH` or an RDB URL; default a journal in
+    save_dir), so the same call again continues the search, and other processes on the same storage and
+    `study_name` share it: a grid is covered once between them, TPE sees every finished trial.
+    """
     optuna = require("optuna", "sweep")
-    train_fn = train_fn or train_from_config
     if sampler not in SAMPLERS:
         raise ConfigError(f"sweep --sampler: '{sampler}'; allowed: {', '.join(SAMPLERS)}")
+    if pruner is not None and pruner not in PRUNERS:
+        raise ConfigError(f"sweep --pruner: '{pruner}'; allowed: {', '.join(PRUNERS)}")
     overrides = overrides or {}
     dims = _dims(params, preset, overrides)
     base = resolve_config(preset=preset, cli=overrides)
-    chosen, trials = _sampler(optuna, sampler, dims, trials, base.train.seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=chosen)
-    rows: list[dict] = []
-    invalid: list[dict] = []
-    progress = StudyProgress("sweep", trials)
-
-    def objective(trial: Any) -> float:
-        values = {d.name: d.suggest(trial) for d in dims}
-        train = {"save_dir": str(save_dir), "run_tag": f"trial{trial.number:03d}"}
-        try:
-            cfg = resolve_config(
-                preset=preset, cli=deep_merge(deep_merge(overrides, _overrides(dims, values)), {"train": train})
-            )
-        except ConfigError as exc:  # an interior point the edges did not rule out (d_model 47 with 4 heads)
-            invalid.append({"trial": trial.number, "params": values, "error": str(exc)})
-            progress.skip(f"trial {trial.number}", str(exc))
-            raise optuna.TrialPruned(str(exc)) from None
-        label = f"trial {trial.number} " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
-        progress.start(label)
-        result = train_fn(cfg, quiet=True)
-        progress.end(label, result.metrics.get("val_loss"))
-        if metric not in result.metrics:
-            raise ConfigError(
-                f"sweep --metric: '{metric}' not in the run's metrics; allowed: {', '.join(result.metrics)}"
-            )
-        value = float(result.metrics[metric])
-        rows.append({"trial": trial.number, "params": values, metric: value, "run": str(result.run.path)})
-        return value if math.isfinite(value) else float("inf")
-
-    study.optimize(objective, n_trials=trials)
-    rows.sort(key=lambda r: r[metric])
-    if not rows:
-        raise ConfigError(f"sweep: every trial's config was invalid, e.g. {invalid[0]['error']}")
-    report = {"preset": preset, "sampler": sampler, "metric": metric, "space": params, "trials": rows}
-    report["invalid"] = invalid
-    _write_report(Path(save_dir), report)
+    shared = storage is not None
+    chosen, trials = _sampler(optuna, sampler, dims, trials, base.train.seed + (os.getpid() if shared else 0))
+    out = Path(save_dir)
+    spec = {"preset": preset, "space": params, "sampler": sampler, "trials": trials, "metric": metric}
+    Study(out, "sweep", {**spec, "overrides": overrides, "pruner": pruner}).record_plan([])
+    url = storage or f"journal:{out.resolve() / 'optuna.journal'}"
+    search = Search(optuna, url, study_name, chosen, pruner, dims, spec, base.train.max_steps)
+    progress = StudyProgress("sweep", trials, out=out)
+    try:
+        Study(out, "sweep", {}).run(
+            search.trials(preset, overrides, trials, progress, out),
+            placement,
+            train_fn=train_fn,
+            progress=progress,
+            on_done=functools.partial(search.finished, metric),
+        )
+    finally:
+        progress.close()
+    report = search.report(spec)
+    if not report["trials"]:
+        raise ConfigError(f"sweep: every trial's config was invalid, e.g. {report['invalid'][0]['error']}")
+    _write_report(out, report)
     return report
+
+
+class Search:
+    """One Optuna study in a storage that several processes may share, and the trials this process runs."""
+
+    def __init__(self, optuna, url, name, sampler, pruner, dims, spec, max_steps) -> None:
+        self.optuna, self.url, self.name, self.dims = optuna, url, name, dims
+        self.storage = open_storage(optuna, url)
+        self.pruner = make_pruner(optuna, pruner, max_steps)
+        self.pruner_name = pruner
+        self.study = self._open(sampler, spec)
+        self.keys: dict[str, int] = {}  # run key -> trial id
+
+    def _open(self, sampler, spec):
+        optuna, grid = self.optuna, spec["sampler"] == "grid"
+        kwargs = dict(study_name=self.name, storage=self.storage, sampler=sampler, pruner=self.pruner)
+        try:
+            study = optuna.create_study(direction="minimize", **kwargs)
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(**kwargs)
+            _wait_for(lambda: "space" in study.user_attrs, f"sweep: study '{self.name}' in {self.url} to be set up")
+            if study.user_attrs["space"] != spec:
+                raise ConfigError(
+                    f"sweep --study-name {self.name}: {self.url} holds a different search "
+                    f"({study.user_attrs['space']}); use another --study-name"
+                ) from None
+            self._requeue_stale(study)
+            return study
+        if grid:  # every point queued once, by the process that created the study; all of them claim from it
+            for point in itertools.product(*(d.choices for d in self.dims)):
+                study.enqueue_trial(dict(zip((d.name for d in self.dims), point, strict=True)))
+        study.set_user_attr("space", spec)
+        return study
+
+    def _requeue_stale(self, study) -> None:
+        """Trials left running by a dead process of this machine (a killed sweep) are queued again, under the
+        same run key, so their runs continue from their last checkpoint."""
+        state = self.optuna.trial.TrialState
+        for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+            host, _, pid = str(t.user_attrs.get("owner", "")).rpartition(":")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                self.storage.set_trial_state_values(self._id(t.number), state.FAIL)
+                study.enqueue_trial(t.params, user_attrs={"run_key": t.user_attrs.get("run_key", _key(t.number))})
+
+    def _id(self, number: int) -> int:
+        study_id = self.storage.get_study_id_from_name(self.name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def _claim(self, limit: int) -> tuple[Any, int] | None:
+        """The next trial for this process and its id: a queued one claimed atomically (the storage lets one
+        process win each), else a new one from the sampler, while the study has fewer than `limit`."""
+        state = self.optuna.trial.TrialState
+        counted = (state.COMPLETE, state.PRUNED, state.RUNNING)
+        if len(self.study.get_trials(deepcopy=False, states=counted)) >= limit:
+            return None
+        for t in self.study.get_trials(deepcopy=False, states=(state.WAITING,)):
+            trial_id = self._id(t.number)
+            if self.storage.set_trial_state_values(trial_id, state.RUNNING):
+                return self.optuna.trial.Trial(self.study, trial_id), trial_id
+        if self.study.user_attrs["space"]["sampler"] == "grid":
+            return None
+        trial = self.study.ask()
+        return trial, self._id(trial.number)
+
+    def trials(self, preset, overrides, limit: int, progress, out: Path) -> Iterator[PlannedRun]:
+        """Claimed trials as planned runs, drawn one at a time; an invalid point is recorded and skipped."""
+        while (claimed := self._claim(limit)) is not None:
+            trial, trial_id = claimed
+            self.storage.set_trial_user_attr(trial_id, "owner", f"{socket.gethostname()}:{os.getpid()}")
+            values = {d.name: d.suggest(trial) for d in self.dims}
+            key = trial.user_attrs.get("run_key", _key(trial.number))
+            self.storage.set_trial_user_attr(trial_id, "run_key", key)
+            try:
+                cfg = resolve_config(preset=preset, cli=deep_merge(overrides, _overrides(self.dims, values)))
+            except ConfigError as exc:  # an interior point the edges did not rule out (d_model 47 with 4 heads)
+                self.storage.set_trial_user_attr(trial_id, "invalid", str(exc))
+                self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+                progress.skip(f"trial {trial.number}", str(exc))
+                continue
+            self.keys[key] = trial_id
+            if self.pruner_name is not None:  # the run reports its evaluations to the trial, wherever it trains
+                spec = {"storage": self.url, "study": self.name, "trial_id": trial_id, "pruner": self.pruner_name}
+                add_callback(out, key, "lmlab.pipeline.sweep:PruneCallback", spec)
+            label = f"trial {trial.number} " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+            yield PlannedRun(key, label, cfg.model_dump(mode="json"))
+
+    def finished(self, metric: str, run: PlannedRun, record: dict | None) -> None:
+        """Tell the study how a trial's run ended: its metric, pruned, or failed."""
+        state = self.optuna.trial.TrialState
+        trial_id = self.keys[run.key]
+        number = self.storage.get_trial(trial_id).number
+        if record is None:
+            self.study.tell(number, state=state.FAIL)
+            return
+        metrics = record["metrics"]
+        if metric not in metrics:
+            raise ConfigError(f"sweep --metric: '{metric}' not in the run's metrics; allowed: {', '.join(metrics)}")
+        value = float(metrics[metric])
+        self.storage.set_trial_user_attr(trial_id, "run", record["run"])
+        self.storage.set_trial_user_attr(trial_id, "value", value)
+        if "pruned" in str(metrics.get("stopped", "")):
+            self.study.tell(number, state=state.PRUNED)
+        else:
+            self.study.tell(number, value if math.isfinite(value) else float("inf"))
+
+    def report(self, spec: dict) -> dict:
+        """Every finished trial of the study (whichever process ran it), best first; invalid and pruned ones."""
+        state = self.optuna.trial.TrialState
+        done = self.study.get_trials(deepcopy=False, states=(state.COMPLETE,))
+        metric = spec["metric"]
+        rows = [
+            {
+                "trial": t.number,
+                "params": dict(t.params),
+                metric: t.user_attrs.get("value", t.value),
+                "run": t.user_attrs.get("run", ""),
+            }
+            for t in done
+        ]
+        rows.sort(key=lambda r: (r[metric], r["trial"]))
+        pruned = self.study.get_trials(deepcopy=False, states=(state.PRUNED,))
+        invalid = [
+            {"trial": t.number, "params": dict(t.params), "error": t.user_attrs["invalid"]}
+            for t in pruned
+            if "invalid" in t.user_attrs
+        ]
+        stopped = [t.number for t in pruned if "invalid" not in t.user_attrs]
+        return {**spec, "trials": rows, "invalid": invalid, "pruned": stopped}
+
+
+def open_storage(optuna, url: str):
+    """`journal:PATH` (a file that processes on one machine or a shared file system append to) or an RDB URL."""
+    if url.startswith("journal:"):
+        path = url[len("journal:") :]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            from optuna.storages.journal import JournalFileBackend
+        except ImportError:  # optuna < 4
+            from optuna.storages import JournalFileStorage as JournalFileBackend
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        raise ConfigError(f"sweep --storage: '{url}'; allowed: journal:PATH or an RDB URL (sqlite:///sweep.db)")
+    return optuna.storages.RDBStorage(url)
+
+
+def make_pruner(optuna, name: str | None, max_steps: int | None):
+    """Optuna's median or Hyperband pruner over the validation losses a run reports at each evaluation."""
+    if name is None:
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps or "auto", reduction_factor=3)
+
+
+class PruneCallback:
+    """Reports each evaluation's validation loss to the trial and stops the run when the pruner says so."""
+
+    def __init__(self, spec: dict) -> None:
+        optuna = require("optuna", "sweep")
+        storage = open_storage(optuna, spec["storage"])
+        study = optuna.load_study(
+            study_name=spec["study"], storage=storage, pruner=make_pruner(optuna, spec["pruner"], None)
+        )
+        self.trial, self.name = optuna.trial.Trial(study, spec["trial_id"]), spec["pruner"]
+
+    def __call__(self, trainer: Any, event: Any) -> None:
+        if event.name != "eval_end" or not math.isfinite(event.data["val_loss"]):
+            return
+        self.trial.report(event.data["val_loss"], trainer.step)
+        if self.trial.should_prune():
+            trainer.should_stop = f"pruned by the {self.name} pruner at step {trainer.step}"
+
+
+def _key(number: int) -> str:
+    return f"trial{number:03d}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_for(ready, what: str, timeout: float = 120.0) -> None:
+    """Poll until `ready()` (another process is setting the study up); an error naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{what}: still waiting after {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def _write_report(out: Path, report: dict) -> None:
@@ -187,10 +382,9 @@ def _sampler(optuna: Any, sampler: str, dims: list, trials: int | None, seed: in
         ranged = [d.name for d in dims if d.kind != "choice"]
         if ranged:
             raise ConfigError(f"sweep --sampler grid: {', '.join(ranged)} is a range; grid takes a,b,c choices")
-        grid = {d.name: d.choices for d in dims}
-        size = math.prod(len(c) for c in grid.values())
+        size = math.prod(len(d.choices) for d in dims)
         trials = min(trials or size, size)
-        chosen = optuna.samplers.GridSampler(grid, seed=seed)
+        chosen = optuna.samplers.RandomSampler(seed=seed)  # the grid's points are queued; nothing is sampled
     else:
         if trials is None:
             raise ConfigError(f"sweep --trials: required with --sampler {sampler}; allowed: >= 1")

@@ -579,7 +579,7 @@ class MiniTrainer:
         """
         self._maybe_resume()
         if self.step >= self.total_steps:  # a finished run resumed: nothing to do, say so
-            return {"step": self.step, "val_loss": self.last_val, "already_complete": True}
+            return {"step": self.step, "val_loss": self.last_val, "wall": self.wall_before, "already_complete": True}
         with self._first_ctrl_c_stops():
             metrics = self._loop()
         if self.interrupted and self.ckpt_dir is not None and self._saved_step != self.step:
