@@ -141,12 +141,16 @@ def bench_speculative(args) -> list[str]:
     big = trained(6, 384, 6, ids, len(chars), args)
     draft = trained(2, args.draft_dim, max(1, args.draft_dim // 64), ids, len(chars), args)
     prompt = ids[1000 : 1000 + args.prompt][None]
-    stats = DraftStats()
+    stats = {"speculative": DraftStats(), "speculative --compile": DraftStats()}
+    drafted = dict(draft=draft, draft_tokens=args.draft_tokens)
     runs = {
         "plain": lambda: generate(big, prompt, args.new, temperature=0),
         "plain --compile": lambda: generate(big, prompt, args.new, temperature=0, compile=True),
         "speculative": lambda: generate(
-            big, prompt, args.new, temperature=0, draft=draft, draft_tokens=args.draft_tokens, draft_stats=stats
+            big, prompt, args.new, temperature=0, **drafted, draft_stats=stats["speculative"]
+        ),
+        "speculative --compile": lambda: generate(
+            big, prompt, args.new, temperature=0, **drafted, compile=True, draft_stats=stats["speculative --compile"]
         ),
     }
     with torch.no_grad():
@@ -161,7 +165,7 @@ def bench_speculative(args) -> list[str]:
     rows = []
     for name, ts in times.items():
         t = statistics.median(ts)
-        rate = f"{stats.rate:.0%}" if name == "speculative" else ""
+        rate = f"{stats[name].rate:.0%}" if name in stats else ""
         rows.append(f"| {name} | {args.new / t:,.0f} | **{plain / t:.2f}x** | {rate} |")
         print(rows[-1], flush=True)
     return rows

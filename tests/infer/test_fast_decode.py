@@ -1,6 +1,7 @@
 """Compiled static-cache decoding and speculative decoding give plain decoding's tokens (greedy) or its
 distribution (sampling), for every preset and attention."""
 
+import copy
 import math
 
 import pytest
@@ -41,8 +42,25 @@ def test_compiled_and_speculative_greedy_equal_plain_greedy(preset, graph_only, 
     spec = generate(model, prompt, 45, temperature=0, draft=draft, draft_tokens=3, draft_stats=stats)
     assert torch.equal(spec, plain)
     assert stats.proposed > 0 and 0 <= stats.accepted <= stats.proposed
+    compiled = generate(model, prompt, 45, temperature=0, draft=draft, draft_tokens=3, compile=True)
+    assert torch.equal(compiled, plain)  # the draft's steps and the verification pass compiled
     if model.config.attn == "mla":  # its latent cache has another shape: a one-line notice, eager decoding
         assert "compile: mla attention keeps a cache of its own shape; decoding eagerly" in capsys.readouterr().err
+
+
+def test_a_draft_that_is_the_model_has_every_proposal_accepted(graph_only):
+    """The draft's side is wired right: fed the same tokens at the same positions, a copy of the model (and the
+    model itself, whose compiled side then keeps caches of its own) proposes exactly the target's argmax."""
+    model, _ = _pair("llama")
+    prompt = torch.randint(0, 61, (1, 5))
+    plain = generate(model, prompt, 30, temperature=0)
+    for draft, compile in ((copy.deepcopy(model), False), (model, False), (model, True)):
+        stats = DraftStats()
+        out = generate(
+            model, prompt, 30, temperature=0, draft=draft, draft_tokens=4, compile=compile, draft_stats=stats
+        )
+        assert torch.equal(out, plain)
+        assert stats.proposed >= 20 and stats.accepted == stats.proposed, (compile, stats.accepted, stats.proposed)
 
 
 @pytest.mark.parametrize(("attn", "pos"), legal_grid(attn=ATTN.names(), pos=["rope", "alibi"]))

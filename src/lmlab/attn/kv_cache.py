@@ -78,6 +78,10 @@ class StaticKVCache:
         """Empty the cache for a new prompt (in place: a compiled step keeps reading the same tensors)."""
         self.length.zero_()
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (rejected draft tokens); their slots are overwritten later."""
+        self.length.fill_(length)
+
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Write (B, n_kv, T, hs) at the next T positions; return every slot and its position."""
         at = self.length + torch.arange(k.shape[2], device=k.device)

@@ -92,6 +92,7 @@ def iter_generate(
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, seed=seed)
     options |= dict(repetition_penalty=repetition_penalty, top_logprobs=top_logprobs)
     if draft is not None:
+        options |= dict(compile=compile)
         yield from _drafted(model, draft, input_ids, pad, max_new_tokens, draft_tokens, draft_stats, options)
         return
     if pad is not None and not supports_left_pad(model):
@@ -208,6 +209,8 @@ def _rows_one_by_one(model, input_ids: Tensor, pad: Tensor, max_new_tokens: int,
         iter_generate(model, row[int(p) :][None], max_new_tokens, seed=s, **options)
         for row, p, s in zip(input_ids, pad, seeds, strict=True)
     ]
+    if options.get("compile"):  # the rows share the process's compiled caches: each row runs to its end in turn
+        rows = [iter(list(it)) for it in rows]
     last: list[tuple | None] = [None] * len(rows)
     for _ in range(max_new_tokens):
         live = False

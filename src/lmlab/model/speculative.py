@@ -75,10 +75,61 @@ def _dist(logits: Tensor, context: Tensor, temperature: float, options: dict) ->
     return F.softmax(filtered, dim=-1)
 
 
-def _feed(model, cache: list, tokens: list[int], device) -> Tensor:
-    """Run `tokens` through the model on top of its cache; logits (len(tokens), V) in float32."""
-    ids = torch.tensor([tokens], device=device)
-    return model(ids, cache=cache).logits[0].float()
+class _Side:
+    """One model of the pair with caches that can be cut back, fed eagerly."""
+
+    def __init__(self, model, limit: int, device) -> None:
+        self.model, self.device = model, device
+        self.cache = rollback_caches(model, limit)
+        self.length = 0
+
+    def feed(self, tokens: list[int]) -> Tensor:
+        """Run `tokens` on top of the cache; logits (len(tokens), V) in float32."""
+        ids = torch.tensor([tokens], device=self.device)
+        self.length += len(tokens)
+        return self.model(ids, cache=self.cache).logits[0].float()
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on."""
+        for c in self.cache:
+            c.truncate(length)
+        self.length = length
+
+
+class _CompiledSide(_Side):
+    """The same over the process's static caches: a draft's one-token steps and a verification pass of
+    `width` tokens go through compiled steps; other lengths (the prompt, a catch-up) run eagerly."""
+
+    def __init__(self, model, decoder, width: int, device) -> None:
+        self.model, self.device, self.decoder, self.width = model, device, decoder, width
+        self.cache = decoder.caches
+        for c in self.cache:
+            c.reset()
+        self.length = 0
+
+    def feed(self, tokens: list[int]) -> Tensor:
+        ids = torch.tensor([tokens], device=self.device)
+        self.length += len(tokens)
+        if len(tokens) == 1:
+            return self.decoder.decode(ids, None)
+        if len(tokens) == self.width:
+            return self.decoder.decode_all(ids)[0]
+        return self.model(ids, cache=self.cache).logits[0].float()
+
+
+def _sides(model, draft, limit: int, draft_tokens: int, compile: bool, device) -> tuple[_Side, _Side]:
+    """The target and the draft, each compiled where asked and its blocks allow (else eager, with the notice)."""
+    if not compile:
+        return _Side(model, limit, device), _Side(draft, limit, device)
+    from lmlab.model.static_decode import static_decoder
+
+    pair = []
+    for m, width in ((model, draft_tokens + 1), (draft, 1)):
+        decoder = static_decoder(m, 1, limit)
+        shared = bool(pair) and isinstance(pair[0], _CompiledSide) and pair[0].decoder is decoder
+        eager = decoder is None or shared  # a model drafting for itself: its static caches are the target's
+        pair.append(_Side(m, limit, device) if eager else _CompiledSide(m, decoder, width, device))
+    return pair[0], pair[1]
 
 
 @torch.no_grad()
@@ -93,12 +144,14 @@ def iter_speculative(
     stop: Sequence[int] | None = None,
     seed: int | None = None,
     top_logprobs: int = 0,
+    compile: bool = False,
     **sampling,
 ) -> Iterator[tuple[Tensor, ...]]:
     """`iter_generate`'s steps (next id (1, 1), its log-probability (1,) under the model[, top-k]) for one row,
     drafted `draft_tokens` at a time by `draft` and verified by `model`; `sampling` is iter_generate's
-    temperature, top_k, top_p, min_p and repetition_penalty. Ends early, after a stop id or when the
-    context has no room left to draft (iter_generate then goes on without a draft)."""
+    temperature, top_k, top_p, min_p and repetition_penalty. With `compile`, the draft's steps and the
+    verification pass are compiled over static caches. Ends early, after a stop id or when the context has
+    no room left to draft (iter_generate then goes on without a draft)."""
     if input_ids.shape[0] != 1:
         raise ValueError("iter_speculative decodes one row; iter_generate splits a batch into rows")
     check_draft(model, draft)
@@ -113,17 +166,17 @@ def iter_speculative(
     try:
         if len(seq) >= limit:
             return
-        big, small = rollback_caches(model, limit), rollback_caches(draft, limit)
+        big, small = _sides(model, draft, limit, draft_tokens, compile, rule.device)
         if len(seq) > 1:
-            _feed(model, big, seq[:-1], rule.device)
+            big.feed(seq[:-1])
         emitted = 0
         while emitted < max_new_tokens:
             k = min(draft_tokens, max_new_tokens - emitted, limit - len(seq))
             if k < 1:
                 return
-            proposals, qs = _propose(draft, small, seq, k, rule)
-            base = big[0].length  # one target pass scores the pending token and every proposal: p_0 .. p_k
-            target = _feed(model, big, seq[base:] + proposals, rule.device)[len(seq) - base - 1 :]
+            proposals, qs = _propose(small, seq, k, rule)
+            base = big.length  # one target pass scores the pending token and every proposal: p_0 .. p_k
+            target = big.feed(seq[base:] + proposals)[len(seq) - base - 1 :]
             new = rule.verify(seq, proposals, qs, target)
             stats.proposed += k
             stats.accepted += len(new) - 1
@@ -134,8 +187,8 @@ def iter_speculative(
                 if tok in stop_ids or emitted >= max_new_tokens:
                     return
             # Keep in the caches only what was accepted; the newest token stays pending for the next pass.
-            for cache in big + small:
-                cache.truncate(len(seq) - 1)
+            big.truncate(len(seq) - 1)
+            small.truncate(min(small.length, len(seq) - 1))
     finally:
         model.train(was[0])
         draft.train(was[1])
@@ -175,16 +228,16 @@ class _Rule:
         return [*proposals, self.sample(self.dist(target[len(proposals)], seq + proposals))]
 
 
-def _propose(draft, cache: list, seq: list[int], k: int, rule: _Rule) -> tuple[list[int], list[Tensor]]:
+def _propose(draft: _Side, seq: list[int], k: int, rule: _Rule) -> tuple[list[int], list[Tensor]]:
     """k draft tokens, each drawn from the draft's distribution q_i, and those distributions."""
-    logits = _feed(draft, cache, seq[cache[0].length :], rule.device)[-1]
+    logits = draft.feed(seq[draft.length :])[-1]
     proposals, qs = [], []
     for i in range(k):
         q = rule.dist(logits, seq + proposals)
         proposals.append(rule.sample(q))
         qs.append(q)
         if i + 1 < k:
-            logits = _feed(draft, cache, proposals[-1:], rule.device)[-1]
+            logits = draft.feed(proposals[-1:])[-1]
     return proposals, qs
 
 

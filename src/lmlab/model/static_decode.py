@@ -83,15 +83,19 @@ class StaticDecoder:
         compiled = dict(mode=mode, options=options, dynamic=False, backend=BACKEND)
         self.step = torch.compile(self._step, **compiled)
         self.greedy_step = torch.compile(self._greedy_step, **compiled)
+        self.all_step = torch.compile(self._all_step, **compiled)
         self.compile_seconds: float | None = None
-        self._compiled: set = set()  # the steps this decoder has run once (and so compiled)
-        self.token = torch.zeros(batch, 1, dtype=torch.long, device=p.device)  # one input, one layout, every step
+        self._compiled: set = set()  # the (step, input shape) pairs this decoder has run once (and so compiled)
+        self._inputs: dict[tuple, Tensor] = {}  # one input buffer per step shape: fixed addresses, every step
 
     def _step(self, token: Tensor, pad: Tensor | None) -> Tensor:
         one_query_on_cpu = token.device.type == "cpu" and token.shape[1] == 1  # math that inductor fuses
         math = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)
         with math if one_query_on_cpu else contextlib.nullcontext():
             return self.model(token, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
+
+    def _all_step(self, tokens: Tensor, pad: Tensor | None) -> Tensor:
+        return self.model(tokens, cache=self.caches, pad=pad).logits.float()
 
     def _greedy_step(self, token: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
         logp = self._step(token, pad).log_softmax(-1)
@@ -108,6 +112,11 @@ class StaticDecoder:
         """One compiled step on (B, 1) new tokens: last-position logits (B, V) in float32."""
         return self._call(self.step, token, pad)
 
+    def decode_all(self, tokens: Tensor, pad: Tensor | None = None) -> Tensor:
+        """One compiled step on (B, T) new tokens (a speculative pass's pending token and proposals): logits
+        (B, T, V) in float32 at every position. Each T is compiled once."""
+        return self._call(self.all_step, tokens, pad)
+
     def decode_greedy(self, token: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
         """One compiled step that also picks the token: (argmax ids (B, 1), their log-probabilities (B,))."""
         return self._call(self.greedy_step, token, pad)
@@ -115,14 +124,16 @@ class StaticDecoder:
     def _call(self, step, token: Tensor, pad: Tensor | None):
         """Run a compiled step; the process's first call of a step compiles it and says how long that took.
         CUDA graphs reuse their output buffers at the next replay, so those outputs are copied."""
-        self.token.copy_(token)
-        if step in self._compiled:
+        shape = tuple(token.shape)
+        buffer = self._inputs.setdefault(shape, torch.zeros_like(token))
+        buffer.copy_(token)
+        if (step, shape) in self._compiled:
             with _warm_guards():
-                out = step(self.token, pad)
+                out = step(buffer, pad)
         else:
             t0 = time.perf_counter()
-            out = step(self.token, pad)
-            self._compiled.add(step)
+            out = step(buffer, pad)
+            self._compiled.add((step, shape))
             self.compile_seconds = time.perf_counter() - t0
             print(f"compiled the decode step in {self.compile_seconds:.1f} s (kept for this process)", file=sys.stderr)
         if self.cuda_graphs:
