@@ -74,15 +74,22 @@ def test_every_attention_decodes_fast_or_says_why(attn, pos, graph_only):
     assert torch.equal(generate(model, prompts, 12, temperature=0, pad=pad, draft=draft, draft_tokens=2), plain)
 
 
-def test_inductor_compiles_the_step_once_and_keeps_it(capsys):
-    """The real compiler, once in the suite: same greedy tokens, compile time reported once per process."""
+def test_inductor_compiles_the_step_once_and_keeps_it(capsys, monkeypatch):
+    """The real compiler, once in the suite: same greedy tokens, compile time reported once per process, and
+    a batch's (rows, K) x (K, N) products compiled as generated loops (not left to BLAS)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # compiled here, not read from disk
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
     torch.manual_seed(0)
     model = build_model(tiny_cfg("llama", max_seq_len=32)).eval()
-    prompt = torch.randint(0, 61, (1, 5))
+    prompt = torch.randint(0, 61, (2, 5))
     plain = generate(model, prompt, 20, temperature=0)
+    before = counters["inductor"]["decompose_mm"]
     assert torch.equal(generate(model, prompt, 20, temperature=0, compile=True), plain)
     assert torch.equal(generate(model, prompt, 20, temperature=0, compile=True), plain)
     assert capsys.readouterr().err.count("compiled the decode step in") == 1
+    assert counters["inductor"]["decompose_mm"] - before >= model.config.n_layer  # the 2-row products as loops
 
 
 def _chi2_critical(df: int, alpha_z: float = 3.09) -> float:

@@ -48,13 +48,40 @@ def compile_mode(device: torch.device) -> str | None:
     return "reduce-overhead" if device.type == "cuda" and BACKEND == "inductor" else None
 
 
+def _mm_limits(rows: int) -> dict[str, int]:
+    """The largest (rows, K) x (K, N) products that a CPU step computes as generated loops."""
+    return {"cpu_max_first_dimension_decomposition": rows, "cpu_max_other_dimension_decomposition": 4096}
+
+
 def compile_options(device: torch.device, batch: int) -> dict | None:
-    """Inductor options for a CPU step: (batch, K) x (K, N) products up to N = 4096 as generated loops."""
+    """Inductor options for a CPU step: the memory-bound mm decomposition on, with `_mm_limits`."""
     if device.type != "cpu" or BACKEND != "inductor":
         return None
-    limits = {"cpu_max_first_dimension_decomposition": batch, "cpu_max_other_dimension_decomposition": 4096}
     # The step's inputs are its own fixed buffers and the model's parameters: no per-call shape checks.
-    return {"post_grad_fusion_options": {"decompose_mm_pass": limits}, "size_asserts": False}
+    return {"post_grad_fusion_options": {"decompose_mm_pass": _mm_limits(batch)}, "size_asserts": False}
+
+
+@contextlib.contextmanager
+def _decomposition_limits(device: torch.device, rows: int):
+    """While a CPU step of `rows` token rows compiles, hold `_mm_limits(rows)` where inductor reads them: its
+    decomposition pass takes the limits from module globals fixed at import, so the options above only switch
+    the pass on. Without this, products of more than one row stay BLAS calls."""
+    try:
+        from torch._inductor.fx_passes import decompose_mem_bound_mm as mm
+    except ImportError:  # another torch layout: the pass keeps its own limits
+        mm = None
+    limits = _mm_limits(rows)
+    if mm is None or compile_options(device, rows) is None or not all(hasattr(mm, k) for k in limits):
+        yield
+        return
+    saved = {name: getattr(mm, name) for name in limits}
+    for name, value in limits.items():
+        setattr(mm, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(mm, name, value)
 
 
 _STANCE = getattr(torch.compiler, "set_stance", None)
@@ -132,7 +159,8 @@ class StaticDecoder:
                 out = step(buffer, pad)
         else:
             t0 = time.perf_counter()
-            out = step(buffer, pad)
+            with _decomposition_limits(buffer.device, buffer.numel()):
+                out = step(buffer, pad)
             self._compiled.add((step, shape))
             self.compile_seconds = time.perf_counter() - t0
             print(f"compiled the decode step in {self.compile_seconds:.1f} s (kept for this process)", file=sys.stderr)
