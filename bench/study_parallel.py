@@ -54,6 +54,46 @@ def one_run_alone(out: Path, serial: Path, threads: int) -> float:
     return time.perf_counter() - t0
 
 
+def measure(jobs: int, threads: int, steps: int, seeds: int, data: str | None) -> dict:
+    """Wall seconds of the serial study, the parallel one and the ideal, and the largest loss difference."""
+    with tempfile.TemporaryDirectory(prefix="lmlab-study-bench-") as tmp:
+        root = Path(tmp)
+        serial_s, serial = timed_study(root / "serial", seeds, steps, data, None)
+        placement = Placement(jobs=jobs, threads_per_job=threads)
+        parallel_s, parallel = timed_study(root / "parallel", seeds, steps, data, placement)
+        alone_s = one_run_alone(root / "alone", root / "serial", threads)
+    runs = 2 * seeds
+    diffs = [
+        abs(a - b)
+        for ra, rb in zip(serial["rows"], parallel["rows"], strict=True)
+        for a, b in zip(ra["losses"], rb["losses"], strict=True)
+    ]
+    return {
+        "runs": runs,
+        "jobs": jobs,
+        "threads": threads,
+        "serial_s": serial_s,
+        "parallel_s": parallel_s,
+        "alone_s": alone_s,
+        "ideal_s": alone_s * runs / jobs,
+        "max_loss_diff": max(diffs),
+    }
+
+
+def table(m: dict) -> list[str]:
+    """The three wall times against the ideal, as Markdown."""
+    ideal = m["ideal_s"]
+    return [
+        "| study | wall s | vs ideal |",
+        "| --- | ---: | ---: |",
+        f"| serial (one process, every core) | {m['serial_s']:.1f} | {m['serial_s'] / ideal:.2f}x |",
+        f"| `--jobs {m['jobs']} --threads-per-job {m['threads']}` | {m['parallel_s']:.1f} | "
+        f"**{m['parallel_s'] / ideal:.2f}x** |",
+        f"| ideal: one run alone on {m['threads']} thread(s) ({m['alone_s']:.1f} s) x {m['runs']} / {m['jobs']} "
+        f"| {ideal:.1f} | 1.00x |",
+    ]
+
+
 def main() -> None:
     """Measure and print."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -64,36 +104,14 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="corpus (default the built-in one)")
     args = ap.parse_args()
     threads = args.threads_per_job or max(1, (os.cpu_count() or 1) // args.jobs)
-    with tempfile.TemporaryDirectory(prefix="lmlab-study-bench-") as tmp:
-        root = Path(tmp)
-        serial_s, serial = timed_study(root / "serial", args.seeds, args.steps, args.data, None)
-        parallel_s, parallel = timed_study(
-            root / "parallel",
-            args.seeds,
-            args.steps,
-            args.data,
-            Placement(jobs=args.jobs, threads_per_job=threads),
-        )
-        alone_s = one_run_alone(root / "alone", root / "serial", threads)
-    runs = 2 * args.seeds
-    ideal_s = alone_s * runs / args.jobs
-    diffs = [
-        abs(a - b)
-        for ra, rb in zip(serial["rows"], parallel["rows"], strict=True)
-        for a, b in zip(ra["losses"], rb["losses"], strict=True)
-    ]
-    print(f"{runs} runs (2 variants x {args.seeds} seeds, {args.steps} steps each), {os.cpu_count()} cores")
-    print("| study | wall s | vs ideal |")
-    print("| --- | ---: | ---: |")
-    print(f"| serial (one process, every core) | {serial_s:.1f} | {serial_s / ideal_s:.2f}x |")
-    print(f"| --jobs {args.jobs} --threads-per-job {threads} | {parallel_s:.1f} | {parallel_s / ideal_s:.2f}x |")
+    m = measure(args.jobs, threads, args.steps, args.seeds, args.data)
+    print(f"{m['runs']} runs (2 variants x {args.seeds} seeds, {args.steps} steps each), {os.cpu_count()} cores")
+    print("\n".join(table(m)))
     print(
-        f"| ideal (one run alone on {threads} threads: {alone_s:.1f} s) x {runs} / {args.jobs} | {ideal_s:.1f} | 1.00x |"
+        f"parallel within {100 * (m['parallel_s'] / m['ideal_s'] - 1):+.1f}% of ideal; "
+        f"serial / parallel {m['serial_s'] / m['parallel_s']:.2f}x"
     )
-    print(
-        f"parallel within {100 * (parallel_s / ideal_s - 1):+.1f}% of ideal; serial / parallel {serial_s / parallel_s:.2f}x"
-    )
-    print(f"largest difference between the two studies' final losses: {max(diffs):.2g}")
+    print(f"largest difference between the two studies' final losses: {m['max_loss_diff']:.2g}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ class _Side:
         self.length = length
 
 
+_CATCH_UP = 4  # up to this many tokens are fed to a compiled side one compiled step at a time
+
+
 class _CompiledSide(_Side):
     """The same over the process's static caches: a draft's one-token steps and a verification pass of
     `width` tokens go through compiled steps; other lengths (the prompt, a catch-up) run eagerly."""
@@ -110,10 +113,10 @@ class _CompiledSide(_Side):
     def feed(self, tokens: list[int]) -> Tensor:
         ids = torch.tensor([tokens], device=self.device)
         self.length += len(tokens)
-        if len(tokens) == 1:
-            return self.decoder.decode(ids, None)
-        if len(tokens) == self.width:
+        if len(tokens) == self.width > 1:
             return self.decoder.decode_all(ids)[0]
+        if len(tokens) <= _CATCH_UP:  # a catch-up of a few tokens (all k accepted): compiled steps beat an eager pass
+            return torch.cat([self.decoder.decode(ids[:, i : i + 1], None) for i in range(len(tokens))])
         return self.model(ids, cache=self.cache).logits[0].float()
 
 
@@ -202,11 +205,14 @@ class _Rule:
         self.options = {name: sampling.get(name) for name in ("top_k", "top_p", "min_p")}
         self.options["repetition_penalty"] = sampling.get("repetition_penalty", 1.0)
         self.device = device
+        self.no_context = torch.zeros(0, dtype=torch.long, device=device)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ()).item()))
 
     def dist(self, logits: Tensor, context: list[int]) -> Tensor:
         """The distribution (V,) plain sampling draws from after `context`."""
+        if self.options["repetition_penalty"] == 1.0:  # the context changes nothing: not built per position
+            return _dist(logits, self.no_context, self.temperature, self.options)
         return _dist(logits, torch.tensor(context, device=self.device), self.temperature, self.options)
 
     def sample(self, dist: Tensor) -> int:
