@@ -100,8 +100,9 @@ _CATCH_UP = 4  # up to this many tokens are fed to a compiled side one compiled 
 
 
 class _CompiledSide(_Side):
-    """The same over the process's static caches: a draft's one-token steps and a verification pass of
-    `width` tokens go through compiled steps; other lengths (the prompt, a catch-up) run eagerly."""
+    """The same over the process's static caches: a verification pass of `width` tokens is one compiled step,
+    up to `_CATCH_UP` tokens (a draft's step, a catch-up) are compiled one-token steps, and longer inputs (the
+    prompt) run eagerly through the same caches."""
 
     def __init__(self, model, decoder, width: int, device) -> None:
         self.model, self.device, self.decoder, self.width = model, device, decoder, width
