@@ -35,6 +35,7 @@ import study_parallel
 import train_speed_vs_hf
 
 from lmlab.data.sources import load_corpus
+from lmlab.docgen import HIDE_TOC
 from lmlab.pipeline.ablate import markdown_table, run_ablation
 from lmlab.track import compare
 from lmlab.track.plots import plot_curves
@@ -231,6 +232,7 @@ def main() -> None:
     shakespeare = load_corpus("shakespeare").text  # fails fast, with the fix, when it is not available offline
     (args.out.parent / "results").mkdir(parents=True, exist_ok=True)
     page = [
+        *HIDE_TOC,  # the wide tables take the contents column's width
         "# Results",
         "",
         "Every section names the command that measured it. One command runs them all and rewrites this page,",

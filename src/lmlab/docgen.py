@@ -121,6 +121,8 @@ def _type_name(annotation) -> str:
 
 # Wide generated tables get the page's width: no table-of-contents column beside them.
 HIDE_TOC = ["---", "hide:", "  - toc", "---", ""]
+# the configuration tables have six columns of names that must not break: they take the whole width
+HIDE_NAV_TOC = ["---", "hide:", "  - navigation", "  - toc", "---", ""]
 
 
 def _value(v) -> str:
@@ -153,7 +155,7 @@ def config_reference() -> str:
         if not opt.hidden  # the foreign spellings are documented on the Coming from nanoGPT page
     }
     out = [
-        *HIDE_TOC,
+        *HIDE_NAV_TOC,
         "# Configuration reference",
         "",
         "Generated from the pydantic schema at build time. Every field is a YAML/JSON key",
