@@ -57,8 +57,11 @@ def compile_options(device: torch.device, batch: int) -> dict | None:
     """Inductor options for a CPU step: the memory-bound mm decomposition on, with `_mm_limits`."""
     if device.type != "cpu" or BACKEND != "inductor":
         return None
+    # The pass ignores keys it does not know, but inductor's on-disk cache keys on them: steps compiled
+    # before `_decomposition_limits` held the limits (their products left to BLAS) are never read back.
+    limits = {**_mm_limits(batch), "lmlab_limits_held": True}
     # The step's inputs are its own fixed buffers and the model's parameters: no per-call shape checks.
-    return {"post_grad_fusion_options": {"decompose_mm_pass": _mm_limits(batch)}, "size_asserts": False}
+    return {"post_grad_fusion_options": {"decompose_mm_pass": limits}, "size_asserts": False}
 
 
 @contextlib.contextmanager
