@@ -155,7 +155,9 @@ class StaticDecoder:
         """Run a compiled step; the process's first call of a step compiles it and says how long that took.
         CUDA graphs reuse their output buffers at the next replay, so those outputs are copied."""
         shape = tuple(token.shape)
-        buffer = self._inputs.setdefault(shape, torch.zeros_like(token))
+        buffer = self._inputs.get(shape)
+        if buffer is None:
+            buffer = self._inputs[shape] = torch.zeros_like(token)
         buffer.copy_(token)
         if (step, shape) in self._compiled:
             with _warm_guards():
