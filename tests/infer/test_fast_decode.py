@@ -74,13 +74,19 @@ def test_every_attention_decodes_fast_or_says_why(attn, pos, graph_only):
     assert torch.equal(generate(model, prompts, 12, temperature=0, pad=pad, draft=draft, draft_tokens=2), plain)
 
 
-def test_inductor_compiles_the_step_once_and_keeps_it(capsys, monkeypatch):
+@pytest.fixture
+def compiled_here():
+    """Inductor compiles in the test, with no on-disk cache to read a step back from (`config.patch`: a
+    monkeypatched inductor config does not come back after the undo)."""
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        yield
+
+
+def test_inductor_compiles_the_step_once_and_keeps_it(capsys, compiled_here):
     """The real compiler, once in the suite: same greedy tokens, compile time reported once per process, and
     a batch's (rows, K) x (K, N) products compiled as generated loops (not left to BLAS)."""
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # compiled here, not read from disk
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
     torch.manual_seed(0)
     model = build_model(tiny_cfg("llama", max_seq_len=32)).eval()
     prompt = torch.randint(0, 61, (2, 5))
@@ -90,6 +96,23 @@ def test_inductor_compiles_the_step_once_and_keeps_it(capsys, monkeypatch):
     assert torch.equal(generate(model, prompt, 20, temperature=0, compile=True), plain)
     assert capsys.readouterr().err.count("compiled the decode step in") == 1
     assert counters["inductor"]["decompose_mm"] - before >= model.config.n_layer  # the 2-row products as loops
+
+
+def test_products_of_several_rows_with_a_weight_past_the_l2_cache_read_it_once(compiled_here):
+    """A 2-row product whose weight does not fit in a core's L2 is rewritten to loops over the weight's rows
+    (with and without a bias) and gives F.linear's values."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    width = static_decode._l2_bytes() // (4 * 1024) + 16  # a (width, 1024) float32 weight is just past the L2
+    biased, plain = torch.nn.Linear(1024, width), torch.nn.Linear(1024, width, bias=False)
+    x = torch.randn(2, 1024)
+    step = torch.compile(lambda x: biased(x) + plain(x), options=static_decode.compile_options(x.device, 2))
+    before = counters["lmlab"]["weight_stationary_mm"]
+    with torch.no_grad():
+        out = step(x)
+        torch.testing.assert_close(out, biased(x) + plain(x), rtol=1e-4, atol=1e-4)
+    assert counters["lmlab"]["weight_stationary_mm"] - before == 2
 
 
 def _chi2_critical(df: int, alpha_z: float = 3.09) -> float:
