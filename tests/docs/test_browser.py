@@ -28,7 +28,7 @@ WIDTH = 1280
 SPARE = 48
 
 MEASURE = r"""
-const SPARE = %d;
+const SPARE = arguments[0];
 const article = document.querySelector('article') || document.body;
 const box = article.getBoundingClientRect();
 const out = {page: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
@@ -43,8 +43,9 @@ for (const el of article.querySelectorAll('*')) {
 for (const t of article.querySelectorAll('table')) {  // its narrowest layout, not the one it has here
   const holder = t.closest('.md-typeset__scrollwrap') || t.parentElement;
   const width = t.style.width; t.style.width = 'min-content'; const least = t.scrollWidth; t.style.width = width;
+  const before = (t.closest('.md-typeset__scrollwrap') || t).previousElementSibling;  // names which table
   if (least > holder.clientWidth - SPARE)
-    out.tables.push(`needs ${least} of ${holder.clientWidth} px: ${t.previousElementSibling ? t.previousElementSibling.innerText.slice(0, 60) : ''} / ${t.rows[0] ? t.rows[0].innerText.slice(0, 60) : ''}`);
+    out.tables.push(`needs ${least} of ${holder.clientWidth} px: ${before ? before.innerText.slice(0, 60) : ''} / ${t.rows[0] ? t.rows[0].innerText.slice(0, 60) : ''}`);
 }
 const lines = node => {  // rectangles that do not overlap vertically are on different lines (a <sup> does)
   const r = document.createRange(); r.selectNodeContents(node);
@@ -117,7 +118,7 @@ def test_every_page_fits_1280px_with_no_broken_name_image_or_link(site, served, 
     problems, links = [], set()
     for page in pages:
         browser.get(f"{served}/{page}")
-        found = browser.execute_script(MEASURE % SPARE)
+        found = browser.execute_script(MEASURE, SPARE)
         scroll, client = found["page"]
         if scroll > client:
             problems.append(f"{page}: the page scrolls sideways ({scroll} > {client} px)")

@@ -13,6 +13,7 @@ from lmlab.model.build import build_model
 from lmlab.model.generate import generate, left_pad
 from lmlab.model.speculative import DraftStats
 from lmlab.registry import ATTN
+from lmlab.utils.hardware import cpu_l2_bytes
 from tests.conftest import tiny_cfg
 from tests.helpers import SMALL_SPARSE, legal_grid
 
@@ -104,7 +105,7 @@ def test_products_of_several_rows_with_a_weight_past_the_l2_cache_read_it_once(c
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    width = static_decode._l2_bytes() // (4 * 1024) + 16  # a (width, 1024) float32 weight is just past the L2
+    width = cpu_l2_bytes() // (4 * 1024) + 16  # a (width, 1024) float32 weight is just past the L2
     biased, plain = torch.nn.Linear(1024, width), torch.nn.Linear(1024, width, bias=False)
     x = torch.randn(2, 1024)
     step = torch.compile(lambda x: biased(x) + plain(x), options=static_decode.compile_options(x.device, 2))

@@ -20,7 +20,6 @@ import inspect
 import sys
 import time
 import weakref
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -59,26 +58,14 @@ def _mm_limits(rows: int) -> dict[str, int]:
 STATIONARY_ROWS = 16
 
 
-def _l2_bytes() -> int:
-    """One core's L2 cache in bytes, as Linux reports it (1 MiB where it does not)."""
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            if (index / "level").read_text().strip() == "2":
-                size = (index / "size").read_text().strip()
-                return int(size.rstrip("KM")) * {"K": 1024, "M": 1024**2}.get(size[-1], 1)
-        except (OSError, ValueError):
-            break
-    return 1024**2
-
-
 @functools.cache
-def weight_stationary_pass(rows: int):
+def weight_stationary_pass() -> object | None:
     """An inductor graph pass (None where this torch lacks the hooks) that computes each CPU product of 2 to
-    `rows` token rows, (M, K) x (K, N), whose weight is larger than a core's L2 cache, as loops over the
-    weight's rows: out.T[n] = W[n] . x[m] for every m, so each weight row is read once for all M token rows,
-    where inductor's own decomposition reads the whole weight once per token row. A batch step or a
-    speculative pass is otherwise M one-token steps of memory traffic (6L/384D: a 5-token pass takes 2.4 ms
-    instead of 3.1 ms). One-row products, and weights that stay in the cache, are left to inductor's
+    `STATIONARY_ROWS` token rows, (M, K) x (K, N), whose weight is larger than a core's L2 cache, as loops
+    over the weight's rows: out.T[n] = W[n] . x[m] for every m, so each weight row is read once for all M
+    token rows, where inductor's own decomposition reads the whole weight once per token row. A batch step
+    or a speculative pass is otherwise M one-token steps of memory traffic (6L/384D: a 5-token pass takes
+    2.4 ms instead of 3.1 ms). One-row products, and weights that stay in the cache, are left to inductor's
     decomposition, which is faster for them."""
     try:
         from torch._dynamo.utils import counters
@@ -86,50 +73,56 @@ def weight_stationary_pass(rows: int):
         from torch._inductor.pattern_matcher import Arg, CallFunction, PatternMatcherPass, register_graph_pattern
     except ImportError:
         return None
-    aten = torch.ops.aten
-    patterns = PatternMatcherPass()
-    widest, l2 = _mm_limits(rows)["cpu_max_other_dimension_decomposition"], _l2_bytes()
+    from lmlab.utils.hardware import cpu_l2_bytes
 
-    def fits(a, b) -> bool:
-        a, b = a.meta.get("val"), b.meta.get("val")
-        return (
-            isinstance(a, Tensor)
-            and isinstance(b, Tensor)
-            and a.device.type == b.device.type == "cpu"
-            and a.dim() == b.dim() == 2
-            and 1 < a.shape[0] <= rows
-            and max(b.shape) <= widest
-            and b.numel() * b.element_size() > l2  # a weight in the core's cache costs little to read again
-        )
+    aten, patterns, l2 = torch.ops.aten, PatternMatcherPass(), cpu_l2_bytes()
 
-    def by_weight_rows(a: Tensor, b: Tensor) -> Tensor:
-        # copied back to (M, N): the ops that follow keep their row-major loops (read through the transpose,
-        # inductor re-tiled them, and a step got slower than without the pass)
-        return (b.t()[:, None, :] * a[None, :, :]).sum(-1).t().contiguous()
-
-    def rewrite(match, example, rows, *inputs) -> None:
+    def rewrite(match, a, b, bias=None) -> None:
+        if not _stationary_fits(a.meta.get("val"), b.meta.get("val"), l2):
+            return
         counters["lmlab"]["weight_stationary_mm"] += 1
-        match.replace_by_example(example, list(inputs))
-        rows.meta["inductor_realize_to_strides"] = True  # computed once, not again in every weight row's loop
+        if bias is None:
+            match.replace_by_example(_by_weight_rows, [a, b])
+        else:
+            match.replace_by_example(lambda bias, a, b: _by_weight_rows(a, b) + bias, [bias, a, b])
+        a.meta["inductor_realize_to_strides"] = True  # computed once, not again in every weight row's loop
 
     @register_graph_pattern(CallFunction(aten.mm, Arg(), Arg()), pass_dict=patterns)
     def _mm(match, a, b) -> None:
-        if fits(a, b):
-            rewrite(match, by_weight_rows, a, a, b)
+        rewrite(match, a, b)
 
     @register_graph_pattern(CallFunction(aten.addmm, Arg(), Arg(), Arg()), pass_dict=patterns)
     def _addmm(match, bias, a, b) -> None:
-        if fits(a, b):
-            rewrite(match, lambda bias, a, b: by_weight_rows(a, b) + bias, a, bias, a, b)
+        rewrite(match, a, b, bias)
 
     class WeightStationary(CustomGraphPass):
         def __call__(self, graph) -> None:
             patterns.apply(graph)
 
         def uuid(self) -> str:  # inductor's on-disk cache keys on it
-            return f"lmlab-weight-stationary-{rows}-{l2}-1"
+            return f"lmlab-weight-stationary-{STATIONARY_ROWS}-{l2}-1"
 
     return WeightStationary()
+
+
+def _stationary_fits(a, b, l2: int) -> bool:
+    """Whether `weight_stationary_pass` rewrites a CPU product of `a` (M, K) with `b` (K, N)."""
+    return (
+        isinstance(a, Tensor)
+        and isinstance(b, Tensor)
+        and a.device.type == b.device.type == "cpu"
+        and a.dim() == b.dim() == 2
+        and 1 < a.shape[0] <= STATIONARY_ROWS
+        and max(b.shape) <= _mm_limits(STATIONARY_ROWS)["cpu_max_other_dimension_decomposition"]
+        and b.numel() * b.element_size() > l2  # a weight in the core's cache costs little to read again
+    )
+
+
+def _by_weight_rows(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b computed as (b.T's rows . a's rows).T: loops over the weight's rows, each read once."""
+    # copied back to (M, N): the ops that follow keep their row-major loops (read through the transpose,
+    # inductor re-tiled them, and a step got slower than without the pass)
+    return (b.t()[:, None, :] * a[None, :, :]).sum(-1).t().contiguous()
 
 
 def compile_options(device: torch.device, batch: int) -> dict | None:
@@ -142,7 +135,7 @@ def compile_options(device: torch.device, batch: int) -> dict | None:
     limits = {**_mm_limits(batch), "lmlab_limits_held": True}
     # The step's inputs are its own fixed buffers and the model's parameters: no per-call shape checks.
     options = {"post_grad_fusion_options": {"decompose_mm_pass": limits}, "size_asserts": False}
-    rows_pass = weight_stationary_pass(STATIONARY_ROWS)
+    rows_pass = weight_stationary_pass()
     return options if rows_pass is None else {**options, "post_grad_custom_pre_pass": rows_pass}
 
 

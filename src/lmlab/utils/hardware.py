@@ -40,6 +40,18 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags
 
 
+def cpu_l2_bytes() -> int:
+    """One core's L2 cache in bytes, as Linux reports it (1 MiB where it does not)."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip()
+                return int(size.rstrip("KM")) * {"K": 1024, "M": 1024**2}.get(size[-1], 1)
+        except (OSError, ValueError):
+            break
+    return 1024**2
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` -> bf16 on GPUs (and CPUs) with native bf16, fp16 on older GPUs, else fp32."""
     if precision != "auto":
