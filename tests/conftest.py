@@ -48,6 +48,14 @@ def corpus_file(tmp_path, small_text):
     return path
 
 
+@pytest.fixture
+def compiled_here():
+    """Inductor compiles in the test, with no on-disk cache to read a step back from (`config.patch`: a
+    monkeypatched inductor config does not come back after the undo)."""
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        yield
+
+
 def tiny_cfg(preset: str = "llama", **overrides):
     """A small validated ModelConfig from a preset."""
     from lmlab.config import ModelConfig

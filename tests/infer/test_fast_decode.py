@@ -11,6 +11,7 @@ import lmlab.model.static_decode as static_decode
 from lmlab.errors import ConfigError
 from lmlab.model.build import build_model
 from lmlab.model.generate import generate, left_pad
+from lmlab.model.kernel_replay import KernelReplay
 from lmlab.model.speculative import DraftStats
 from lmlab.registry import ATTN
 from lmlab.utils.hardware import cpu_l2_bytes
@@ -75,14 +76,6 @@ def test_every_attention_decodes_fast_or_says_why(attn, pos, graph_only):
     assert torch.equal(generate(model, prompts, 12, temperature=0, pad=pad, draft=draft, draft_tokens=2), plain)
 
 
-@pytest.fixture
-def compiled_here():
-    """Inductor compiles in the test, with no on-disk cache to read a step back from (`config.patch`: a
-    monkeypatched inductor config does not come back after the undo)."""
-    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
-        yield
-
-
 def test_inductor_compiles_the_step_once_and_keeps_it(capsys, compiled_here):
     """The real compiler, once in the suite: same greedy tokens, compile time reported once per process, and
     a batch's (rows, K) x (K, N) products compiled as generated loops (not left to BLAS)."""
@@ -97,6 +90,39 @@ def test_inductor_compiles_the_step_once_and_keeps_it(capsys, compiled_here):
     assert torch.equal(generate(model, prompt, 20, temperature=0, compile=True), plain)
     assert capsys.readouterr().err.count("compiled the decode step in") == 1
     assert counters["inductor"]["decompose_mm"] - before >= model.config.n_layer  # the 2-row products as loops
+
+
+def test_compiled_cpu_steps_replay_their_kernels_until_the_weights_move(compiled_here, monkeypatch):
+    """After a step's first compiled calls, its kernels are replayed (the tokens stay plain greedy's); new
+    weight tensors put in the model give a fresh decoder, whose replays read the new weights."""
+    replays, replay = [], KernelReplay.__call__
+    monkeypatch.setattr(KernelReplay, "__call__", lambda self: replays.append(self) or replay(self))
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", max_seq_len=32)).eval()
+    prompt = torch.randint(0, 61, (1, 5))
+    assert torch.equal(
+        generate(model, prompt, 20, temperature=0, compile=True), generate(model, prompt, 20, temperature=0)
+    )
+    # 19 compiled steps after the prompt's: one compiles, one is recorded and a replay of it checked, 17 replay
+    assert len(replays) == 18
+    with torch.no_grad():
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    assert torch.equal(
+        generate(model, prompt, 20, temperature=0, compile=True), generate(model, prompt, 20, temperature=0)
+    )
+    assert len(replays) == 2 * 18
+
+
+def test_compiled_speculative_decoding_replays_the_draft_steps_and_the_verification_pass(compiled_here):
+    """The verification pass of several tokens (attention's products left to BLAS, recorded with the
+    kernels) and the draft's steps replay exactly: greedy output equals plain greedy's."""
+    model, draft = _pair("gpt2")
+    prompt = torch.randint(0, 61, (1, 6))
+    plain = generate(model, prompt, 24, temperature=0)
+    assert torch.equal(generate(model, prompt, 24, temperature=0, draft=draft, draft_tokens=3, compile=True), plain)
+    for net in (model, draft):
+        (decoder,) = static_decode._DECODERS[net].values()
+        assert decoder._replays and all(isinstance(r, KernelReplay) for r in decoder._replays.values())
 
 
 def test_products_of_several_rows_with_a_weight_past_the_l2_cache_read_it_once(compiled_here):

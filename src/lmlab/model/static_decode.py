@@ -8,8 +8,9 @@ token inside the compiled step, so a step is one call with no eager work around 
 
 On CPU a one-token step is made of matrix-vector products far too small for a BLAS call's fixed cost,
 so the step is compiled with them as generated loops (inductor's memory-bound mm decomposition) and
-attention as explicit math, which inductor fuses; once compiled, only the guards that tell the cached
-steps apart are checked per call.
+attention as explicit math, which inductor fuses. A step's second call is recorded, and later calls
+replay its kernels on the same buffers (`kernel_replay`, the CPU counterpart of a CUDA graph): at 4L/128D
+this halves a step, most of which was Dynamo's entry and inductor's wrapper allocating its buffers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from lmlab.attn.base import CausalSelfAttention
 from lmlab.attn.kv_cache import StaticKVCache
+from lmlab.model.kernel_replay import KernelReplay, capture
 
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, max_len): decoder}
 BACKEND = "inductor"  # the tests' grid uses "aot_eager": the same graph and caches without code generation
@@ -172,6 +174,14 @@ def _warm_guards():
     return _STANCE("default", skip_guard_eval_unsafe=True) if _SKIP_GUARDS else contextlib.nullcontext()
 
 
+def _fused_attention(tokens: Tensor):
+    """On CPU, a step's attention over its few queries as explicit math, which inductor fuses into the step's
+    kernels: the flash kernel would be a library call between them, and a step must be kernels alone to be
+    replayed (`kernel_replay`)."""
+    few = tokens.device.type == "cpu" and tokens.shape[1] <= STATIONARY_ROWS
+    return torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH) if few else contextlib.nullcontext()
+
+
 class StaticDecoder:
     """Static caches for `batch` rows of up to `max_len` positions and the compiled one-token step."""
 
@@ -190,17 +200,21 @@ class StaticDecoder:
         self.greedy_step = torch.compile(self._greedy_step, **compiled)
         self.all_step = torch.compile(self._all_step, **compiled)
         self.compile_seconds: float | None = None
-        self._compiled: set = set()  # the (step, input shape) pairs this decoder has run once (and so compiled)
-        self._inputs: dict[tuple, Tensor] = {}  # one input buffer per step shape: fixed addresses, every step
+        self._compiled: set = set()  # the (step, input shapes) keys this decoder has run once (and so compiled)
+        self._inputs: dict[tuple, tuple] = {}  # (token, pad) buffers per key: fixed addresses, every step
+        # CPU steps replay their recorded kernels (`kernel_replay`), the CPU counterpart of CUDA graphs
+        self.replayable = p.device.type == "cpu" and BACKEND == "inductor"
+        self._replays: dict[tuple, KernelReplay | None] = {}
+        self.signature = _signature(model)  # where the weights were when the steps were compiled and recorded
+        self._said = False
 
     def _step(self, token: Tensor, pad: Tensor | None) -> Tensor:
-        one_query_on_cpu = token.device.type == "cpu" and token.shape[1] == 1  # math that inductor fuses
-        math = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)
-        with math if one_query_on_cpu else contextlib.nullcontext():
+        with _fused_attention(token):
             return self.model(token, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
 
     def _all_step(self, tokens: Tensor, pad: Tensor | None) -> Tensor:
-        return self.model(tokens, cache=self.caches, pad=pad).logits.float()
+        with _fused_attention(tokens):
+            return self.model(tokens, cache=self.caches, pad=pad).logits.float()
 
     def _greedy_step(self, token: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
         logp = self._step(token, pad).log_softmax(-1)
@@ -211,7 +225,7 @@ class StaticDecoder:
         """Empty the caches, run the prompt through them eagerly; last-position logits (B, V) in float32."""
         for cache in self.caches:
             cache.reset()
-        return self._step(ids, pad)
+        return self.model(ids, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
 
     def decode(self, token: Tensor, pad: Tensor | None) -> Tensor:
         """One compiled step on (B, 1) new tokens: last-position logits (B, V) in float32."""
@@ -227,26 +241,54 @@ class StaticDecoder:
         return self._call(self.greedy_step, token, pad)
 
     def _call(self, step, token: Tensor, pad: Tensor | None):
-        """Run a compiled step; the process's first call of a step compiles it and says how long that took.
-        CUDA graphs reuse their output buffers at the next replay, so those outputs are copied."""
-        shape = tuple(token.shape)
-        buffer = self._inputs.get(shape)
-        if buffer is None:
-            buffer = self._inputs[shape] = torch.zeros_like(token)
-        buffer.copy_(token)
-        if (step, shape) in self._compiled:
-            with _warm_guards():
-                out = step(buffer, pad)
-        else:
+        """Run a compiled step; the process's first call of a step compiles it and says how long that took, the
+        second records it for `kernel_replay` on CPU, and later calls replay it when that was shown exact.
+        CUDA graphs and replays reuse their output buffers at the next run, so those outputs are copied."""
+        key = (step, tuple(token.shape), None if pad is None else tuple(pad.shape))
+        inputs = self._inputs.get(key)
+        if inputs is None:  # fixed addresses: a replay, or a CUDA graph, reads the same buffers every step
+            inputs = self._inputs[key] = (torch.zeros_like(token), None if pad is None else torch.zeros_like(pad))
+        inputs[0].copy_(token)
+        if pad is not None:
+            inputs[1].copy_(pad)
+        replay = self._replays.get(key)
+        if replay is not None:
+            return _copied(replay())
+        if key not in self._compiled:
             t0 = time.perf_counter()
-            with _decomposition_limits(buffer.device, buffer.numel()):
-                out = step(buffer, pad)
-            self._compiled.add((step, shape))
+            with _decomposition_limits(token.device, token.numel()):
+                out = step(*inputs)
+            self._compiled.add(key)
             self.compile_seconds = time.perf_counter() - t0
             print(f"compiled the decode step in {self.compile_seconds:.1f} s (kept for this process)", file=sys.stderr)
-        if self.cuda_graphs:
-            return out.clone() if isinstance(out, Tensor) else tuple(t.clone() for t in out)
+        elif key in self._replays or not self.replayable:
+            with _warm_guards():
+                out = step(*inputs)
+        else:  # the recorded call's outputs are the replays' buffers
+            return _copied(self._capture(key, step, inputs))
+        return _copied(out) if self.cuda_graphs else out
+
+    def _capture(self, key: tuple, step, inputs: tuple):
+        """Call the step once, recording it; keep the recording (None where it cannot be replayed: said once)."""
+        state = [t for cache in self.caches for t in (cache.k, cache.v, cache.length)]
+        with _warm_guards():
+            out, found = capture(lambda: step(*inputs), inputs[0], [t for t in inputs if t is not None], state)
+        self._replays[key] = found if isinstance(found, KernelReplay) else None
+        if self._replays[key] is None and not self._said:
+            self._said = True
+            print(f"compile: {found}; each step runs through the compiled call", file=sys.stderr)
         return out
+
+
+def _copied(out):
+    """A copy of a step's outputs (a tensor or a tuple of them), which the next run overwrites."""
+    return out.clone() if isinstance(out, Tensor) else tuple(t.clone() for t in out)
+
+
+def _signature(model) -> tuple:
+    """Where the model's parameters and buffers live, with their dtypes and shapes: the compiled steps were
+    made for these, and replays read these addresses."""
+    return tuple((t.data_ptr(), t.dtype, t.shape) for t in (*model.parameters(), *model.buffers()))
 
 
 def static_decoder(model, batch: int, max_len: int) -> StaticDecoder | None:
@@ -258,6 +300,6 @@ def static_decoder(model, batch: int, max_len: int) -> StaticDecoder | None:
         return None
     per_model = _DECODERS.setdefault(model, {})
     key = (batch, max_len)
-    if key not in per_model:
+    if key not in per_model or per_model[key].signature != _signature(model):  # new, or its weights moved
         per_model[key] = StaticDecoder(model, batch, max_len)
     return per_model[key]

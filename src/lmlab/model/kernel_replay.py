@@ -1,0 +1,167 @@
+"""Replaying a compiled CPU decode step's kernels on the same buffers: the CPU counterpart of a CUDA graph.
+
+On CPU, inductor compiles a decode step into one or a few generated C++ kernels, but every call also runs
+Dynamo's entry, AOTAutograd's runtime wrapper and inductor's Python wrapper, which allocates each
+intermediate buffer anew (about 70 at 4L/128D). For a small model that is more than half of a step.
+A static-cache step's inputs never move (fixed input buffers, the caches, the model's parameters), so,
+as a CUDA graph replays its kernel launches, the kernels can run again on the buffers of one recorded call.
+
+`capture` records one real call: the generated kernels and the library products that write into a buffer
+of the wrapper's (`extern_kernels.mm(..., out=buf)`), with their arguments. It keeps the recording only
+when it can show that replaying it is a call of the step: the wrapper does nothing else (any other
+operation, or a library call that returns a new tensor, keeps the compiled call), every input and state
+tensor is an argument of the recorded calls (no copy made outside them), and, from the state the recorded
+call left and with other tokens, a replay gives what a compiled call gives, bit for bit. Outputs live in
+the recording's buffers, overwritten by the next replay, as a CUDA graph's are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+# What inductor's wrapper may do besides calling its own kernels: allocate or view buffers, check their shapes
+# (fixed here), name dtypes, drop its arguments, and call a library product writing into a buffer (`out=`).
+_GLOBALS = {
+    "empty_strided_cpu",
+    "reinterpret_tensor",
+    "assert_size_stride",
+    "assert_alignment",
+    "torch",
+    "extern_kernels",
+}
+_OUT_VARIANTS = {"mm", "bmm", "addmm", "baddbmm", "bias_addmm"}
+_NAMES = _OUT_VARIANTS | {"clear"} | {name for name in dir(torch) if isinstance(getattr(torch, name), torch.dtype)}
+_KERNEL_PREFIX = "cpp_fused_"
+
+
+class KernelReplay:
+    """The kernel calls of one recorded call of a compiled step, with their arguments, and that call's outputs."""
+
+    def __init__(self, launches: list[tuple[Callable, tuple, dict]], outputs: object) -> None:
+        self.launches = launches
+        self.outputs = outputs
+
+    def __call__(self) -> object:
+        """Run the kernels again; the outputs are the recorded call's tensors, overwritten."""
+        for kernel, args, kwargs in self.launches:
+            kernel(*args, **kwargs)
+        return self.outputs
+
+
+def _wrapper_of(compiled_graph) -> tuple[dict, object] | str:
+    """(the generated module's globals, the wrapper's code) of one compiled graph, or why it is not replayable."""
+    call = getattr(compiled_graph, "current_callable", None)
+    function = getattr(call, "__func__", call)
+    code, names = getattr(function, "__code__", None), getattr(function, "__globals__", None)
+    if code is None or names is None:
+        return "inductor's wrapper is not Python code"
+    for name in code.co_names:
+        if name in names and not (name in _GLOBALS or name.startswith(_KERNEL_PREFIX)):
+            return f"the compiled step calls {name}, not only kernels"
+        if name not in names and name not in _NAMES:
+            return f"the compiled step's wrapper uses {name}"
+    return names, code
+
+
+class _Recorder:
+    """Stands for a kernel, or for inductor's namespace of library kernels, and notes each call."""
+
+    def __init__(self, target, launches: list, refusals: list) -> None:
+        self.target, self.launches, self.refusals = target, launches, refusals
+
+    def __getattr__(self, name: str) -> _Recorder:
+        return _Recorder(getattr(self.target, name), self.launches, self.refusals)
+
+    def __call__(self, *args, **kwargs):
+        name = getattr(self.target, "__name__", "")
+        if name in _OUT_VARIANTS and "out" not in kwargs:
+            self.refusals.append(f"the compiled step's {name} makes a new tensor")
+        self.launches.append((self.target, args, kwargs))
+        return self.target(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _recording(launches: list, wrappers: list, refusals: list):
+    """While inside, every compiled graph that runs is noted in `wrappers` and its kernels' calls in `launches`."""
+    try:
+        from torch._inductor.output_code import CompiledFxGraph
+    except ImportError:  # another torch layout: nothing is recorded, and `capture` says so
+        yield
+        return
+    original = CompiledFxGraph.__call__
+
+    def noted(graph, inputs):
+        found = _wrapper_of(graph)
+        wrappers.append(found)
+        if isinstance(found, str):
+            return original(graph, inputs)
+        names, code = found
+        called = {n: names[n] for n in code.co_names if n.startswith(_KERNEL_PREFIX) or n == "extern_kernels"}
+        names.update({n: _Recorder(kernel, launches, refusals) for n, kernel in called.items()})
+        try:
+            return original(graph, inputs)
+        finally:
+            names.update(called)
+
+    CompiledFxGraph.__call__ = noted
+    try:
+        yield
+    finally:
+        CompiledFxGraph.__call__ = original
+
+
+def _storage(t: Tensor) -> int:
+    """The address of a tensor's memory (a view and its base share it)."""
+    return t.untyped_storage().data_ptr()
+
+
+def _tensors(value) -> list[Tensor]:
+    """The tensors of an output (a tensor or a tuple of them)."""
+    return [value] if isinstance(value, Tensor) else [t for t in value if isinstance(t, Tensor)]
+
+
+def _clones(tensors) -> list[Tensor]:
+    return [t.clone() for t in tensors]
+
+
+def _put(tensors, values) -> None:
+    for t, value in zip(tensors, values, strict=True):
+        t.copy_(value)
+
+
+def capture(step: Callable[[], object], tokens: Tensor, inputs: Sequence[Tensor], state: Sequence[Tensor]):
+    """Run `step()` once (a step already compiled) and return (its outputs, a `KernelReplay` or one line saying
+    why the step cannot be replayed). `inputs` are the tensors the step reads afresh at every call, among them
+    the token ids `tokens`, and `state` those it updates in place (caches): each must be a kernel argument.
+    The check: from the state the call left, with other tokens, a replay must give what a compiled call gives
+    (outputs and state, bit for bit); state, tokens and outputs are then put back as the recorded call left them.
+    """
+    launches: list[tuple[Callable, tuple, dict]] = []
+    wrappers: list = []
+    refusals: list[str] = []
+    with _recording(launches, wrappers, refusals):
+        outputs = step()
+    if len(wrappers) != 1:
+        return outputs, f"the step ran {len(wrappers)} compiled graphs, not one"
+    if isinstance(wrappers[0], str) or refusals:
+        return outputs, wrappers[0] if isinstance(wrappers[0], str) else refusals[0]
+    used = {_storage(a) for _, args, kwargs in launches for a in (*args, *kwargs.values()) if isinstance(a, Tensor)}
+    if any(_storage(t) not in used for t in (*inputs, *state)):
+        return outputs, "the step reads a copy of its inputs made outside its kernels"
+    if any(_storage(t) not in used for t in _tensors(outputs)):
+        return outputs, "the step returns a copy of what its kernels wrote"
+    recorded, after, token_ids = _clones(_tensors(outputs)), _clones(state), tokens.clone()
+    tokens.copy_(torch.where(tokens > 0, tokens - 1, tokens + 1))  # other tokens, at the next positions
+    expected = _clones([*_tensors(step()), *state])
+    _put(state, after)
+    replay = KernelReplay(launches, outputs)
+    replay()
+    same = all(torch.equal(a, b) for a, b in zip([*_tensors(outputs), *state], expected, strict=True))
+    _put(state, after)
+    _put(_tensors(outputs), recorded)
+    tokens.copy_(token_ids)
+    return outputs, replay if same else "a replay of the step's kernels did not reproduce its call"
