@@ -73,6 +73,9 @@ def test_to_hf_round_trip(preset):
         torch.testing.assert_close(hf(x).logits, ours(x).logits, atol=1e-4, rtol=1e-4)
         back = from_hf(hf).eval()
         torch.testing.assert_close(back(x).logits, ours(x).logits, atol=1e-5, rtol=1e-5)
+    # no special ids from the family's defaults (GPT-2's 50256 is past this 61-token vocabulary): a tokenizer's
+    for config in (hf.config, hf.generation_config):
+        assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (None, None, None)
 
 
 def test_hf_greedy_generation_matches():

@@ -118,6 +118,11 @@ def gate_activation(cfg: ModelConfig) -> str:
     return FFN.get(cfg.ffn).gate_activation(cfg)
 
 
+# Special token ids are the tokenizer's (an exported run sets its own); a family's defaults (GPT-2's 50256,
+# Llama's 1 and 2) may lie outside this vocabulary, or stop transformers' generation at an ordinary token.
+NO_SPECIAL_TOKENS = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+
+
 def hf_config(cfg: ModelConfig, family: str) -> Any:
     """The transformers config of `family` that computes exactly what `cfg` does."""
     transformers = require("transformers", "hf")
@@ -135,6 +140,7 @@ def hf_config(cfg: ModelConfig, family: str) -> Any:
             embd_pdrop=cfg.dropout,
             attn_pdrop=cfg.dropout,
             tie_word_embeddings=cfg.tie_weights,
+            **NO_SPECIAL_TOKENS,
         )
     fields = dict(
         vocab_size=cfg.vocab_size,
@@ -150,6 +156,7 @@ def hf_config(cfg: ModelConfig, family: str) -> Any:
         tie_word_embeddings=cfg.tie_weights,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope.theta},
         attention_dropout=cfg.dropout,
+        **NO_SPECIAL_TOKENS,
     )
     if family == "llama":
         return transformers.LlamaConfig(**fields, attention_bias=cfg.qkv_bias, mlp_bias=cfg.ffn_bias)
