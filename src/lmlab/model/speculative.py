@@ -205,6 +205,9 @@ class _Rule:
         self.temperature = sampling.get("temperature", 1.0)
         self.options = {name: sampling.get(name) for name in ("top_k", "top_p", "min_p")}
         self.options["repetition_penalty"] = sampling.get("repetition_penalty", 1.0)
+        # Plain greedy: every distribution is the one-hot of the logits' argmax (top-k, top-p and min-p keep
+        # it), so proposals and checks compare argmaxes and no distribution is built.
+        self.greedy = self.temperature == 0 and self.options["repetition_penalty"] == 1.0
         self.device = device
         self.no_context = torch.zeros(0, dtype=torch.long, device=device)
         self.gen = torch.Generator(device=device)
@@ -225,6 +228,10 @@ class _Rule:
     def verify(self, seq: list[int], proposals: list[int], qs: list[Tensor], target: Tensor) -> list[int]:
         """The accepted proposals and one more token: the residual draw at the first rejection, or a draw
         from the last target distribution when every proposal is kept."""
+        if self.greedy:  # the residual of two one-hots at a rejection is the target's own one-hot
+            best = target[: len(proposals) + 1].argmax(-1).tolist()
+            kept = next((i for i, (x, b) in enumerate(zip(proposals, best, strict=False)) if x != b), len(proposals))
+            return [*proposals[:kept], best[kept]]
         for i, x in enumerate(proposals):
             p = self.dist(target[i], seq + proposals[:i])
             u = float(torch.rand((), generator=self.gen, device=self.device))
@@ -240,8 +247,8 @@ def _propose(draft: _Side, seq: list[int], k: int, rule: _Rule) -> tuple[list[in
     logits = draft.feed(seq[draft.length :])[-1]
     proposals, qs = [], []
     for i in range(k):
-        q = rule.dist(logits, seq + proposals)
-        proposals.append(rule.sample(q))
+        q = logits if rule.greedy else rule.dist(logits, seq + proposals)  # greedy: `verify` needs no q
+        proposals.append(int(q.argmax()) if rule.greedy else rule.sample(q))
         qs.append(q)
         if i + 1 < k:
             logits = draft.feed(proposals[-1:])[-1]
