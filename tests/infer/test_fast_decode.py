@@ -113,6 +113,20 @@ def test_compiled_cpu_steps_replay_their_kernels_until_the_weights_move(compiled
     assert len(replays) == 2 * 18
 
 
+def test_a_batch_with_and_then_without_left_padding_replays_its_own_steps(compiled_here):
+    """Padded and unpadded batches of one size are different steps, each compiled, recorded and replayed with
+    its own fixed buffers (the pad counts among them): both give plain greedy's tokens."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", max_seq_len=32)).eval()
+    padded, pad = left_pad([[5, 1, 7, 3, 9, 2], [11, 12]])
+    full = torch.randint(0, 61, (2, 6))
+    for prompts, counts in ((full, None), (padded, pad), (full, None)):
+        plain = generate(model, prompts, 12, temperature=0, pad=counts)
+        assert torch.equal(generate(model, prompts, 12, temperature=0, pad=counts, compile=True), plain)
+    (decoder,) = static_decode._DECODERS[model].values()
+    assert sum(isinstance(r, KernelReplay) for r in decoder._replays.values()) == 2
+
+
 def test_compiled_speculative_decoding_replays_the_draft_steps_and_the_verification_pass(compiled_here):
     """The verification pass of several tokens (attention's products left to BLAS, recorded with the
     kernels) and the draft's steps replay exactly: greedy output equals plain greedy's."""
