@@ -171,8 +171,11 @@ def decode_speed_section(args) -> list[str]:
         "",
         "Tokens per second. The percentages are the compiled speed's share of the GEMM floor, measured in every "
         "round beside the decoders. The floor calls the linear layers through the BLAS library one by one, so a "
-        "compiled step that runs them as generated loops (what it does on CPU) can pass it. Eager lmlab is "
-        f"{eager} transformers in the same rows. Compiling took {compile_s}.",
+        "compiled step that runs them as generated loops (what it does on CPU) can pass it. From a step's third "
+        "call on, CPU decoding replays the step's recorded kernels on the same buffers (`lmlab.model."
+        "kernel_replay`, the CPU counterpart of a CUDA graph), so a step costs its kernels, not Dynamo's entry "
+        f"and inductor's wrapper. Eager lmlab is {eager} transformers in the same rows. Compiling took "
+        f"{compile_s}.",
         "",
     ]
 
