@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from lmlab.model.kernel_replay import KernelReplay, capture
@@ -67,3 +69,23 @@ def test_a_function_that_runs_no_compiled_graph_is_refused():
     out, found = capture(lambda: state.add_(tokens), tokens, [tokens], [state])
     assert found == "the step ran 0 compiled graphs, not one"
     assert torch.equal(out, torch.ones(3))
+
+
+def test_a_compiled_graph_run_by_another_thread_during_a_recording_is_not_recorded(compiled_here):
+    from torch._inductor.output_code import CompiledFxGraph
+
+    compiled, _, state = _stepper(16, product=False)
+    other, x, tokens = torch.compile(lambda x: x * 3 + 1, dynamic=False), torch.randn(8), torch.tensor([3, 1, 4])
+    unpatched = CompiledFxGraph.__call__
+
+    def step_beside_another_thread():
+        beside = threading.Thread(target=other, args=(x,))
+        beside.start()
+        beside.join()
+        return compiled(tokens)
+
+    with torch.no_grad():
+        compiled(tokens), other(x)
+        _, replay = capture(step_beside_another_thread, tokens, [tokens], [state])
+    assert isinstance(replay, KernelReplay), replay
+    assert CompiledFxGraph.__call__ is unpatched

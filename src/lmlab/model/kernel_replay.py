@@ -18,6 +18,7 @@ the recording's buffers, overwritten by the next replay, as a CUDA graph's are.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -68,15 +69,19 @@ def _wrapper_of(compiled_graph) -> tuple[dict, object] | str:
 
 
 class _Recorder:
-    """Stands for a kernel, or for inductor's namespace of library kernels, and notes each call."""
+    """Stands for a kernel, or for inductor's namespace of library kernels, and notes each call made by the
+    recording thread (another thread's calls of the same kernels pass through)."""
 
     def __init__(self, target, launches: list, refusals: list) -> None:
         self.target, self.launches, self.refusals = target, launches, refusals
+        self.thread = threading.get_ident()
 
     def __getattr__(self, name: str) -> _Recorder:
         return _Recorder(getattr(self.target, name), self.launches, self.refusals)
 
     def __call__(self, *args, **kwargs):
+        if threading.get_ident() != self.thread:
+            return self.target(*args, **kwargs)
         name = getattr(self.target, "__name__", "")
         if name in _OUT_VARIANTS and "out" not in kwargs:
             self.refusals.append(f"the compiled step's {name} makes a new tensor")
@@ -84,34 +89,41 @@ class _Recorder:
         return self.target(*args, **kwargs)
 
 
+_ONE_AT_A_TIME = threading.Lock()  # recordings patch shared code: one thread records at a time
+
+
 @contextlib.contextmanager
 def _recording(launches: list, wrappers: list, refusals: list):
-    """While inside, every compiled graph that runs is noted in `wrappers` and its kernels' calls in `launches`."""
+    """While inside, every compiled graph that this thread runs is noted in `wrappers` and its kernels' calls in
+    `launches`."""
     try:
         from torch._inductor.output_code import CompiledFxGraph
     except ImportError:  # another torch layout: nothing is recorded, and `capture` says so
         yield
         return
-    original = CompiledFxGraph.__call__
+    with _ONE_AT_A_TIME:
+        original, thread = CompiledFxGraph.__call__, threading.get_ident()
 
-    def noted(graph, inputs):
-        found = _wrapper_of(graph)
-        wrappers.append(found)
-        if isinstance(found, str):
-            return original(graph, inputs)
-        names, code = found
-        called = {n: names[n] for n in code.co_names if n.startswith(_KERNEL_PREFIX) or n == "extern_kernels"}
-        names.update({n: _Recorder(kernel, launches, refusals) for n, kernel in called.items()})
+        def noted(graph, inputs):
+            if threading.get_ident() != thread:
+                return original(graph, inputs)
+            found = _wrapper_of(graph)
+            wrappers.append(found)
+            if isinstance(found, str):
+                return original(graph, inputs)
+            names, code = found
+            called = {n: names[n] for n in code.co_names if n.startswith(_KERNEL_PREFIX) or n == "extern_kernels"}
+            names.update({n: _Recorder(kernel, launches, refusals) for n, kernel in called.items()})
+            try:
+                return original(graph, inputs)
+            finally:
+                names.update(called)
+
+        CompiledFxGraph.__call__ = noted
         try:
-            return original(graph, inputs)
+            yield
         finally:
-            names.update(called)
-
-    CompiledFxGraph.__call__ = noted
-    try:
-        yield
-    finally:
-        CompiledFxGraph.__call__ = original
+            CompiledFxGraph.__call__ = original
 
 
 def _storage(t: Tensor) -> int:
