@@ -113,6 +113,18 @@ def test_compiled_cpu_steps_replay_their_kernels_until_the_weights_move(compiled
     assert len(replays) == 2 * 18
 
 
+def test_a_step_recorded_at_the_last_cache_slot_is_checked_within_the_cache(compiled_here):
+    """The check of a recording starts from the state before the recorded call: a step recorded at the
+    cache's last slot never writes past it (a kernel's bounds check inside an OpenMP region aborts)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("llama", max_seq_len=32)).eval()
+    prompt = torch.randint(0, 61, (1, 30))  # slot 30: compiles; slot 31, the last: recorded and checked
+    plain = generate(model, prompt, 3, temperature=0)
+    assert torch.equal(generate(model, prompt, 3, temperature=0, compile=True), plain)
+    (decoder,) = static_decode._DECODERS[model].values()
+    assert [type(r) for r in decoder._replays.values()] == [KernelReplay]
+
+
 def test_a_batch_with_and_then_without_left_padding_replays_its_own_steps(compiled_here):
     """Padded and unpadded batches of one size are different steps, each compiled, recorded and replayed with
     its own fixed buffers (the pad counts among them): both give plain greedy's tokens."""

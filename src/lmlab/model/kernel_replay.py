@@ -62,7 +62,7 @@ def _wrapper_of(compiled_graph) -> tuple[dict, object] | str:
         return "inductor's wrapper is not Python code"
     for name in code.co_names:
         if name in names and not (name in _GLOBALS or name.startswith(_KERNEL_PREFIX)):
-            return f"the compiled step calls {name}, not only kernels"
+            return f"the compiled step's wrapper uses {name}, which a replay of its kernels would skip"
         if name not in names and name not in _NAMES:
             return f"the compiled step's wrapper uses {name}"
     return names, code
@@ -72,12 +72,11 @@ class _Recorder:
     """Stands for a kernel, or for inductor's namespace of library kernels, and notes each call made by the
     recording thread (another thread's calls of the same kernels pass through)."""
 
-    def __init__(self, target, launches: list, refusals: list) -> None:
-        self.target, self.launches, self.refusals = target, launches, refusals
-        self.thread = threading.get_ident()
+    def __init__(self, target, launches: list, refusals: list, thread: int) -> None:
+        self.target, self.launches, self.refusals, self.thread = target, launches, refusals, thread
 
     def __getattr__(self, name: str) -> _Recorder:
-        return _Recorder(getattr(self.target, name), self.launches, self.refusals)
+        return _Recorder(getattr(self.target, name), self.launches, self.refusals, self.thread)
 
     def __call__(self, *args, **kwargs):
         if threading.get_ident() != self.thread:
@@ -98,7 +97,8 @@ def _recording(launches: list, wrappers: list, refusals: list):
     `launches`."""
     try:
         from torch._inductor.output_code import CompiledFxGraph
-    except ImportError:  # another torch layout: nothing is recorded, and `capture` says so
+    except ImportError:  # another torch layout
+        refusals.append("this torch keeps its compiled graphs where they cannot be recorded")
         yield
         return
     with _ONE_AT_A_TIME:
@@ -113,7 +113,7 @@ def _recording(launches: list, wrappers: list, refusals: list):
                 return original(graph, inputs)
             names, code = found
             called = {n: names[n] for n in code.co_names if n.startswith(_KERNEL_PREFIX) or n == "extern_kernels"}
-            names.update({n: _Recorder(kernel, launches, refusals) for n, kernel in called.items()})
+            names.update({n: _Recorder(kernel, launches, refusals, thread) for n, kernel in called.items()})
             try:
                 return original(graph, inputs)
             finally:
@@ -145,35 +145,77 @@ def _put(tensors, values) -> None:
         t.copy_(value)
 
 
-def capture(step: Callable[[], object], tokens: Tensor, inputs: Sequence[Tensor], state: Sequence[Tensor]):
+class WholeState:
+    """What `capture` compares and puts back by default: the whole of the step's state tensors."""
+
+    def __init__(self, state: Sequence[Tensor]) -> None:
+        self.state = list(state)
+
+    def read(self) -> list[Tensor]:
+        """Copies of the state as it is now."""
+        return _clones(self.state)
+
+    def write(self, values: Sequence[Tensor]) -> None:
+        """Put `values` (from `read`) back."""
+        _put(self.state, values)
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Bit-for-bit equality (NaNs included, which `torch.equal` calls unequal)."""
+    return a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def capture(
+    step: Callable[[], object],
+    tokens: Tensor,
+    inputs: Sequence[Tensor],
+    state: Sequence[Tensor],
+    written: WholeState | None = None,
+):
     """Run `step()` once (a step already compiled) and return (its outputs, a `KernelReplay` or one line saying
     why the step cannot be replayed). `inputs` are the tensors the step reads afresh at every call, among them
     the token ids `tokens`, and `state` those it updates in place (caches): each must be a kernel argument.
-    The check: from the state the call left, with other tokens, a replay must give what a compiled call gives
-    (outputs and state, bit for bit); state, tokens and outputs are then put back as the recorded call left them.
-    """
+    `written` reads and writes back what the step changes (made before this call: a cache's next slots; by
+    default all of `state`). The check: from the state before the call, with other tokens, a replay must give
+    what a compiled call gives, outputs and `written` bit for bit; state, tokens and outputs are then put back
+    as the recorded call left them."""
+    written = written or WholeState(state)
+    before = written.read()
     launches: list[tuple[Callable, tuple, dict]] = []
     wrappers: list = []
     refusals: list[str] = []
     with _recording(launches, wrappers, refusals):
         outputs = step()
-    if len(wrappers) != 1:
-        return outputs, f"the step ran {len(wrappers)} compiled graphs, not one"
-    if isinstance(wrappers[0], str) or refusals:
-        return outputs, wrappers[0] if isinstance(wrappers[0], str) else refusals[0]
-    used = {_storage(a) for _, args, kwargs in launches for a in (*args, *kwargs.values()) if isinstance(a, Tensor)}
-    if any(_storage(t) not in used for t in (*inputs, *state)):
-        return outputs, "the step reads a copy of its inputs made outside its kernels"
-    if any(_storage(t) not in used for t in _tensors(outputs)):
-        return outputs, "the step returns a copy of what its kernels wrote"
-    recorded, after, token_ids = _clones(_tensors(outputs)), _clones(state), tokens.clone()
-    tokens.copy_(torch.where(tokens > 0, tokens - 1, tokens + 1))  # other tokens, at the next positions
-    expected = _clones([*_tensors(step()), *state])
-    _put(state, after)
+    reason = _refusal(launches, wrappers, refusals, [*inputs, *state], _tensors(outputs))
+    if reason is not None:
+        return outputs, reason
+    recorded, after, token_ids = _clones(_tensors(outputs)), written.read(), tokens.clone()
     replay = KernelReplay(launches, outputs)
-    replay()
-    same = all(torch.equal(a, b) for a, b in zip([*_tensors(outputs), *state], expected, strict=True))
-    _put(state, after)
-    _put(_tensors(outputs), recorded)
-    tokens.copy_(token_ids)
+    try:
+        written.write(before)
+        tokens.copy_(torch.where(tokens > 0, tokens - 1, tokens + 1))  # other tokens, from the same state
+        expected = [*_clones(_tensors(step())), *written.read()]
+        written.write(before)
+        replay()
+        same = all(_same_bits(a, b) for a, b in zip([*_tensors(outputs), *written.read()], expected, strict=True))
+    finally:
+        written.write(after)
+        _put(_tensors(outputs), recorded)
+        tokens.copy_(token_ids)
     return outputs, replay if same else "a replay of the step's kernels did not reproduce its call"
+
+
+def _refusal(launches, wrappers, refusals, read: list[Tensor], outputs: list[Tensor]) -> str | None:
+    """Why a recorded call cannot be replayed as it is, or None."""
+    if refusals:
+        return refusals[0]
+    if len(wrappers) != 1:
+        return f"the step ran {len(wrappers)} compiled graphs, not one"
+    if isinstance(wrappers[0], str):
+        return wrappers[0]
+    used = {_storage(a) for _, args, kwargs in launches for a in (*args, *kwargs.values()) if isinstance(a, Tensor)}
+    if any(_storage(t) not in used for t in read):
+        return "an input or state tensor is not itself an argument of the step's kernels (a copy is)"
+    if any(_storage(t) not in used for t in outputs):
+        return "the step returns a copy of what its kernels wrote"
+    return None

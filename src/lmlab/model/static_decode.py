@@ -27,7 +27,7 @@ from torch import Tensor
 
 from lmlab.attn.base import CausalSelfAttention
 from lmlab.attn.kv_cache import StaticKVCache
-from lmlab.model.kernel_replay import KernelReplay, capture
+from lmlab.model.kernel_replay import KernelReplay, WholeState, capture
 
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, max_len): decoder}
 BACKEND = "inductor"  # the tests' grid uses "aot_eager": the same graph and caches without code generation
@@ -206,7 +206,7 @@ class StaticDecoder:
         self.replayable = p.device.type == "cpu" and BACKEND == "inductor"
         self._replays: dict[tuple, KernelReplay | None] = {}
         self.signature = _signature(model)  # where the weights were when the steps were compiled and recorded
-        self._said = False
+        self._said: set[str] = set()  # the reasons given for steps that are not replayed
 
     def _step(self, token: Tensor, pad: Tensor | None) -> Tensor:
         with _fused_attention(token):
@@ -269,15 +269,29 @@ class StaticDecoder:
         return _copied(out) if self.cuda_graphs else out
 
     def _capture(self, key: tuple, step, inputs: tuple):
-        """Call the step once, recording it; keep the recording (None where it cannot be replayed: said once)."""
+        """Call the step once, recording it; keep the recording (None where it cannot be replayed: each
+        reason said once)."""
         state = [t for cache in self.caches for t in (cache.k, cache.v, cache.length)]
+        written = _next_slots(self.caches, inputs[0].shape[1])
         with _warm_guards():
-            out, found = capture(lambda: step(*inputs), inputs[0], [t for t in inputs if t is not None], state)
+            out, found = capture(lambda: step(*inputs), inputs[0], [t for t in inputs if t is not None], state, written)
         self._replays[key] = found if isinstance(found, KernelReplay) else None
-        if self._replays[key] is None and not self._said:
-            self._said = True
+        if self._replays[key] is None and found not in self._said:
+            self._said.add(found)
             print(f"compile: {found}; each step runs through the compiled call", file=sys.stderr)
         return out
+
+
+def _next_slots(caches: list[StaticKVCache], rows: int) -> WholeState:
+    """What a step of `rows` tokens writes: each cache's length, and its `rows` slots from that length on."""
+    starts = [int(c.length) for c in caches]
+    return WholeState(
+        [
+            t
+            for c, n in zip(caches, starts, strict=True)
+            for t in (c.length, c.k[:, :, n : n + rows], c.v[:, :, n : n + rows])
+        ]
+    )
 
 
 def _copied(out):
