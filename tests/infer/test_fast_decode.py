@@ -113,6 +113,23 @@ def test_compiled_cpu_steps_replay_their_kernels_until_the_weights_move(compiled
     assert len(replays) == 2 * 18
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_decodes_as_plain_greedy_through_replayed_inductor_steps(preset, compiled_here, capsys):
+    """The real compiler for every preset: the greedy tokens are plain greedy's, and each step is replayed, or the
+    preset's blocks decode eagerly and say why."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(preset, max_seq_len=40)).eval()
+    prompt = torch.randint(0, 61, (2, 7))
+    assert torch.equal(
+        generate(model, prompt, 10, temperature=0, compile=True), generate(model, prompt, 10, temperature=0)
+    )
+    decoders = static_decode._DECODERS.get(model, {}).values()
+    if static_decode.static_blocker(model) is None:
+        assert [type(r) for d in decoders for r in d._replays.values()] == [KernelReplay]
+    else:
+        assert "decoding eagerly" in capsys.readouterr().err
+
+
 def test_a_step_recorded_at_the_last_cache_slot_is_checked_within_the_cache(compiled_here):
     """The check of a recording starts from the state before the recorded call: a step recorded at the
     cache's last slot never writes past it (a kernel's bounds check inside an OpenMP region aborts)."""
