@@ -103,22 +103,23 @@ def iter_generate(
     model.eval()
     generator = _generators(seed, input_ids)
     stop_ids = torch.tensor(list(stop or []), device=input_ids.device, dtype=input_ids.dtype)
+    stopping = len(stop_ids) > 0  # checked every token: a Python bool, not a tensor's length
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     ids, cache = input_ids, _new_cache(model, input_ids, use_cache, compile)
     try:
         for _ in range(max_new_tokens):
             nxt, chosen, logp = _choose(model, ids, cache, pad, _ == 0, options, generator)
-            if len(stop_ids):
+            if stopping:
                 nxt = torch.where(done[:, None], stop_ids[0], nxt)
                 done |= torch.isin(nxt[:, 0], stop_ids)
             ids = torch.cat([ids, nxt], dim=1)
-            if len(stop_ids) and logp is not None:  # a stopped row's repeated stop token
+            if stopping and logp is not None:  # a stopped row's repeated stop token
                 chosen = logp.gather(-1, nxt)[:, 0]
             if top_logprobs:
                 yield nxt, chosen, logp.topk(min(top_logprobs, logp.shape[-1]), dim=-1)
             else:
                 yield nxt, chosen
-            if len(stop_ids) and bool(done.all()):
+            if stopping and bool(done.all()):
                 break
     finally:
         model.train(was_training)
