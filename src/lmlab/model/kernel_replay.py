@@ -10,9 +10,9 @@ as a CUDA graph replays its kernel launches, the kernels can run again on the bu
 of the wrapper's (`extern_kernels.mm(..., out=buf)`), with their arguments. It keeps the recording only
 when it can show that replaying it is a call of the step: the wrapper does nothing else (any other
 operation, or a library call that returns a new tensor, keeps the compiled call), every input and state
-tensor is an argument of the recorded calls (no copy made outside them), and, from the state the recorded
-call left and with other tokens, a replay gives what a compiled call gives, bit for bit. Outputs live in
-the recording's buffers, overwritten by the next replay, as a CUDA graph's are.
+tensor is an argument of the recorded calls (no copy made outside them), and, from the state before the
+recorded call and with other tokens, a replay gives what a compiled call gives, bit for bit. Outputs live
+in the recording's buffers, overwritten by the next replay, as a CUDA graph's are.
 """
 
 from __future__ import annotations
