@@ -248,7 +248,7 @@ def _propose(draft: _Side, seq: list[int], k: int, rule: _Rule) -> tuple[list[in
     proposals, qs = [], []
     for i in range(k):
         q = logits if rule.greedy else rule.dist(logits, seq + proposals)  # greedy: `verify` needs no q
-        proposals.append(int(q.argmax()) if rule.greedy else rule.sample(q))
+        proposals.append(rule.sample(q))  # at temperature 0, q's argmax
         qs.append(q)
         if i + 1 < k:
             logits = draft.feed(proposals[-1:])[-1]

@@ -210,7 +210,10 @@ class StaticDecoder:
 
     def _step(self, token: Tensor, pad: Tensor | None) -> Tensor:
         with _fused_attention(token):
-            return self.model(token, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
+            return self._last_logits(token, pad)
+
+    def _last_logits(self, ids: Tensor, pad: Tensor | None) -> Tensor:
+        return self.model(ids, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
 
     def _all_step(self, tokens: Tensor, pad: Tensor | None) -> Tensor:
         with _fused_attention(tokens):
@@ -225,7 +228,7 @@ class StaticDecoder:
         """Empty the caches, run the prompt through them eagerly; last-position logits (B, V) in float32."""
         for cache in self.caches:
             cache.reset()
-        return self.model(ids, cache=self.caches, last_only=True, pad=pad).logits[:, -1].float()
+        return self._last_logits(ids, pad)  # the library's attention kernels: a prompt is no step's few queries
 
     def decode(self, token: Tensor, pad: Tensor | None) -> Tensor:
         """One compiled step on (B, 1) new tokens: last-position logits (B, V) in float32."""
