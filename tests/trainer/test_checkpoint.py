@@ -64,6 +64,26 @@ def test_prune_keeps_last_and_best(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000001", "step_00000004", "step_00000005"]
 
 
+def test_a_prune_killed_midway_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    """A kill while an old checkpoint is deleted: the listing holds whole checkpoints only."""
+    model = _model()
+    for s in range(1, 4):
+        ckpt.save_checkpoint(tmp_path, s, model, {"step": s})
+
+    def killed_after_one_file(path, ignore_errors=False):
+        next(p for p in sorted(path.iterdir()) if p.name == "model.safetensors").unlink()
+        raise KeyboardInterrupt  # the process dies here, one file of the folder gone
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.prune(tmp_path, 2)
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
+    for path in ckpt.list_checkpoints(tmp_path):
+        ckpt.verify_checkpoint(path)
+    assert [p.name for p in ckpt.clean_partial(tmp_path)] == [f".step_00000001.del-{os.getpid()}"]
+
+
 WRITER = textwrap.dedent(
     """
     import sys, torch

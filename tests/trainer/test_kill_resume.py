@@ -1,16 +1,18 @@
-"""kill -9 at observed moments (including during checkpoint writes); resuming each time ends bit-identical.
+"""kill -9 at chosen moments (inside steps, checkpoint writes and prunes); resuming each time ends bit-identical.
 
-No kill waits on the clock: each run prints a line per step, the test reads them and kills the
-process as soon as it reports a step chosen at random past the step it resumed from. The
-process is then inside that step's checkpoint write or the next step, on any machine speed.
+No kill depends on the clock or on how fast a reader keeps up: the training process counts its own
+events (a step starting, each fsync, rename and folder deletion of the checkpoint code) and sends
+itself SIGKILL just before the event the test picked. The kernel ends it there, with no handler run,
+as a `kill -9` from outside would. The moments are drawn from a seeded generator, so every run of the
+test kills at the same places, on any machine.
 """
 
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,35 @@ from tests.helpers import small_train_args
 
 BIN = Path(sys.executable).parent
 STEPS = 60
-STEP_LINE = re.compile(r"^step (\d+)/\d+ \|")
+EVENTS_PER_KILL = 40  # a step with its checkpoint counts about ten events: a kill lands within four steps
+
+KILLER = textwrap.dedent(
+    """
+    import os, pathlib, shutil, signal, sys
+    from lmlab.runs import checkpoint
+    from lmlab.trainer.mini_trainer import MiniTrainer
+
+    target, count = int(sys.argv.pop(1)), [0]
+
+    def event(name, fn):
+        def counted(*args, **kwargs):
+            count[0] += 1
+            if count[0] == target:
+                print(f"killed before {name}", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)  # not returned from
+            return fn(*args, **kwargs)
+        return counted
+
+    checkpoint._fsync = event("fsync", checkpoint._fsync)
+    checkpoint.os.replace = event("replace", os.replace)
+    pathlib.Path.rename = event("rename", pathlib.Path.rename)
+    shutil.rmtree = event("rmtree", shutil.rmtree)
+    MiniTrainer.train_step = event("step", MiniTrainer.train_step)
+    from lmlab.cli.app import main
+    sys.argv[0] = "lmlab"
+    main()
+    """
+)
 
 
 def _latest_step(root: Path) -> int:
@@ -33,38 +63,20 @@ def _latest_step(root: Path) -> int:
     return 0
 
 
-def _run_until_step(cmd: list[str], env: dict, target: int) -> int | None:
-    """Start training, kill -9 it when it reports step `target`; the reported step, or None if it ended first."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    killed_at = None
-    for line in proc.stderr:
-        match = STEP_LINE.match(line)
-        if match and int(match.group(1)) >= target:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_at = int(match.group(1))
-            break
-    proc.stderr.close()
-    proc.wait()
-    return killed_at
-
-
 @pytest.mark.slow
 def test_ten_kills_then_resume_equals_uninterrupted(tmp_path, corpus_file, record_property):
-    common = [
-        *small_train_args(
-            corpus_file,
-            dim=48,
-            batch=8,
-            max_steps=STEPS,
-            dropout=0.1,
-            train__ckpt_interval=1,
-            train__eval_interval=20,
-            train__eval_iters=2,
-            train__keep_last=2,
-            train__log_interval=1,
-        ),
-    ]
-    common.remove("--no-progress")  # the step lines on stderr are what the test watches
+    common = small_train_args(
+        corpus_file,
+        dim=48,
+        batch=8,
+        max_steps=STEPS,
+        dropout=0.1,
+        train__ckpt_interval=1,
+        train__eval_interval=20,
+        train__eval_iters=2,
+        train__keep_last=2,
+        train__log_interval=1,
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads in every process: same float reductions
     ref = subprocess.run(
         [str(BIN / "lmlab"), "train", *common, "--save-dir", str(tmp_path / "ref")],
@@ -74,23 +86,23 @@ def test_ten_kills_then_resume_equals_uninterrupted(tmp_path, corpus_file, recor
     )
     assert ref.returncode == 0, ref.stderr
     rng = random.Random(0)
-    cmd = [str(BIN / "lmlab"), "train", *common, "--save-dir", str(tmp_path / "k"), "--run-tag", "k"]
-    cmd += ["--train.resume", "auto"]
-    kills: list[tuple[int, int]] = []  # (resumed from, killed at)
+    args = ["train", *common, "--save-dir", str(tmp_path / "k"), "--run-tag", "k", "--train.resume", "auto"]
+    kills: list[tuple[int, str]] = []  # (resumed from step, the event killed before)
     for _ in range(10):
         start = _latest_step(tmp_path / "k")
-        target = start + rng.randint(1, 5)  # ten kills of at most five steps each stay inside the 60 steps
-        killed_at = _run_until_step(cmd, env, target)
-        assert killed_at is not None and killed_at < STEPS, f"the run ended before step {target}"
-        kills.append((start, killed_at))
+        target = rng.randint(1, EVENTS_PER_KILL)
+        proc = subprocess.run([sys.executable, "-c", KILLER, str(target), *args], capture_output=True, env=env)
+        assert proc.returncode == -signal.SIGKILL, f"the run was not killed at event {target}: {proc.stderr[-2000:]}"
+        kills.append((start, proc.stderr.decode().rsplit("killed before ", 1)[-1].strip()))
         for run in (tmp_path / "k").glob("*_k"):
             for path in ckpt.list_checkpoints(run / "artifacts/checkpoints"):
-                ckpt.verify_checkpoint(path)  # no renamed checkpoint is ever partial
-    report = f"{len(kills)} kills, (resumed from, killed at step): {kills}"
+                ckpt.verify_checkpoint(path)  # no listed checkpoint is ever partial, written or deleted
+    report = f"{len(kills)} kills, (resumed from step, killed before): {kills}"
     record_property("report", report)  # printed in the session summary (conftest.py)
     print(report)
-    assert len(kills) >= 5
-    final = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert _latest_step(tmp_path / "k") > 10  # the kills fell inside training, past several checkpoints
+    assert {event for _, event in kills} >= {"step", "fsync", "rename", "rmtree"}
+    final = subprocess.run([str(BIN / "lmlab"), *args], capture_output=True, text=True, env=env)
     assert final.returncode == 0, final.stderr
     (run,) = [p for p in (tmp_path / "k").glob("*_k") if (p / "meta/full_config.json").is_file()]
     a = ckpt.read_weights(run / "artifacts/export/model.safetensors")

@@ -215,11 +215,22 @@ def prune(root: str | Path, keep_last: int, *, keep: Path | None = None) -> None
     ckpts = list_checkpoints(root)
     for path in ckpts[:-keep_last] if keep_last else ckpts:
         if keep is None or path.resolve() != Path(keep).resolve():
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder; renamed out of the listing first, so a kill midway never leaves a
+    half-deleted `step_N` (its meta.json naming files that are gone) among the checkpoints."""
+    doomed = path.with_name(f".{path.name}.del-{os.getpid()}")
+    try:
+        path.rename(doomed)
+    except FileNotFoundError:  # already gone
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def clean_partial(root: str | Path) -> list[Path]:
-    """Remove temporary folders left by writes that were killed midway; returns what was removed."""
+    """Remove temporary folders left by writes or deletions that were killed midway; returns what was removed."""
     root = Path(root)
     partial = [p for p in root.glob(f".{PREFIX}*") if p.is_dir()] if root.is_dir() else []
     for p in partial:
