@@ -23,6 +23,10 @@ class CheckpointError(LmlabError):
     """A checkpoint or run directory that is missing, partial or incompatible."""
 
 
+class RunLockedError(LmlabError):
+    """A run directory that another live process is writing (its lock names the holder)."""
+
+
 class MemoryBudgetError(LmlabError, MemoryError):
     """A step that does not fit in the device's memory, with what to change."""
 

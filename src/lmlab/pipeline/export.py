@@ -26,6 +26,7 @@ from lmlab.errors import CheckpointError, ConfigError
 from lmlab.infer.load import load_run
 from lmlab.registry import BLOCK_REGISTRIES
 from lmlab.runs.checkpoint import read_weights, write_model, write_weights
+from lmlab.runs.lock import RunLock
 
 _HF_CHECK = """
 import json, sys
@@ -68,13 +69,20 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
     if fmt not in ("safetensors", "hf"):
         raise CheckpointError(f"export --format: '{fmt}'; allowed: safetensors, hf")
     loaded = load_run(run)
-    model, cfg = loaded.model.float().eval(), loaded.config.model
+    loaded.model.float().eval()
+    cfg = loaded.config.model
     if fmt == "hf" and cfg.arch == "seq2seq":
         raise ConfigError(
             "export --format hf: an encoder-decoder (model.arch=seq2seq) run has no transformers causal-LM "
             "layout; allowed: --format safetensors"
         )
-    out = Path(out) if out else loaded.run.export_dir(fmt)
+    with RunLock(loaded.run.path).acquire("export"):  # not while a training process writes the run
+        return _export(loaded, fmt, Path(out) if out else loaded.run.export_dir(fmt), atol)
+
+
+def _export(loaded, fmt: str, out: Path, atol: float) -> dict:
+    """Write the export under a temporary name, check its logits against the run's, then rename it into place."""
+    model, cfg = loaded.model, loaded.config.model
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import ConfigError, LmlabError
+from lmlab.runs.lock import RunLock, holder, stale_reason
 
 PLAN = "study.json"
 STATE = "study"  # results, launch configs and worker logs, one set per run
@@ -125,10 +126,13 @@ class Study:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def run_state(self, key: str) -> str:
-        """complete | partial (a checkpoint to continue from) | started | pending."""
+        """complete | training (a live process holds its run) | partial (a checkpoint to continue from) | started |
+        pending."""
         if self.result(key) is not None:
             return "complete"
         runs = [p for p in self.out.glob(f"*_{key}") if p.is_dir()]
+        if any((lock := holder(p)) is not None and stale_reason(lock) is None for p in runs):
+            return "training"
         if any((p / "artifacts" / "checkpoints").glob("step_*") for p in runs):
             return "partial"
         return "started" if (self.state / f"{key}.launch.json").is_file() else "pending"
@@ -159,6 +163,11 @@ class Study:
         placement = placement or Placement()
         if placement.launcher not in LAUNCHERS:
             raise ConfigError(f"study --launcher: '{placement.launcher}'; allowed: {', '.join(LAUNCHERS)}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.out).acquire(self.kind or "study"):  # one process drives a study folder at a time
+            return self._run(runs, placement, train_fn, progress, on_done)
+
+    def _run(self, runs, placement: Placement, train_fn, progress, on_done) -> dict[str, dict[str, Any]]:
         listed = list(runs) if isinstance(runs, Sequence) else None
         if listed is not None and progress is not None:
             progress.add(listed, {r.key: self.result(r.key) for r in listed})

@@ -18,11 +18,12 @@ import torch
 from lmlab.config import RunConfig, changed_fields
 from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data, separator_id
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
-from lmlab.errors import CheckpointError
+from lmlab.errors import CheckpointError, RunLockedError
 from lmlab.model.build import build_model
 from lmlab.model.cost import cost_card, param_counts
 from lmlab.registry import TRACKER
 from lmlab.runs.checkpoint import load_weights, read_weights
+from lmlab.runs.lock import RunLock
 from lmlab.runs.run_dir import RunDir
 from lmlab.track.run_log import RunLog
 from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
@@ -180,8 +181,19 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     tc = cfg.train
     dist.init_distributed()
     seed_everything(tc.seed)  # identical on every rank: FSDP shards each rank's own initialisation
-    task, run, resume, saved = _open_run(cfg)
+    task, run, resume, saved, lock = _open_run(cfg)
+    try:
+        return _train(task, run, resume, saved, callbacks, quiet)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    task: _Task, run: RunDir, resume: str | None, saved: RunConfig | None, callbacks: Sequence[Callback], quiet: bool
+) -> TrainResult:
     cfg, model_cfg = task.cfg, task.cfg.model
+    tc = cfg.train
     model = build_model(model_cfg)
     if tc.init_from and resume is None:  # fine-tuning: the config above is already the source's
         weights = RunDir.open(tc.init_from).final_weights()
@@ -214,11 +226,37 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     return _finish(task, run, trainer, trainer.train())
 
 
-def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | None]:
-    """The task, the run directory (new, resumed or fine-tuned from another), what to resume from, and the
-    config the run had before (a resume)."""
-    tc = cfg.train
+def _hold(run: RunDir) -> RunLock | None:
+    """Rank 0 takes the run's lock (the one writer); every rank raises the refusal when it could not."""
+    lock, refusal = None, ""
+    if dist.is_main():
+        try:
+            lock = RunLock(run.path).acquire()
+        except RunLockedError as exc:
+            refusal = str(exc)
+    refusal = dist.all_gather_object(refusal)[0]
+    if refusal:
+        raise RunLockedError(refusal)
+    return lock
+
+
+def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | None, RunLock | None]:
+    """The task, the run directory (new, resumed or fine-tuned from another), what to resume from, the
+    config the run had before (a resume) and the run's lock (rank 0), taken before any file of it changes."""
     run = _resume_target(cfg)
+    held: list[RunLock | None] = [_hold(run) if run is not None else None]
+    try:
+        return (*_prepare_run(cfg, run, held), held[0])
+    except BaseException:
+        if held[0] is not None:
+            held[0].release()
+        raise
+
+
+def _prepare_run(
+    cfg: RunConfig, run: RunDir | None, held: list[RunLock | None]
+) -> tuple[_Task, RunDir, str | None, RunConfig | None]:
+    tc = cfg.train
     if run is None and tc.init_from:
         # Fine-tuning continues the source's architecture and tokenizer; only dropout is this run's own.
         source = RunDir.open(tc.init_from).config()
@@ -236,6 +274,7 @@ def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | No
         return task, run, resume, saved
     run = RunDir.create(tc.save_dir, tc.run_tag) if dist.is_main() else None
     run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
+    held[0] = _hold(run)  # before the run is complete, so a resume of it waits for this process
     if dist.is_main():
         task.save_tokenizers(run)
         meta = {"data.json": task.meta, "params.json": param_counts(task.cfg.model)}
