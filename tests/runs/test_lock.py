@@ -97,7 +97,7 @@ def finished_run(tmp_path_factory):
 
 @pytest.mark.parametrize("resume", ["auto", "dir"])
 def test_training_into_a_run_another_process_trains_is_refused_and_changes_nothing(finished_run, resume):
-    corpus, run, args = finished_run
+    _, run, args = finished_run
     before = _files(run)
     with RunLock(run, heartbeat=1e9):  # a live trainer: this process, on this host
         target = "auto" if resume == "auto" else str(run)
@@ -114,7 +114,7 @@ def test_training_into_a_run_another_process_trains_is_refused_and_changes_nothi
 
 
 def test_a_resume_takes_over_the_lock_of_a_killed_trainer(finished_run):
-    corpus, run, args = finished_run
+    _, run, args = finished_run
     _write_record(run, pid=_dead_pid())
     again = [*args, "--save-dir", str(run.parent), "--run-tag", "t", "--train.resume", "auto"]
     result = CliRunner().invoke(cli, ["train", *again])
@@ -126,6 +126,5 @@ def test_a_resume_takes_over_the_lock_of_a_killed_trainer(finished_run):
 def test_a_study_folder_is_driven_by_one_process(tmp_path):
     from lmlab.pipeline.study import Study
 
-    with RunLock(tmp_path, heartbeat=1e9):
-        with pytest.raises(RunLockedError, match=f"ablate: {tmp_path} is held by"):
-            Study(tmp_path, "ablate", {}).run([])
+    with RunLock(tmp_path, heartbeat=1e9), pytest.raises(RunLockedError, match=f"ablate: {tmp_path} is held by"):
+        Study(tmp_path, "ablate", {}).run([])

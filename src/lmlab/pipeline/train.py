@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -181,12 +182,9 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     tc = cfg.train
     dist.init_distributed()
     seed_everything(tc.seed)  # identical on every rank: FSDP shards each rank's own initialisation
-    task, run, resume, saved, lock = _open_run(cfg)
-    try:
+    with contextlib.ExitStack() as held:  # the run's lock, released however training ends
+        task, run, resume, saved = _open_run(cfg, held)
         return _train(task, run, resume, saved, callbacks, quiet)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _train(
@@ -226,36 +224,26 @@ def _train(
     return _finish(task, run, trainer, trainer.train())
 
 
-def _hold(run: RunDir) -> RunLock | None:
-    """Rank 0 takes the run's lock (the one writer); every rank raises the refusal when it could not."""
-    lock, refusal = None, ""
+def _hold(run: RunDir, held: contextlib.ExitStack) -> None:
+    """Rank 0 takes the run's lock (the one writer) until `held` closes; every rank raises the refusal when it
+    could not."""
+    refusal = ""
     if dist.is_main():
         try:
-            lock = RunLock(run.path).acquire()
+            held.enter_context(RunLock(run.path).acquire())
         except RunLockedError as exc:
             refusal = str(exc)
     refusal = dist.all_gather_object(refusal)[0]
     if refusal:
         raise RunLockedError(refusal)
-    return lock
 
 
-def _open_run(cfg: RunConfig) -> tuple[_Task, RunDir, str | None, RunConfig | None, RunLock | None]:
-    """The task, the run directory (new, resumed or fine-tuned from another), what to resume from, the
-    config the run had before (a resume) and the run's lock (rank 0), taken before any file of it changes."""
+def _open_run(cfg: RunConfig, held: contextlib.ExitStack) -> tuple[_Task, RunDir, str | None, RunConfig | None]:
+    """The task, the run directory (new, resumed or fine-tuned from another), what to resume from, and the
+    config the run had before (a resume); the run's lock goes into `held` before any file of it changes."""
     run = _resume_target(cfg)
-    held: list[RunLock | None] = [_hold(run) if run is not None else None]
-    try:
-        return (*_prepare_run(cfg, run, held), held[0])
-    except BaseException:
-        if held[0] is not None:
-            held[0].release()
-        raise
-
-
-def _prepare_run(
-    cfg: RunConfig, run: RunDir | None, held: list[RunLock | None]
-) -> tuple[_Task, RunDir, str | None, RunConfig | None]:
+    if run is not None:
+        _hold(run, held)
     tc = cfg.train
     if run is None and tc.init_from:
         # Fine-tuning continues the source's architecture and tokenizer; only dropout is this run's own.
@@ -274,7 +262,7 @@ def _prepare_run(
         return task, run, resume, saved
     run = RunDir.create(tc.save_dir, tc.run_tag) if dist.is_main() else None
     run = RunDir(Path(dist.all_gather_object(str(run.path) if run else "")[0]))  # rank 0 names the run
-    held[0] = _hold(run)  # before the run is complete, so a resume of it waits for this process
+    _hold(run, held)  # before the run is complete, so a resume of it waits for this process
     if dist.is_main():
         task.save_tokenizers(run)
         meta = {"data.json": task.meta, "params.json": param_counts(task.cfg.model)}

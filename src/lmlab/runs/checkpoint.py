@@ -138,7 +138,7 @@ def read_meta(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint: {path} is not a checkpoint (no meta.json)")
     try:
         meta = json.loads(meta_path.read_text())
-        meta["files"]  # noqa: B018 - a meta without its file table is as unreadable as broken JSON
+        meta["files"]  # a meta without its file table is as unreadable as broken JSON
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint: {meta_path} is unreadable") from None
     return meta

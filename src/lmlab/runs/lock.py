@@ -91,15 +91,6 @@ def describe(record: dict) -> str:
     )
 
 
-def refuse_if_locked(run: str | Path, action: str, *, stale_after: float = STALE_S) -> None:
-    """Raise RunLockedError when a live process holds the run (e.g. before `export` reads it)."""
-    record = holder(run)
-    if record is not None and stale_reason(record, stale_after=stale_after) is None:
-        raise RunLockedError(
-            f"{action}: {run} is held by {describe(record)}; wait for it to finish or stop it, then retry"
-        )
-
-
 class RunLock:
     """The lock of one run directory, held from `acquire` to `release` with a heartbeat thread between."""
 
