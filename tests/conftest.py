@@ -31,6 +31,11 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture
 def small_text() -> str:
     """A few kilobytes of varied English, enough for several context windows."""
+    return varied_text()
+
+
+def varied_text() -> str:
+    """The text of `small_text`, for fixtures of a wider scope."""
     sentence = "the quick brown fox jumps over the lazy dog while seven wizards box and a jovial queen packs my bag"
     words = sentence.split(" ")
     gen = torch.Generator().manual_seed(0)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from torch.utils import flop_counter
 
@@ -88,3 +92,15 @@ def decoder_presets() -> list[str]:
     from lmlab.config import list_presets, load_preset
 
     return [p for p in list_presets() if load_preset(p).get("model", {}).get("arch", "decoder") == "decoder"]
+
+
+BIN = Path(sys.executable).parent
+
+
+def lmlab_train(args: list, *, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`lmlab train args` in one process, or under torchrun with `nproc` processes on one node; `--standalone`
+    takes a free port, so launches in parallel test workers never meet on torchrun's default one."""
+    head = [str(BIN / "lmlab")]
+    if nproc > 1:
+        head = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "lmlab"]
+    return subprocess.run([*head, "train", *args], capture_output=True, text=True, timeout=timeout)

@@ -130,3 +130,41 @@ def test_sequential_loader_streams_every_token_once_and_resumes(tmp_path):
     assert all(torch.equal(a, b) for a, (b, _) in zip(rest, again, strict=True))
     ranks = [iter_dataset(path, 2, 10, rank=r, world=2) for r in (0, 1)]
     assert torch.equal(torch.cat([r.sample()[0] for r in ranks]), batches[0][0])  # ranks split the global batch
+
+
+def _global_rows(loaders: list, micro_batches: int) -> list[list[int]]:
+    """The first tokens of every row the ranks draw in `micro_batches` batches, rank after rank per batch."""
+    rows = []
+    for _ in range(micro_batches):
+        rows += [x[:, 0].tolist() for x, _ in (loader.sample() for loader in loaders)]
+    return [r for batch in rows for r in batch]
+
+
+@pytest.mark.parametrize("kind", ["random", "sequential"])
+def test_a_loader_resumes_at_another_split_of_the_global_batch(kind):
+    from lmlab.data.datasets import SequentialLoader
+
+    tokens = np.arange(2_000, dtype=np.uint16)
+
+    def make(batch, world, accum, rank):
+        split = {"rank": rank, "world": world, "accum": accum}
+        if kind == "sequential":
+            return SequentialLoader(tokens, batch, 8, **split)
+        return RandomWindowLoader(tokens, batch, 8, seed=3, **split)
+
+    two = [make(4, 2, 1, r) for r in range(2)]  # 2 ranks x 4 rows: 8 rows a step
+    one = make(4, 1, 2, 0)  # 1 rank x 4 rows x 2 micro-batches: 8 rows a step
+    assert len(two[0]) * 8 == len(one) * 4  # an epoch ends at the same row
+    reference = make(4, 1, 2, 0)
+    expected = _global_rows([reference], 6)
+    before = _global_rows(two, 2)  # two steps at world 2
+    state = two[0].state_dict()
+    if kind == "random":
+        state["consumed"] = 2  # the trainer's count: __iter__ advances it, sample() alone does not
+    one.load_state_dict(state)
+    if kind == "random":
+        assert one.consumed == 4  # 2 batches of 8 rows are 4 of 4
+    assert before + _global_rows([one], 2) == expected  # no row repeated or skipped
+    if kind == "random":  # 16 rows into the epoch are no whole number of batches of 3 (a token offset always is)
+        with pytest.raises(DataError, match="not a whole number of batches of 3 rows"):
+            make(3, 1, 1, 0).load_state_dict(state)

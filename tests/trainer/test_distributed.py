@@ -2,15 +2,12 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import small_train_args
-
-BIN = Path(sys.executable).parent
+from tests.helpers import lmlab_train, small_train_args
 
 
 def _losses(root: Path) -> list[tuple[str, int, float]]:
@@ -26,33 +23,10 @@ def test_two_processes_equal_one_with_double_batch(strategy, tmp_path, corpus_fi
             corpus_file, max_steps=10, dropout=0, train__log_interval=1, train__eval_interval=5, train__eval_iters=2
         ),
     ]
-    single = subprocess.run(
-        [str(BIN / "lmlab"), "train", *common, "--batch", "8", "--save-dir", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    single = lmlab_train([*common, "--batch", "8", "--save-dir", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr
-    multi = subprocess.run(
-        [
-            str(BIN / "torchrun"),
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "lmlab",
-            "train",
-            *common,
-            "--batch",
-            "4",
-            "--train.distributed",
-            strategy,
-            "--save-dir",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    two = ["--batch", "4", "--train.distributed", strategy, "--save-dir", str(tmp_path / "two")]
+    multi = lmlab_train([*common, *two], nproc=2)
     assert multi.returncode == 0, multi.stderr[-3000:]
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert [r[:2] for r in one] == [r[:2] for r in two] and len(one) == 12
@@ -69,8 +43,7 @@ def test_two_processes_equal_one_with_double_batch(strategy, tmp_path, corpus_fi
 
 
 def _torchrun(args: list, save_dir: Path) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "lmlab", "train", *args, "--save-dir", str(save_dir)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return lmlab_train([*args, "--save-dir", str(save_dir)], nproc=2)
 
 
 @pytest.mark.slow

@@ -170,8 +170,10 @@ def resolve_dtype(dtype: str, vocab_size: int) -> np.dtype:
 class RandomWindowLoader:
     """Batches of random (B, T) windows and their next-token targets (nanoGPT's `get_batch`).
 
-    An epoch is len(tokens) // (B*T) batches. Deterministic given the seed; `state_dict` holds the
-    generator state and the position within the epoch, so a resumed run draws the same batches.
+    An epoch is len(tokens) // (B*T) batches, rounded down to whole optimizer steps of `accum` batches.
+    Deterministic given the seed; `state_dict` holds the generator state and the rows drawn in the epoch, so
+    a resumed run draws the same batches, at the same or another split of the global batch into ranks and
+    micro-batches (the generator draws row by row: one draw of 8 rows is two draws of 4).
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class RandomWindowLoader:
         rank: int = 0,
         world: int = 1,
         starts: np.ndarray | None = None,
+        accum: int = 1,
     ) -> None:
         if len(tokens) <= seq_len + 1:
             raise DataError(
@@ -193,7 +196,7 @@ class RandomWindowLoader:
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
         # Every rank draws the global batch from the same generator and keeps its own rows, so
         # world_size processes at batch b see exactly the rows one process sees at batch world*b.
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.accum = rank, world, accum
         self.generator = torch.Generator().manual_seed(seed)
         self.consumed = 0  # batches drawn in the current epoch
         self._offsets = np.arange(seq_len + 1)
@@ -203,7 +206,7 @@ class RandomWindowLoader:
             raise DataError(f"data.align_bos: no document starts at least {seq_len + 1} tokens before the end")
 
     def __len__(self) -> int:
-        return max(1, (len(self.tokens) - 1) // (self.batch_size * self.world * self.seq_len))
+        return _epoch_batches(len(self.tokens), self.batch_size * self.world, self.seq_len, self.accum)
 
     def __iter__(self):
         while self.consumed < len(self):
@@ -221,13 +224,32 @@ class RandomWindowLoader:
         return window[:, :-1], window[:, 1:]
 
     def state_dict(self) -> dict:
-        """Generator state and position in the epoch."""
-        return {"generator": self.generator.get_state(), "consumed": self.consumed}
+        """Generator state and position in the epoch (batches, and the global rows each had)."""
+        rows = self.batch_size * self.world
+        return {"generator": self.generator.get_state(), "consumed": self.consumed, "rows": rows}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where `state_dict` was taken."""
+        """Continue exactly where `state_dict` was taken, also when it was taken at other global rows per batch."""
         self.generator.set_state(state["generator"])
-        self.consumed = int(state["consumed"])
+        self.consumed = _rebatch(int(state["consumed"]), int(state.get("rows", self.batch_size * self.world)), self)
+
+
+def _epoch_batches(n_tokens: int, rows: int, seq_len: int, accum: int) -> int:
+    """Batches of `rows` windows in an epoch, a whole number of optimizer steps of `accum` batches (at least one
+    step), so that every split of one global batch into ranks and micro-batches ends its epochs at the same row."""
+    return max(1, (n_tokens - 1) // (rows * accum * seq_len)) * accum
+
+
+def _rebatch(batches: int, rows: int, loader) -> int:
+    """`batches` drawn at `rows` global rows each, counted in the loader's own global rows per batch."""
+    now = loader.batch_size * loader.world
+    if batches * rows % now:
+        raise DataError(
+            f"resume: the data position ({batches * rows} rows into the epoch) is not a whole number of batches "
+            f"of {now} rows (batch {loader.batch_size} x {loader.world} processes); resume with a batch that "
+            "divides it"
+        )
+    return batches * rows // now
 
 
 class SequentialLoader:
@@ -238,19 +260,24 @@ class SequentialLoader:
     stopped. With several ranks, the global batch is split by rows as in RandomWindowLoader.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0, world: int = 1, accum: int = 1
+    ) -> None:
         if len(tokens) <= seq_len + 1:
             raise DataError(f"data: {len(tokens)} tokens is smaller than one context window of {seq_len} + 1")
         self.tokens, self.batch_size, self.seq_len, self.rank, self.world = tokens, batch_size, seq_len, rank, world
+        self.accum = accum
         self.position = 0
         self._offsets = np.arange(seq_len + 1)
 
     def __len__(self) -> int:
-        return max(1, (len(self.tokens) - 1) // (self.batch_size * self.world * self.seq_len))
+        return _epoch_batches(len(self.tokens), self.batch_size * self.world, self.seq_len, self.accum)
 
     def __iter__(self):
         step = self.batch_size * self.world * self.seq_len
-        while self.position + step < len(self.tokens):
+        # the epoch ends after whole optimizer steps, at the same token for every split of the global batch
+        end = len(self) * step if (len(self.tokens) - 1) >= step * self.accum else len(self.tokens) - 1
+        while self.position + step <= end:
             yield self.sample()
         self.position = 0
 

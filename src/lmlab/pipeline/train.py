@@ -23,6 +23,7 @@ from lmlab.errors import CheckpointError, RunLockedError
 from lmlab.model.build import build_model
 from lmlab.model.cost import cost_card, param_counts
 from lmlab.registry import TRACKER
+from lmlab.runs import checkpoint as ckpt
 from lmlab.runs.checkpoint import load_weights, read_weights
 from lmlab.runs.lock import RunLock
 from lmlab.runs.run_dir import RunDir
@@ -117,15 +118,14 @@ def _lm_task(cfg: RunConfig, run: RunDir | None) -> _Task:
         loss_fn = functools.partial(causal_lm_loss, doc_sep=separator_id(tokenizer, "data.doc_mask"))
 
     def loaders(rank: int, world: int) -> tuple:
+        split = {"rank": rank, "world": world, "accum": tc.grad_accum}
         if cfg.data.sampling == "sequential":
-            train = SequentialLoader(splits.train, tc.batch_size, seq_len, rank=rank, world=world)
+            train = SequentialLoader(splits.train, tc.batch_size, seq_len, **split)
         else:
             starts = document_starts(splits.train, tokenizer) if cfg.data.align_bos else None
-            train = RandomWindowLoader(
-                splits.train, tc.batch_size, seq_len, seed=tc.seed, rank=rank, world=world, starts=starts
-            )
-        val = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1, rank=rank, world=world)
-        train_eval = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed + 2, rank=rank, world=world)
+            train = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed, starts=starts, **split)
+        val = RandomWindowLoader(splits.val, tc.batch_size, seq_len, seed=tc.seed + 1, **split)
+        train_eval = RandomWindowLoader(splits.train, tc.batch_size, seq_len, seed=tc.seed + 2, **split)
         return train, val, train_eval
 
     return _Task(
@@ -253,6 +253,8 @@ def _open_run(cfg: RunConfig, held: contextlib.ExitStack) -> tuple[_Task, RunDir
             update={"model": model, "data": cfg.data.model_copy(update={"tokenizer": source.data.tokenizer})}
         )
     saved = run.config() if run is not None else None
+    if run is not None:
+        cfg = fit_world(cfg, saved, run, tc.resume)
     task = _seq2seq_task(cfg, run) if cfg.model.arch == "seq2seq" else _lm_task(cfg, run)
     if run is not None:
         check_same_architecture(saved, task.cfg, run.path)
@@ -269,6 +271,49 @@ def _open_run(cfg: RunConfig, held: contextlib.ExitStack) -> tuple[_Task, RunDir
         keep_config_files(run, task.cfg.sources)
         run.write_meta(task.cfg, meta)  # last: marks the run complete
     return task, run, None, None
+
+
+def split_batch(batch: int, accum: int, world_then: int, world_now: int) -> tuple[int, int] | None:
+    """(batch, grad_accum) that keep the global batch of `batch x accum x world_then` rows on `world_now`
+    processes, with micro-batches no larger than `batch`; None when the rows do not split over the processes."""
+    rows = batch * accum * world_then
+    if rows % world_now:
+        return None
+    per_rank = rows // world_now
+    for steps in range(-(-per_rank // batch), per_rank + 1):
+        if per_rank % steps == 0:
+            return per_rank // steps, steps
+    return None  # unreachable: steps == per_rank always divides
+
+
+def fit_world(cfg: RunConfig, saved: RunConfig, run: RunDir, resume: str) -> RunConfig:
+    """The config to resume `run` with at this world size: when the checkpoint was written by another number of
+    processes, batch and grad_accum are re-split so the global batch stays (one line says how, or what changes)."""
+    folder = Path(resume) if resume != "auto" and Path(resume).name.startswith("step_") else None
+    if folder is None:
+        listed = ckpt.list_checkpoints(run.checkpoints)
+        folder = listed[-1] if listed else None
+    layout = ckpt.read_meta(folder) if folder is not None and (folder / "meta.json").is_file() else {}
+    then, now = layout.get("world_size"), dist.get_world_size()
+    if then is None or then == now:
+        return cfg
+    tc, before = cfg.train, saved.train
+    batch, accum = layout.get("batch_size") or before.batch_size, layout.get("grad_accum", before.grad_accum)
+    rows = batch * accum * then
+    asked = (tc.batch_size, tc.grad_accum) != (before.batch_size, before.grad_accum)  # the user chose a split
+    split = (tc.batch_size, tc.grad_accum) if asked else split_batch(batch, accum, then, now)
+    head = f"resume: {folder.name} was written by {then} processes, now {now}:"
+    if split is None:
+        split = batch, accum
+        line = f"{head} a global batch of {rows} rows does not split over {now}; it becomes {batch * accum * now}"
+    elif split[0] * split[1] * now != rows:
+        line = f"{head} the global batch changes from {rows} to {split[0] * split[1] * now} rows (as asked)"
+    else:
+        line = f"{head} the global batch of {rows} rows stays (batch {split[0]}, grad_accum {split[1]} per process)"
+    if dist.is_main():
+        print(f"{line}; dropout masks are drawn anew per process", file=sys.stderr)
+    train = tc.model_copy(update={"batch_size": split[0], "grad_accum": split[1]})
+    return cfg.model_copy(update={"train": train})
 
 
 def keep_config_files(run: RunDir, sources: Sequence[str], subfolder: str = "") -> None:

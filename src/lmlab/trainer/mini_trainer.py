@@ -87,6 +87,16 @@ def rng_state() -> dict:
     return state
 
 
+def _reseed(state: dict, rank: int) -> None:
+    """Seed every RNG from a draw of the saved torch generator `state` plus `rank`: reproducible, distinct per rank."""
+    generator = torch.Generator()
+    generator.set_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    seed = int(torch.randint(2**62, (1,), generator=generator)) + rank
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def set_rng_state(state: dict) -> None:
     """Inverse of `rng_state`."""
     random.setstate(state["python"])
@@ -442,25 +452,25 @@ class MiniTrainer:
 
     def load_state_dict(self, state: dict, weights: dict[str, torch.Tensor], where: Path) -> None:
         """Restore weights and trainer state written by `save_checkpoint`."""
-        world = dist.get_world_size()
-        if int(state.get("world_size", 1)) != world:
+        loader = state.get("train_loader", {})
+        if int(state.get("world_size", 1)) != dist.get_world_size() and "consumed" in loader and "rows" not in loader:
             raise CheckpointError(
-                f"resume: {where} was written by {state.get('world_size', 1)} processes, now {world}; "
-                "exact resume needs the same world size"
+                f"resume: {where} was written by {state['world_size']} processes, now {dist.get_world_size()}, "
+                "before checkpoints recorded the rows of a batch; resume it with the same number of processes"
             )
-        if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_model_state_dict,
-                set_optimizer_state_dict,
-            )
+        saved_optimizer = state["optimizer"]
+        by_name = bool(saved_optimizer.get("state")) and isinstance(next(iter(saved_optimizer["state"])), str)
+        if self.strategy == "fsdp":  # full tensors in, each rank keeps its shard: any world size reshards
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.raw_model, weights, options=opts)
-            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
+            set_model_state_dict(self.raw_model, weights, options=StateDictOptions(full_state_dict=True))
+            self._set_optimizer_by_name(saved_optimizer if by_name else self._by_name(saved_optimizer))
         else:
             ckpt.load_weights(self.raw_model, {k: v.to(self.device) for k, v in weights.items()}, where)
-            self.optimizer.load_state_dict(state["optimizer"])
+            if by_name and self.strategy != "zero1":  # written under FSDP, resumed without it
+                self._set_optimizer_by_name(saved_optimizer)
+            else:
+                self.optimizer.load_state_dict(saved_optimizer)
         self.step = self.start_step = int(state["step"])
         self.epoch, self.tokens_seen = int(state["epoch"]), int(state["tokens_seen"])
         self.flops_seen, self.skipped_steps = float(state["flops_seen"]), int(state["skipped_steps"])
@@ -476,7 +486,30 @@ class MiniTrainer:
             loader = getattr(self, name)
             if name in state and hasattr(loader, "load_state_dict"):
                 loader.load_state_dict(state[name])
-        set_rng_state(state["rng_ranks"][dist.get_rank()])
+        ranks = state["rng_ranks"]
+        if len(ranks) == dist.get_world_size():
+            set_rng_state(ranks[dist.get_rank()])
+        else:  # another world size: no rank's stream continues; each rank draws anew from the saved rank 0's
+            _reseed(ranks[0], dist.get_rank())
+
+    def batch_layout(self) -> dict[str, int | None]:
+        """How a global batch is split: processes, micro-batches per step and rows per micro-batch (if known)."""
+        batch = getattr(self.train_loader, "batch_size", None)
+        return {"world_size": dist.get_world_size(), "grad_accum": self.grad_accum, "batch_size": batch}
+
+    def _by_name(self, saved: dict) -> dict:
+        """An optimizer state keyed by parameter position (`Optimizer.state_dict`) keyed by parameter name instead,
+        the form FSDP's full optimizer state takes."""
+        name_of = {id(p): n for n, p in self.raw_model.named_parameters()}
+        names = [name_of[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
+        groups = [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]
+        return {"state": {names[i]: v for i, v in saved["state"].items()}, "param_groups": groups}
+
+    def _set_optimizer_by_name(self, saved: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(self.raw_model, self.optimizer, saved, options=opts)
 
     def wall(self) -> float:
         """Seconds of training so far, over every process that trained this run (resumes add up)."""
@@ -488,7 +521,8 @@ class MiniTrainer:
         weights, state = self.full_state_dict(), self.state_dict()  # collectives: every rank takes part
         path = None
         if dist.is_main():
-            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, weights, state, extra={"val_loss": self.last_val})
+            extra = {"val_loss": self.last_val, **self.batch_layout()}
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, weights, state, extra=extra)
             self._saved_step = self.step
             if self.last_val is not None and self.last_val <= self.best_val:
                 self.best_val, self.best_ckpt = self.last_val, path
@@ -540,7 +574,8 @@ class MiniTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean loss over `eval_iters` validation batches (averaged over ranks), and over as many batches of
+        """Mean loss over `eval_iters` global validation batches (each `grad_accum` micro-batches on every rank,
+        averaged over ranks), and over as many batches of
         the training split when a `train_eval_loader` is given (nanoGPT's estimate_loss: `train_eval_loss`)."""
         self.model.eval()
         out = {"step": self.step, "tokens": self.tokens_seen, "flops": self.flops_seen}
@@ -553,7 +588,8 @@ class MiniTrainer:
     def _mean_loss(self, loader: Iterable) -> float:
         total, n = torch.zeros((), dtype=torch.float32, device=self.device), 0
         batches = _cycle(loader)  # a short split wraps around instead of running dry
-        for batch in itertools.islice(batches, self.eval_iters):
+        # eval_iters global batches: the same rows however they are split into ranks and micro-batches
+        for batch in itertools.islice(batches, self.eval_iters * self.grad_accum):
             with self.autocast():
                 total += self.loss_fn(self.model, _to_device(batch, self.device)).detach().float()
             n += 1
