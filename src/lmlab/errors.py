@@ -27,6 +27,10 @@ class RunLockedError(LmlabError):
     """A run directory that another live process is writing (its lock names the holder)."""
 
 
+class ProcessLostError(LmlabError):
+    """Another process of the training group stopped (its node died or was preempted) mid-run."""
+
+
 class MemoryBudgetError(LmlabError, MemoryError):
     """A step that does not fit in the device's memory, with what to change."""
 

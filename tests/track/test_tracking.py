@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,7 @@ from lmlab.pipeline.train import train_from_config
 from lmlab.runs.run_dir import RunDir
 from lmlab.track import compare
 from lmlab.track.base import SafeTracker
+from lmlab.track.jsonl import JSONLLogger, read_metrics
 from lmlab.track.plots import html_report, plot_curves
 
 
@@ -268,3 +270,14 @@ def test_missing_tracker_package_disables_it_and_training_finishes(tmp_path, cor
     err = capsys.readouterr().err
     assert err.count("aim tracker disabled") == 1 and 'pip install "lmlab[track]"' in err
     assert (result.run.checkpoints / "step_00000004" / "model.safetensors").is_file()
+
+
+def test_a_resume_drops_the_metrics_a_killed_run_wrote_after_its_last_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"split": "train", "step": s, "loss": 1.0 / s} for s in range(1, 7)] + [{"split": "val", "step": 4}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"split": "train", "st')  # torn by the kill
+    logger = JSONLLogger(path)
+    logger.on_train_start(SimpleNamespace(step=4))
+    assert read_metrics(path) == [r for r in rows if r["step"] <= 4]
+    logger.on_train_start(SimpleNamespace(step=0))  # a fresh run leaves the file as it is
+    assert read_metrics(path) == [r for r in rows if r["step"] <= 4]

@@ -1,10 +1,10 @@
 """kill -9 at chosen moments (inside steps, checkpoint writes and prunes); resuming each time ends bit-identical.
 
 No kill depends on the clock or on how fast a reader keeps up: the training process counts its own
-events (a step starting, each fsync, rename and folder deletion of the checkpoint code) and sends
-itself SIGKILL just before the event the test picked. The kernel ends it there, with no handler run,
-as a `kill -9` from outside would. The moments are drawn from a seeded generator, so every run of the
-test kills at the same places, on any machine.
+events (a step starting, each fsync, replace, rename and folder deletion of the checkpoint code) and
+sends itself SIGKILL just before the n-th event of the kind the test picked. The kernel ends it there,
+with no handler run, as a `kill -9` from outside would. Kinds take turns and n comes from a seeded
+generator, so every run of the test kills at the same places, on any machine, and every kind is hit.
 """
 
 import os
@@ -23,7 +23,8 @@ from tests.helpers import small_train_args
 
 BIN = Path(sys.executable).parent
 STEPS = 60
-EVENTS_PER_KILL = 40  # a step with its checkpoint counts about ten events: a kill lands within four steps
+KINDS = ("step", "fsync", "replace", "rename", "rmtree")  # each happens at least once per step and checkpoint
+PER_KILL = 4  # the n-th event of its kind, n <= 4: a kill lands within four steps
 
 KILLER = textwrap.dedent(
     """
@@ -31,21 +32,24 @@ KILLER = textwrap.dedent(
     from lmlab.runs import checkpoint
     from lmlab.trainer.mini_trainer import MiniTrainer
 
-    target, count = int(sys.argv.pop(1)), [0]
+    kind, target = sys.argv.pop(1), int(sys.argv.pop(1))
+    count = {}
 
-    def event(name, fn):
+    def event(name, fn, only_from=None):
         def counted(*args, **kwargs):
-            count[0] += 1
-            if count[0] == target:
+            if only_from and sys._getframe(1).f_globals.get("__name__") != only_from:
+                return fn(*args, **kwargs)  # the same call elsewhere (logs, the lock) is not a checkpoint event
+            count[name] = count.get(name, 0) + 1
+            if name == kind and count[name] == target:
                 print(f"killed before {name}", file=sys.stderr, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)  # not returned from
             return fn(*args, **kwargs)
         return counted
 
     checkpoint._fsync = event("fsync", checkpoint._fsync)
-    checkpoint.os.replace = event("replace", os.replace)
-    pathlib.Path.rename = event("rename", pathlib.Path.rename)
-    shutil.rmtree = event("rmtree", shutil.rmtree)
+    checkpoint.os.replace = event("replace", os.replace, checkpoint.__name__)
+    pathlib.Path.rename = event("rename", pathlib.Path.rename, checkpoint.__name__)
+    shutil.rmtree = event("rmtree", shutil.rmtree, checkpoint.__name__)
     MiniTrainer.train_step = event("step", MiniTrainer.train_step)
     from lmlab.cli.app import main
     sys.argv[0] = "lmlab"
@@ -88,11 +92,11 @@ def test_ten_kills_then_resume_equals_uninterrupted(tmp_path, corpus_file, recor
     rng = random.Random(0)
     args = ["train", *common, "--save-dir", str(tmp_path / "k"), "--run-tag", "k", "--train.resume", "auto"]
     kills: list[tuple[int, str]] = []  # (resumed from step, the event killed before)
-    for _ in range(10):
+    for i in range(10):
         start = _latest_step(tmp_path / "k")
-        target = rng.randint(1, EVENTS_PER_KILL)
-        proc = subprocess.run([sys.executable, "-c", KILLER, str(target), *args], capture_output=True, env=env)
-        assert proc.returncode == -signal.SIGKILL, f"the run was not killed at event {target}: {proc.stderr[-2000:]}"
+        kind, target = KINDS[i % len(KINDS)], rng.randint(1, PER_KILL)  # every kind, twice
+        proc = subprocess.run([sys.executable, "-c", KILLER, kind, str(target), *args], capture_output=True, env=env)
+        assert proc.returncode == -signal.SIGKILL, f"the run was not killed at {kind} {target}: {proc.stderr[-2000:]}"
         kills.append((start, proc.stderr.decode().rsplit("killed before ", 1)[-1].strip()))
         for run in (tmp_path / "k").glob("*_k"):
             for path in ckpt.list_checkpoints(run / "artifacts/checkpoints"):
@@ -101,7 +105,7 @@ def test_ten_kills_then_resume_equals_uninterrupted(tmp_path, corpus_file, recor
     record_property("report", report)  # printed in the session summary (conftest.py)
     print(report)
     assert _latest_step(tmp_path / "k") > 10  # the kills fell inside training, past several checkpoints
-    assert {event for _, event in kills} >= {"step", "fsync", "rename", "rmtree"}
+    assert [event for _, event in kills] == [KINDS[i % len(KINDS)] for i in range(10)]
     final = subprocess.run([str(BIN / "lmlab"), *args], capture_output=True, text=True, env=env)
     assert final.returncode == 0, final.stderr
     (run,) = [p for p in (tmp_path / "k").glob("*_k") if (p / "meta/full_config.json").is_file()]

@@ -19,7 +19,7 @@ import torch
 from lmlab.config import RunConfig, changed_fields
 from lmlab.data.datasets import RandomWindowLoader, SequentialLoader, document_starts, prepare_data, separator_id
 from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_tokenizer
-from lmlab.errors import CheckpointError, RunLockedError
+from lmlab.errors import CheckpointError, ProcessLostError, RunLockedError
 from lmlab.model.build import build_model
 from lmlab.model.cost import cost_card, param_counts
 from lmlab.registry import TRACKER
@@ -184,7 +184,17 @@ def train_from_config(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), qui
     seed_everything(tc.seed)  # identical on every rank: FSDP shards each rank's own initialisation
     with contextlib.ExitStack() as held:  # the run's lock, released however training ends
         task, run, resume, saved = _open_run(cfg, held)
-        return _train(task, run, resume, saved, callbacks, quiet)
+        try:
+            return _train(task, run, resume, saved, callbacks, quiet)
+        except RuntimeError as exc:
+            if not dist.lost_peer(exc):
+                raise
+            last = ckpt.latest_valid(run.checkpoints)
+            kept = f"{last.name} is the last checkpoint, intact" if last else "no checkpoint was written yet"
+            raise ProcessLostError(
+                f"train: another process of the group stopped ({dist.first_line(exc)}); {kept}; "
+                "run the same command on every node to resume"
+            ) from None
 
 
 def _train(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ class JSONLLogger(Callback):
     def for_run(cls, run: Any, cfg: Any) -> JSONLLogger:
         """The tracker for a run directory: `logs/metrics.jsonl`."""
         return cls(run.logs / "metrics.jsonl", cfg.train.log_interval)
+
+    def on_train_start(self, trainer: Any) -> None:
+        """On a resume, drop the rows a killed run wrote after its last checkpoint: the resumed run writes
+        those steps again, and a curve must hold each step once."""
+        if trainer.step == 0 or not self.path.exists():
+            return
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= trainer.step]
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(partial, self.path)  # atomic: a kill now leaves the old file or the new one
 
     def _write(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -40,7 +40,8 @@ class TensorBoardTracker(SafeTracker):
         require("tensorboard", "track")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.log_dir))
+        # purge_step: on a resume, TensorBoard hides what a killed run logged after its last checkpoint
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=trainer.step or None)
         self.t0 = time.time()
 
     def log_step(self, trainer: Any, metrics: dict) -> None:

@@ -94,3 +94,27 @@ def barrier() -> None:
         dist.barrier(device_ids=[device.index])
     else:
         dist.barrier()
+
+
+# What gloo and NCCL say when a peer's connection goes: its process, or its whole node, died.
+_PEER_LOST = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+    "remote process exited",
+    "Socket closed",
+    "ncclRemoteError",
+)
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc`, raised inside a process group, says another process of the group is gone."""
+    text = str(exc)
+    return is_distributed() and (isinstance(exc, dist.DistError) or any(s in text for s in _PEER_LOST))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message without the C++ source location gloo puts before it."""
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return line.split("] ", 1)[-1] if line.startswith("[") else line

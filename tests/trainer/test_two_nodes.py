@@ -1,0 +1,134 @@
+"""Two torchrun nodes on one host (c10d rendezvous on localhost, gloo): the run of one node with the same
+world size, and a node killed mid-run leaves the other stopping in one line, the last checkpoint intact,
+and the same command resuming it.
+
+The kill comes from inside the node (its worker kills its torchrun agent and itself before a chosen
+step), so it lands at the same step on every machine.
+"""
+
+import json
+import socket
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lmlab.runs import checkpoint as ckpt
+from tests.conftest import varied_text
+from tests.helpers import BIN, lmlab_train, small_train_args
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("two_nodes")]
+
+TOLERANCE = 8 * 32 * 2**-24  # test_distributed's bound: the fp32 error of a mean over 8 x 32 tokens
+
+KILL_NODE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from lmlab.trainer.mini_trainer import MiniTrainer
+
+    at, step = int(sys.argv.pop(1)), MiniTrainer.train_step
+
+    def train_step(self, batches):
+        if self.step == at:  # the node dies: its agent first, so nothing of it restarts the worker
+            print(f"node killed before step {at + 1}", file=sys.stderr, flush=True)
+            os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return step(self, batches)
+
+    MiniTrainer.train_step = train_step
+    from lmlab.cli.app import main
+
+    sys.argv[0] = "lmlab"
+    main()
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def node_command(node: int, port: int, args: list, entry: tuple = ("-m", "lmlab")) -> list[str]:
+    """The command docs/howto/distributed.md gives for node `node` of two, one process each."""
+    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "lmlab"]
+    head = [str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1", *rendezvous]
+    return [*head, *entry, "train", *args]
+
+
+def two_nodes(args: list, *, kill_at: int | None = None, script: Path | None = None) -> list[tuple[int, str]]:
+    """Launch node 0, then (once its rendezvous store listens) node 1; (return code, stderr) of each."""
+    port = _free_port()
+    first = subprocess.Popen(node_command(0, port, args), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120  # a bound on a failure only: the loop ends when the port opens
+    while not _listening(port):
+        assert first.poll() is None and time.monotonic() < deadline, "node 0 never opened its rendezvous store"
+        time.sleep(0.05)
+    entry = ("-m", "lmlab") if kill_at is None else (str(script), str(kill_at))
+    second = subprocess.Popen(node_command(1, port, args, entry), stderr=subprocess.PIPE, text=True)
+    out = []
+    for process in (second, first):
+        _, err = process.communicate(timeout=300)
+        out.append((process.returncode, err))
+    return out[::-1]
+
+
+def _curve(save_dir: Path) -> list[tuple[str, int, float]]:
+    (metrics,) = save_dir.glob("*/logs/metrics.jsonl")
+    return [(r["split"], r["step"], r.get("loss", r.get("val_loss"))) for r in map(json.loads, metrics.open())]
+
+
+def _assert_same(curve: list, reference: list) -> None:
+    assert [r[:2] for r in curve] == [r[:2] for r in reference]  # every step once: nothing repeated or lost
+    for (split, step, a), (_, _, b) in zip(curve, reference, strict=True):
+        assert abs(a - b) <= TOLERANCE * abs(b), (split, step, a, b)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> tuple[Path, list, list]:
+    """A folder, the run's flags, and the curve of one node with two processes."""
+    root = tmp_path_factory.mktemp("nodes")
+    corpus = root / "corpus.txt"
+    corpus.write_text(varied_text())
+    args = small_train_args(
+        corpus, max_steps=8, dropout=0, batch=4, train__log_interval=1, train__eval_interval=4, train__eval_iters=2
+    )
+    args += ["--train.distributed", "ddp", "--train.resume", "auto"]  # auto: a relaunch resumes
+    one = lmlab_train([*args, "--save-dir", str(root / "one")], nproc=2)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return root, args, _curve(root / "one")
+
+
+def test_two_nodes_on_localhost_equal_one_node(lab):
+    root, args, reference = lab
+    for code, err in two_nodes([*args, "--save-dir", str(root / "two")]):
+        assert code == 0, err[-3000:]
+    _assert_same(_curve(root / "two"), reference)
+
+
+def test_a_node_killed_mid_run_stops_the_other_in_one_line_and_the_same_command_resumes(lab):
+    root, args, reference = lab
+    script = root / "kill_node.py"
+    script.write_text(KILL_NODE)
+    flags = [*args, "--save-dir", str(root / "killed")]
+    (code0, err0), (code1, err1) = two_nodes(flags, kill_at=5, script=script)
+    assert "node killed before step 6" in err1 and code1 != 0
+    assert code0 != 0
+    stopped = [line for line in err0.splitlines() if "another process of the group stopped" in line]
+    assert len(stopped) == 1, err0[-3000:]
+    assert "step_00000004 is the last checkpoint, intact; run the same command on every node" in stopped[0]
+    (run,) = (root / "killed").glob("2*")
+    assert ckpt.latest_valid(run / "artifacts" / "checkpoints").name == "step_00000004"
+    again = two_nodes(flags)  # the same command, once more, on both nodes
+    for code, err in again:
+        assert code == 0, err[-3000:]
+    assert any("at step 4 from" in err for _, err in again)
+    _assert_same(_curve(root / "killed"), reference)
