@@ -55,6 +55,8 @@ def test_help_is_fast_and_imports_no_torch():
         (["--lr", "-1"], "train.lr: Input should be greater than 0"),
         (["--data", "file:/definitely/missing.txt"], "data: file not found: /definitely/missing.txt"),
         (["--norm-position", "middle"], "model.norm_position: Input should be 'pre' or 'post'"),
+        (["--nodes", "2"], "train --nodes 2: needs --launcher slurm (or submitit-local); on nodes you start yourself"),
+        (["--launcher", "slurm"], "train --launcher slurm: "),  # no srun on this machine (or no [cluster] extra)
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
@@ -64,6 +66,20 @@ def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
     assert "Traceback" not in out.stderr
     if "No such option" not in needle:  # click's usage errors add a usage line
         assert out.stderr.strip().count("\n") == 0
+
+
+def test_the_launcher_forwards_every_argument_but_its_own():
+    from lmlab.cli.app import _launch_argv
+
+    argv = ["lmlab", "train", "cfg.py", "--nodes", "4", "--lr", "1e-3", "--launcher=slurm", "--detach", "--seed", "2"]
+    assert _launch_argv([*argv, "--slurm.time", "60", "--nproc-per-node", "8"]) == [
+        "cfg.py",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "2",
+    ]
+    assert _launch_argv(["exp-train", "--nodes", "2", "--lr", "1e-3"]) == ["--lr", "1e-3"]
 
 
 def test_typo_in_config_file(tmp_path):

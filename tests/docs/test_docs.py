@@ -8,12 +8,16 @@ these rewrites and nothing else —
 - every `lmlab train` / `ablate` / `sweep` command also gets `--train.eval_iters 2 --batch 4`, and
   `--seq-len 64` unless it sets `--context` or `--seq-len` (training windows, not the model);
 - `--data shakespeare` reads a few kilobytes of stand-in text (the tests are offline);
-- torchrun runs one node of two CPU processes on 127.0.0.1, on a free port; the server too;
+- torchrun runs one node of two CPU processes on 127.0.0.1, on a free port (a c10d rendezvous on
+  localhost); the server too;
+- SLURM is played by this host: `sbatch FILE` runs the file as one job of one node (`srun` runs its
+  command once, `scontrol show hostnames` says localhost), and `--launcher slurm` becomes
+  submitit's local executor, one process per node;
 - `make` targets run in the repository, with training steps, evaluation and the run folder
   set through `LMLAB_TRAIN__*` variables (batch 4, 40 sample tokens) and `make test` limited to one test file in one process; the fresh
   folder links the repository's `.venv` and `experiments/`, so `source .venv/bin/activate` and
   the reference configs work as in a clone.
-A `python` block with a `title="path"` is written to that file; a path under `src/` goes into a
+A `python` or `bash` block with a `title="path"` is written to that file; a path under `src/` goes into a
 copy of the package that the page's commands import (PYTHONPATH), so the repository is never
 edited while other tests run beside it. Other `python` blocks run with the environment's Python.
 """
@@ -61,6 +65,10 @@ def shrink(script: str) -> str:
     script = re.sub(r"--nproc_per_node \d+", "--nproc_per_node 2", script)
     script = re.sub(r"--master_addr \S+", "--master_addr 127.0.0.1", script)
     script = re.sub(r"--master_port \d+", f"--master_port {free_port()}", script)
+    script = re.sub(r"--rdzv-endpoint [\w.-]+:\d+", lambda m: f"--rdzv-endpoint localhost:{free_port()}", script)
+    script = re.sub(r"\b29500\b", lambda m: str(free_port()), script)
+    script = script.replace("--launcher slurm", "--launcher submitit-local")
+    script = re.sub(r"--nproc-per-node \d+", "--nproc-per-node 1", script)
     script = re.sub(r"\b8000\b", str(free_port()), script)
     lines = []
     for line in script.splitlines():
@@ -74,15 +82,24 @@ def shrink(script: str) -> str:
     return "\n".join(lines)
 
 
+# A one-node SLURM allocation on this host, for the pages' sbatch scripts.
+SLURM_ON_THIS_HOST = """
+srun() { while [[ "$1" == --* ]]; do shift; done; "$@"; }
+scontrol() { echo localhost; }
+sbatch() { SLURM_JOB_NODELIST=localhost SLURM_NNODES=1 SLURM_NODEID=0 SLURM_JOB_ID=1 bash "$1"; }
+export -f srun scontrol
+"""
+
+
 def page_script(page: str) -> tuple[str, dict[Path, str]]:
-    """The page's blocks as one bash script, and the files its titled python blocks write."""
+    """The page's blocks as one bash script, and the files its titled blocks write."""
     parts, files = [], {}
     for lang, info, body in FENCE.findall((REPO / page).read_text()):
         title = re.search(r'title="([^"]+)"', info)
-        if lang == "bash":
+        if lang in ("bash", "python") and title:
+            files[Path(title.group(1))] = shrink(body) if lang == "bash" else body
+        elif lang == "bash":
             parts.append(body)
-        elif lang == "python" and title:
-            files[Path(title.group(1))] = body
         elif lang == "python":
             parts.append(f"python - <<'PYEOF'\n{body}PYEOF\n")
     return shrink("\n".join(parts)), files
@@ -120,7 +137,7 @@ def test_code_blocks_run(page, tmp_path):
         "MPLBACKEND": "Agg",
     }
     env.pop("LMLAB_API_KEY", None)
-    preamble = f'set -euo pipefail\nmake() {{ command make -C "{REPO}" "$@"; }}\n'
+    preamble = f'set -euo pipefail\nmake() {{ command make -C "{REPO}" "$@"; }}\n' + SLURM_ON_THIS_HOST
     (tmp_path / ".venv").symlink_to(REPO / ".venv")
     (tmp_path / "experiments").symlink_to(REPO / "experiments")
     (tmp_path / "shakespeare_stand_in.txt").write_text(STAND_IN)

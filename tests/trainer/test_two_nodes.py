@@ -7,7 +7,6 @@ step), so it lands at the same step on every machine.
 """
 
 import json
-import socket
 import subprocess
 import textwrap
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lmlab.errors import LmlabError
+from lmlab.pipeline.train_cluster import free_port, listening, submit_train, torchrun_args
 from lmlab.runs import checkpoint as ckpt
 from tests.conftest import varied_text
 from tests.helpers import BIN, lmlab_train, small_train_args
@@ -46,30 +47,17 @@ KILL_NODE = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def node_command(node: int, port: int, args: list, entry: tuple = ("-m", "lmlab")) -> list[str]:
     """The command docs/howto/distributed.md gives for node `node` of two, one process each."""
-    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "lmlab"]
-    head = [str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1", *rendezvous]
-    return [*head, *entry, "train", *args]
+    return [str(BIN / "torchrun"), *torchrun_args(2, node, 1, f"localhost:{port}", "lmlab"), *entry, "train", *args]
 
 
 def two_nodes(args: list, *, kill_at: int | None = None, script: Path | None = None) -> list[tuple[int, str]]:
     """Launch node 0, then (once its rendezvous store listens) node 1; (return code, stderr) of each."""
-    port = _free_port()
+    port = free_port()
     first = subprocess.Popen(node_command(0, port, args), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120  # a bound on a failure only: the loop ends when the port opens
-    while not _listening(port):
+    while not listening("127.0.0.1", port):
         assert first.poll() is None and time.monotonic() < deadline, "node 0 never opened its rendezvous store"
         time.sleep(0.05)
     entry = ("-m", "lmlab") if kill_at is None else (str(script), str(kill_at))
@@ -132,3 +120,35 @@ def test_a_node_killed_mid_run_stops_the_other_in_one_line_and_the_same_command_
         assert code == 0, err[-3000:]
     assert any("at step 4 from" in err for _, err in again)
     _assert_same(_curve(root / "killed"), reference)
+
+
+def test_launcher_submits_one_job_over_two_nodes_that_equals_one_node(lab):
+    """`--launcher submitit-local --nodes 2`: the code path of `--launcher slurm`, a task per node on this host."""
+    root, args, reference = lab
+    out = root / "launched"
+    launched = subprocess.run(
+        [str(BIN / "lmlab"), "train", *args, "--save-dir", str(out), "--launcher", "submitit-local", "--nodes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "(2 nodes x 1 processes)" in launched.stderr and "done: step 8" in launched.stdout
+    _assert_same(_curve(out), reference)
+
+
+def test_a_node_that_fails_is_named_with_its_own_error(tmp_path):
+    """A node's torchrun failing reaches the submitter as one line with that node's message, not a log path."""
+    with pytest.raises(LmlabError) as caught:
+        submit_train(
+            ["--no-such-flag"],
+            save_dir=str(tmp_path),
+            nodes=2,
+            nproc_per_node=1,
+            launcher="submitit-local",
+            slurm={},
+            detach=False,
+        )
+    message = str(caught.value)
+    assert "\n" not in message and "stopped (torchrun exit 1): No such option '--no-such-flag'" in message
+    assert str(tmp_path / "submitit") in message

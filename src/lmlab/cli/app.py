@@ -51,11 +51,82 @@ def cli() -> None:
     """Top-level group."""
 
 
+SLURM_FOR_TRAIN = {"slurm_partition", "slurm_gpus_per_node", "slurm_time", "slurm_account", "slurm_cpus_per_task"}
+LAUNCH_OPTIONS = [
+    click.Option(
+        ["--launcher", "train_launcher"],
+        type=click.Choice(["local", "slurm", "submitit-local"]),
+        default="local",
+        show_default=True,
+        help="local (this process, or each process torchrun starts), one SLURM job over --nodes through "
+        "submitit ([cluster] extra), or submitit's local executor with a task per node on this host",
+    ),
+    click.Option(["--nodes"], type=int, default=1, show_default=True, help="nodes of the job (with --launcher)"),
+    click.Option(
+        ["--nproc-per-node"],
+        type=int,
+        default=None,
+        help="processes per node (with --launcher); default --slurm.gpus-per-node, else 1",
+    ),
+    *[o for o in STUDY_OPTIONS if o.name in SLURM_FOR_TRAIN],  # per job of a study = per node of this job
+    click.Option(["--detach", "slurm_detach"], is_flag=True, default=False, help="with --launcher: submit and exit"),
+]
+
+
+def _launch_argv(argv: list[str]) -> list[str]:
+    """The arguments after `lmlab train` (or `exp-train`) in `argv`, less the launcher's own options (what every node runs)."""
+    valued = {opt for o in LAUNCH_OPTIONS if not o.is_flag for opt in o.opts}
+    flags = {opt for o in LAUNCH_OPTIONS if o.is_flag for opt in o.opts}
+    rest, out, skip = argv[2:] if argv[1:2] == ["train"] else argv[1:], [], False  # lmlab train | exp-train
+    for arg in rest:
+        if skip:
+            skip = False
+        elif arg in valued:
+            skip = True
+        elif arg not in flags and arg.split("=", 1)[0] not in valued:
+            out.append(arg)
+    return out
+
+
+def _launch(params: dict) -> bool:
+    """With --launcher slurm or submitit-local: submit the run as one job over --nodes and report it (True);
+    False when it trains here."""
+    launcher, nodes, nproc = params.pop("train_launcher"), params.pop("nodes"), params.pop("nproc_per_node")
+    slurm = {k[len("slurm_") :]: params.pop(k) for k in [*SLURM_FOR_TRAIN, "slurm_detach"]}
+    if launcher == "local":
+        if nodes != 1:
+            raise LmlabError(
+                f"train --nodes {nodes}: needs --launcher slurm (or submitit-local); on nodes you start "
+                "yourself, run torchrun as docs/howto/distributed.md shows"
+            )
+        return False
+    from lmlab.pipeline.train_cluster import submit_train
+
+    cfg = _resolve(params)  # a bad config is refused here, before it waits in a queue
+    detach = bool(slurm.pop("detach"))
+    out = submit_train(
+        _launch_argv(sys.argv),
+        save_dir=cfg.train.save_dir,
+        nodes=nodes,
+        nproc_per_node=nproc or slurm.get("gpus_per_node") or 1,
+        launcher=launcher,
+        slurm={k: v for k, v in slurm.items() if v is not None},
+        detach=detach,
+    )
+    if out is None:
+        click.echo("train: submitted; the run directory fills as it trains (lmlab runs, or the job's log)", err=True)
+    else:
+        click.echo(out, nl=False)
+    return True
+
+
 @user_errors
 def _train(**params) -> None:
     from lmlab.pipeline.train import train_from_config
     from lmlab.utils import dist
 
+    if _launch(params):
+        return
     result = train_from_config(_resolve(params))
     m = result.metrics
     val = "n/a" if m.get("val_loss") is None else f"{m['val_loss']:.4f}"
@@ -95,7 +166,7 @@ def _resume_command(run: Path) -> str:
 train_command = cli.command(
     "train",
     cls=SchemaCommand,
-    params=[*COMMON, click.Argument(["config_path"], required=False)],
+    params=[*COMMON, *LAUNCH_OPTIONS, click.Argument(["config_path"], required=False)],
     help="Train a model; every config field is a flag (precedence: flags > LMLAB_* env > --config > --preset). "
     "CONFIG_PATH is a config file as --config takes (nanoGPT's `lmlab train config/x.py --max_iters=100`).",
 )(_train)
