@@ -17,7 +17,12 @@ only decodes), then greedy decoding of the big model alone (eager and compiled) 
 with the draft proposing `--draft-tokens` tokens per pass (eager and compiled), with the acceptance
 rate. Speculative and plain greedy outputs are checked equal.
 
+`--remote-code` adds lmlab compositions that transformers has no class for (MLA, ALiBi, a windowed GPT-2
+layout), exported with `modeling_lmlab.py`: lmlab's eager decode against the export's `generate` with its
+cache, and without (`use_cache=False`, what the export did before it had one), outputs checked equal.
+
     python bench/decode_speed_vs_hf.py [--sizes 4x128x4,6x384x6 --new 128 --rounds 5] [--out FILE.md]
+    python bench/decode_speed_vs_hf.py --sizes none --remote-code
     python bench/decode_speed_vs_hf.py --sizes none --speculative --text ../shared/data/tinyshakespeare.txt
 """
 
@@ -27,6 +32,7 @@ import argparse
 import hashlib
 import platform
 import statistics
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -38,6 +44,7 @@ from lmlab.export.hf import to_hf
 from lmlab.model.build import build_model
 from lmlab.model.generate import generate
 from lmlab.model.speculative import DraftStats
+from lmlab.pipeline.export import _write_remote_code
 from lmlab.runs.checkpoint import load_weights, read_weights, write_weights
 from lmlab.trainer.optim import configure_optimizer
 from lmlab.trainer.schedules import warmup_cosine_scheduler
@@ -209,6 +216,53 @@ def bench_speculative(text: str, args) -> list[str]:
     return rows
 
 
+REMOTE_CODE = {
+    "mla": {"attn": "mla", "pos": "rope", "norm": "rmsnorm", "ffn": "swiglu"},
+    "alibi": {"attn": "sdpa", "pos": "alibi", "ffn": "swiglu", "n_kv_head": 2},
+    "gpt2 + window 64": {"attn": "sliding_window", "window": 64},
+}
+
+
+def bench_remote_code(args) -> list[str]:
+    """lmlab eager decode vs the remote-code export's `generate`, cached and uncached: table rows."""
+    import transformers
+
+    rows = []
+    for name, overrides in REMOTE_CODE.items():
+        torch.manual_seed(0)
+        cfg = ModelConfig.from_preset(
+            "gpt2", n_layer=4, d_model=256, n_head=4, vocab_size=args.vocab, max_seq_len=args.prompt + args.new
+        )
+        cfg = ModelConfig.model_validate(cfg.model_dump() | overrides)
+        ours = build_model(cfg).eval()
+        folder = tempfile.mkdtemp()
+        _write_remote_code(ours, Path(folder))
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+        prompt = torch.randint(0, args.vocab, (1, args.prompt))
+        greedy = dict(max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False)
+        runs = {
+            "lmlab": partial(generate, ours, prompt, args.new, temperature=0),
+            "export": partial(theirs.generate, prompt, **greedy),
+            "export, no cache": partial(theirs.generate, prompt, **greedy, use_cache=False),
+        }
+        with torch.no_grad():
+            reference = runs["lmlab"]()
+            for run in runs.values():
+                assert torch.equal(run(), reference), f"{name}: greedy outputs differ"
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(args.rounds):
+                for k, run in runs.items():
+                    times[k].append(timed(run))
+        t = {k: statistics.median(v) / args.new * 1e3 for k, v in times.items()}
+        rows.append(
+            f"| {name} | {ours.num_params() / 1e6:.1f} M | {t['lmlab']:.2f} | {t['export']:.2f} "
+            f"| **{t['export'] / t['lmlab']:.2f}x** | {t['export, no cache']:.2f} "
+            f"| {t['export, no cache'] / t['lmlab']:.2f}x |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     """Time every size at batch 1 and 8 and print (and optionally write) a table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -227,6 +281,7 @@ def main() -> None:
     ap.add_argument("--cache", default="~/.cache/lmlab/bench", help="where trained models are kept between runs")
     ap.add_argument("--draft-dim", type=int, default=128)
     ap.add_argument("--draft-tokens", default="3,4,6", help="comma-separated draft lengths k, a row pair each")
+    ap.add_argument("--remote-code", action="store_true", help="add the remote-code export rows")
     args = ap.parse_args()
     header = [
         f"Greedy decoding, prompt {args.prompt} tokens, {args.new} new tokens, vocab {args.vocab}, median of "
@@ -256,6 +311,17 @@ def main() -> None:
         ]
         print("\n".join(spec), flush=True)
         rows += spec + bench_speculative(Path(args.text).read_text(), args)
+    if args.remote_code:
+        remote = [
+            "",
+            f"Remote-code exports (`modeling_lmlab.py`), 4 layers x 256, batch 1, prompt {args.prompt}, {args.new} new "
+            "tokens, greedy; milliseconds per token, lmlab eager decode against the export's `generate`.",
+            "",
+            "| model | params | lmlab ms/token | export ms/token | export / lmlab | export, no cache | no cache / lmlab |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        print("\n".join(remote), flush=True)
+        rows += remote + bench_remote_code(args)
     if args.out:
         Path(args.out).write_text("\n".join(header + rows) + "\n")
 

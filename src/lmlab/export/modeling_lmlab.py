@@ -6,8 +6,10 @@ The config's `lmlab` entry is the run's model config; parameter names are lmlab'
 weights load unchanged. It is a second, deliberately plain implementation of the blocks it
 supports (attention mha / sdpa / sliding_window / mla; positions learned / sinusoidal / rope /
 alibi / none; norms layernorm / layernorm_nobias / rmsnorm; FFNs mlp / gated_mlp / swiglu /
-geglu): the export only succeeds when its logits match lmlab's. It recomputes the whole
-context at each generation step (no KV cache).
+geglu): the export only succeeds when its logits match lmlab's. `generate` decodes with
+transformers' cache (`past_key_values`, a `DynamicCache`), takes left-padded batches through
+`attention_mask` (positions count from each row's first real token), and past `max_seq_len`
+slides the context and recomputes it, as lmlab's own decoding does, so it emits lmlab's tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers renamed `past_key_values` to `cache` (5.x); this file speaks whichever the installed one uses.
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -71,11 +77,11 @@ def make_norm(c: dict, dim: int | None = None) -> nn.Module:
     return nn.LayerNorm(dim, eps=c["norm_eps"], bias=c["norm"] == "layernorm")
 
 
-def rope_tables(length: int, width: int, theta: float, device) -> tuple[Tensor, Tensor]:
-    """cos/sin (length, width) for positions 0..length-1, pairs (i, i + width/2)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, width, 2, dtype=torch.float64, device=device) / width))
-    freqs = torch.outer(torch.arange(length, dtype=torch.float64, device=device), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
+def rope_tables(positions: Tensor, width: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin (B, 1, T, width) at `positions` (B, T), pairs (i, i + width/2), broadcast over heads."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, width, 2, dtype=torch.float64, device=positions.device) / width))
+    freqs = positions.double()[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
     return emb.cos().float(), emb.sin().float()
 
 
@@ -101,18 +107,18 @@ def alibi_slopes(n_head: int) -> Tensor:
     return torch.tensor(power_of_two(closest) + power_of_two(2 * closest)[0::2][: n_head - closest])
 
 
-def sinusoidal(T: int, d: int, device) -> Tensor:
-    """Vaswani et al. 2017 §3.5 table (T, d)."""
-    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d)).to(device)
-    angles = torch.arange(T, dtype=torch.float64, device=device)[:, None] * div[None, :]
-    table = torch.zeros(T, d, dtype=torch.float64, device=device)
-    table[:, 0::2] = torch.sin(angles)
-    table[:, 1::2] = torch.cos(angles[:, : d // 2])
+def sinusoidal(positions: Tensor, d: int) -> Tensor:
+    """Vaswani et al. 2017 §3.5 table (B, T, d) at `positions` (B, T)."""
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d)).to(positions.device)
+    angles = positions.double()[..., None] * div
+    table = torch.zeros(*positions.shape, d, dtype=torch.float64, device=positions.device)
+    table[..., 0::2] = torch.sin(angles)
+    table[..., 1::2] = torch.cos(angles[..., : d // 2])
     return table.float()
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
-    """softmax(q k^T * scale + bias) v, with bias (nh or 1, T, T) carrying the causal/window mask."""
+    """softmax(q k^T * scale + bias) v, with bias (B, nh or 1, T, S) carrying the causal/window/padding mask."""
     scores = (q @ k.transpose(-2, -1)) * scale + bias
     return F.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
@@ -120,13 +126,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tenso
 class Attention(nn.Module):
     """mha / sdpa / sliding_window: fused qkv, grouped key/value heads, optional rotary."""
 
-    def __init__(self, c: dict) -> None:
+    def __init__(self, c: dict, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         self.nh, self.nkv, self.hs = c["n_head"], c["n_kv_head"], head_dim(c)
         self.qkv = nn.Linear(c["d_model"], (self.nh + 2 * self.nkv) * self.hs, bias=c.get("qkv_bias", c["bias"]))
         self.proj = nn.Linear(self.nh * self.hs, c["d_model"], bias=c.get("attn_proj_bias", c["bias"]))
 
-    def forward(self, x: Tensor, bias: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor, rope: tuple[Tensor, Tensor] | None, cache: Cache | None) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split([self.nh * self.hs, self.nkv * self.hs, self.nkv * self.hs], dim=-1)
         q = q.view(B, T, self.nh, self.hs).transpose(1, 2)
@@ -134,6 +141,8 @@ class Attention(nn.Module):
         v = v.view(B, T, self.nkv, self.hs).transpose(1, 2)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
+        if cache is not None:  # the keys and values of every earlier position, then these
+            k, v = cache.update(k, v, self.layer)
         rep = self.nh // self.nkv
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = attend(q, k, v, bias, 1.0 / math.sqrt(self.hs))
@@ -143,8 +152,9 @@ class Attention(nn.Module):
 class MLA(nn.Module):
     """DeepSeek-V2 multi-head latent attention, naive form: latent c_kv expanded to per-head keys/values."""
 
-    def __init__(self, c: dict) -> None:
+    def __init__(self, c: dict, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         m, hs = c["mla"], head_dim(c)
         self.nh, self.q_rank = c["n_head"], m["q_lora_rank"]
         self.kv_rank = m["kv_lora_rank"] or 4 * hs
@@ -163,17 +173,19 @@ class MLA(nn.Module):
         self.proj = nn.Linear(self.nh * self.v_dim, d, bias=False)
         self.theta, self.rotary = c["rope"]["theta"], c["pos"] == "rope"
 
-    def forward(self, x: Tensor, bias: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor, positions: Tensor, cache: Cache | None) -> Tensor:
         B, T, _ = x.shape
         q = self.wq_b(self.q_norm(self.wq_a(x))) if self.q_rank else self.wq(x)
         q_nope, q_rope = q.view(B, T, self.nh, self.nope + self.rope).transpose(1, 2).split([self.nope, self.rope], -1)
         c_kv, k_rope = self.wkv_a(x).split([self.kv_rank, self.rope], dim=-1)
         if self.rotary and self.rope:
-            cos, sin = rope_tables(T, self.rope, self.theta, x.device)  # the decoupled key/query width
-            q_rope, k_rope = rotate(q_rope, cos, sin), rotate(k_rope, cos, sin)
+            cos, sin = rope_tables(positions, self.rope, self.theta)  # the decoupled key/query width
+            q_rope, k_rope = rotate(q_rope, cos, sin), rotate(k_rope[:, None], cos, sin)[:, 0]
         kv = self.wkv_b(self.kv_norm(c_kv)).view(B, T, self.nh, self.nope + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         k = torch.cat([k_nope, k_rope[:, None].expand(-1, self.nh, -1, -1)], dim=-1)
+        if cache is not None:  # the naive form caches the expanded per-head keys and values
+            k, v = cache.update(k, v, self.layer)
         y = attend(torch.cat([q_nope, q_rope], dim=-1), k, v, bias, 1.0 / math.sqrt(self.nope + self.rope))
         return self.proj(y.transpose(1, 2).reshape(B, T, self.nh * self.v_dim))
 
@@ -205,18 +217,18 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-norm x + f(norm x), or post-norm norm(x + f x)."""
 
-    def __init__(self, c: dict) -> None:
+    def __init__(self, c: dict, layer: int) -> None:
         super().__init__()
         self.pre = c["norm_position"] == "pre"
         self.norm1, self.norm2 = make_norm(c), make_norm(c)
-        self.attn = MLA(c) if c["attn"] == "mla" else Attention(c)
+        self.attn = MLA(c, layer) if c["attn"] == "mla" else Attention(c, layer)
         self.ffn = FeedForward(c)
 
-    def forward(self, x: Tensor, bias: Tensor, rope) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor, rope, cache: Cache | None) -> Tensor:
         if self.pre:
-            x = x + self.attn(self.norm1(x), bias, rope)
+            x = x + self.attn(self.norm1(x), bias, rope, cache)
             return x + self.ffn(self.norm2(x))
-        x = self.norm1(x + self.attn(x, bias, rope))
+        x = self.norm1(x + self.attn(x, bias, rope, cache))
         return self.norm2(x + self.ffn(x))
 
 
@@ -240,7 +252,7 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
         c = self.c = config.lmlab
         self.tok_emb = nn.Embedding(c["vocab_size"], c["d_model"])
         self.pos = Positions(c)
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c["n_layer"]))
+        self.blocks = nn.ModuleList(Block(c, i) for i in range(c["n_layer"]))
         self.norm_f = make_norm(c) if c["norm_position"] == "pre" else nn.Identity()
         if not c["tie_weights"]:
             self.lm_head = nn.Linear(c["d_model"], c["vocab_size"], bias=False)
@@ -252,46 +264,76 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Module:
         return self.tok_emb
 
-    def _bias(self, T: int, device) -> Tensor:
-        """Causal (and windowed) -inf mask, plus ALiBi's linear distance penalty."""
-        i = torch.arange(T, device=device)[:, None]
-        j = torch.arange(T, device=device)[None, :]
-        ok = j <= i
+    def _bias(self, keep: Tensor, past: int, T: int) -> Tensor:
+        """(B, 1 or nh, T, past + T): causal (and windowed) -inf mask over the slots `keep` (B, past + T)
+        marks real, plus ALiBi's linear distance penalty. A padding slot sees itself, so its row stays finite."""
+        i = torch.arange(past, past + T, device=keep.device)[:, None]
+        j = torch.arange(past + T, device=keep.device)[None, :]
+        ok = (j <= i) & keep[:, None, :].bool()
         if self.c.get("window"):
             ok &= j > i - self.c["window"]
-        mask = torch.zeros(T, T, device=device).masked_fill(~ok, float("-inf"))[None]
-        if self.c["pos"] == "alibi":
-            mask = mask + alibi_slopes(self.c["n_head"]).to(device)[:, None, None] * (j - i)
+        ok |= i == j
+        mask = torch.zeros(ok.shape, device=keep.device).masked_fill(~ok, float("-inf"))[:, None]
+        if self.c["pos"] == "alibi":  # slots of real tokens are as far apart as their positions
+            mask = mask + alibi_slopes(self.c["n_head"]).to(keep.device)[:, None, None] * (j - i)
         return mask
 
     def forward(
-        self, input_ids: Tensor, labels: Tensor | None = None, attention_mask: Tensor | None = None, **kwargs
-    ) -> CausalLMOutput:
-        """Logits (B, T, V) for the whole context; loss against `labels` shifted by one, as transformers does."""
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("modeling_lmlab: padded batches are not supported; generate one prompt at a time")
-        c, T = self.c, input_ids.shape[1]
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits (B, T, V) for the new tokens after the cached ones (`cache` or `past_key_values`); loss against
+        `labels` shifted by one, as transformers does. `attention_mask` (B, cached + T) marks left padding with 0."""
+        c, (B, T) = self.c, input_ids.shape
+        past_key_values = kwargs.get("cache", kwargs.get("past_key_values"))
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past + T > c["max_seq_len"]:
+            raise ValueError(
+                f"modeling_lmlab: {past + T} positions exceed max_seq_len {c['max_seq_len']}; generate slides the context"
+            )
+        keep = torch.ones(B, past + T, dtype=torch.long, device=input_ids.device)
+        if attention_mask is not None:
+            keep = attention_mask[:, -(past + T) :].long()
+        if position_ids is None:  # each row counts from its first real token, as lmlab's left padding does
+            position_ids = (keep.cumsum(-1) - 1).clamp_min(0)[:, past:]
         x = self.tok_emb(input_ids)
         if c["pos"] == "learned":
-            x = x + self.pos.wpe(torch.arange(T, device=x.device))
+            x = x + self.pos.wpe(position_ids)
         elif c["pos"] == "sinusoidal":
-            x = x + sinusoidal(T, c["d_model"], x.device).to(x.dtype)
-        rope = None
+            x = x + sinusoidal(position_ids, c["d_model"]).to(x.dtype)
+        rope = position_ids if c["attn"] == "mla" else None
         if c["pos"] == "rope" and c["attn"] != "mla":
-            hs = head_dim(c)
-            rope = rope_tables(T, int(hs * c["rope"]["fraction"]) // 2 * 2, c["rope"]["theta"], x.device)
-        bias = self._bias(T, x.device)
+            rope = rope_tables(position_ids, int(head_dim(c) * c["rope"]["fraction"]) // 2 * 2, c["rope"]["theta"])
+        bias = self._bias(keep, past, T)
         for block in self.blocks:
-            x = block(x, bias, rope)
+            x = block(x, bias, rope, past_key_values)
         x = self.norm_f(x)
         logits = F.linear(x, self.tok_emb.weight) if c["tie_weights"] else self.lm_head(x)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE: past_key_values})
 
-    def prepare_inputs_for_generation(self, input_ids: Tensor, **kwargs) -> dict:
-        """No cache: every step sees the last max_seq_len tokens."""
-        window = input_ids[:, -self.c["max_seq_len"] :]
-        mask = kwargs.get("attention_mask")
-        return {"input_ids": window, "attention_mask": None if mask is None else mask[:, -window.shape[1] :]}
+    def prepare_inputs_for_generation(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> dict:
+        """The tokens the cache has not seen; past max_seq_len, the last max_seq_len tokens without a cache,
+        recomputed each step (lmlab's sliding context)."""
+        cache = kwargs.get(CACHE)
+        limit, past = self.c["max_seq_len"], 0 if cache is None else cache.get_seq_length()
+        if input_ids.shape[1] > limit:
+            window = input_ids[:, -limit:]
+            mask = None if attention_mask is None else attention_mask[:, -limit:]
+            return {"input_ids": window, "attention_mask": mask, CACHE: None, "use_cache": False}
+        use_cache = kwargs.get("use_cache", True)
+        return {
+            "input_ids": input_ids[:, past:],
+            "attention_mask": attention_mask,
+            CACHE: cache,
+            "use_cache": use_cache,
+        }

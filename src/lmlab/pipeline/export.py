@@ -43,7 +43,12 @@ encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in probe["texts"]
 decoded = [tok.decode(i, skip_special_tokens=True) for i in probe["encoded"]]
 generator = pipeline("text-generation", model=out, trust_remote_code=True)
 text = generator(probe["texts"][0][:8] or "a", max_new_tokens=2, do_sample=False)[0]["generated_text"]
-json.dump({"encoded": encoded, "decoded": decoded, "pipeline": text}, open(sys.argv[5], "w"))
+batch, mask, new = (torch.tensor(probe["decode"][k]) for k in ("ids", "mask", "new"))
+model.generation_config.eos_token_id = None  # lmlab's decode runs on past an eos here; a min length would mask it
+with torch.no_grad():  # greedy with the cache, left-padded rows, against lmlab's decode of each row alone
+    rows = model.generate(batch, attention_mask=mask, max_new_tokens=int(new), do_sample=False, pad_token_id=0)
+rows = rows[:, batch.shape[1]:].tolist()
+json.dump({"encoded": encoded, "decoded": decoded, "pipeline": text, "decode": rows}, open(sys.argv[5], "w"))
 """
 PROBE_ROWS = 3
 
@@ -134,7 +139,7 @@ def _export_hf(loaded, model, ids: torch.Tensor, tmp: Path) -> tuple[np.ndarray,
     shutil.copy(loaded.run.tokenizer, tmp / "lmlab_tokenizer.json")
     gen = torch.Generator().manual_seed(1)
     rows = torch.randint(0, tokenizer.vocab_size, (PROBE_ROWS, min(64, cfg.max_seq_len)), generator=gen).tolist()
-    probe = tokenizer_probe(tokenizer, rows)
+    probe = tokenizer_probe(tokenizer, rows) | {"decode": _decode_probe(model, ids)}
     files = {name: tmp / name for name in ("probe.json", "probe_ids.npy", "probe_logits.npy", "probe_out.json")}
     files["probe.json"].write_text(json.dumps(probe))
     np.save(files["probe_ids.npy"], ids.numpy())
@@ -157,7 +162,24 @@ def _export_hf(loaded, model, ids: torch.Tensor, tmp: Path) -> tuple[np.ndarray,
                 raise CheckpointError(
                     f"export: the exported tokenizer {key} probe text {i} differently from lmlab: {a!r} vs {b!r}"
                 )
+    for i, (a, b) in enumerate(zip(checked["decode"], probe["decode"]["expected"], strict=True)):
+        if a != b:
+            raise CheckpointError(f"export: generate's greedy tokens for prompt {i} differ from lmlab's: {a} vs {b}")
     return theirs, layout
+
+
+def _decode_probe(model, ids: torch.Tensor) -> dict:
+    """Two prompts of different lengths, left-padded as one batch, and the greedy tokens lmlab gives each alone."""
+    from lmlab.model.generate import generate, left_pad
+
+    context = model.config.max_seq_len
+    short, long = max(1, min(3, context // 4)), max(2, min(9, context // 2))
+    new = max(1, min(16, context - long))
+    prompts = [ids[0, :short].tolist(), ids[1 % len(ids), :long].tolist()]
+    batch, pad = left_pad(prompts)
+    mask = (torch.arange(batch.shape[1])[None] >= pad[:, None]).long()
+    expected = [generate(model, torch.tensor([p]), new, temperature=0)[0, len(p) :].tolist() for p in prompts]
+    return {"ids": torch.where(mask.bool(), batch, 0).tolist(), "mask": mask.tolist(), "new": new, "expected": expected}
 
 
 def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None = None) -> None:
