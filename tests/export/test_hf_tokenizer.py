@@ -49,6 +49,39 @@ def test_exported_tokenizer_encodes_and_decodes_like_lmlab(tmp_path, kind):
         assert fast.decode(ours, skip_special_tokens=True) == tokenizer.decode(ours), text
 
 
+# The probe text plus what no vocabulary above has seen: letters, a combining accent, control and
+# separator characters (Python and the tokenizers library disagree on some of them), a ligature, an emoji.
+UNSEEN = TEXT + "Zxq~^€\u0301\x00\x1c\x7f🐍ß\r\u00a0\u2028\u3000ﬁ"
+
+
+def _encoded(encode, text):
+    try:
+        return encode(text)
+    except Exception:  # lmlab's DataError, the tokenizers library's exception: a refusal either way
+        return "refused"
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "word", "bpe"])
+def test_lmlab_and_the_exported_tokenizer_agree_on_any_text_and_any_ids(tmp_path, kind):
+    """Random texts with unseen characters encode alike (or are refused by both); random ids, specials among
+    them, decode alike; the special tokens are the same."""
+    tokenizer = build_tokenizer(kind, TEXT, vocab_size=300 if kind == "bpe" else None)
+    save_hf_tokenizer(tokenizer, tmp_path, 64)
+    fast = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert (fast.eos_token_id, fast.bos_token_id) == (tokenizer.eos_id, tokenizer.bos_id)
+    rng = random.Random(0)
+    refused = 0
+    for _ in range(300):
+        text = "".join(rng.choice(UNSEEN) for _ in range(rng.randint(0, 30)))
+        ours = _encoded(tokenizer.encode, text)
+        assert _encoded(lambda t: fast(t, add_special_tokens=False)["input_ids"], text) == ours, repr(text)
+        refused += ours == "refused"
+    assert refused > 0 if kind == "char" else refused == 0  # only a character vocabulary refuses
+    for _ in range(300):
+        ids = [rng.randrange(tokenizer.vocab_size) for _ in range(rng.randint(0, 20))]
+        assert fast.decode(ids, skip_special_tokens=True) == tokenizer.decode(ids), ids
+
+
 def test_hf_tokenizer_is_written_back_as_it_came(tmp_path):
     bpe = build_tokenizer("bpe", TEXT, vocab_size=300)
     transformers.PreTrainedTokenizerFast(tokenizer_object=bpe.tok, eos_token="<|endoftext|>").save_pretrained(

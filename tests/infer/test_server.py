@@ -103,6 +103,7 @@ def test_logprobs_and_stop_strings(server):
         (b'{"prompt": "' + b"the " * 200 + b'"}', {}, 400, "exceeds the context"),
         (b'{"prompt": "\xff\xfe"}', {}, 400, "not UTF-8"),
         (b'{"prompt": "the", "model": "nope"}', {}, 404, "available: tiny"),
+        (b'{"prompt": "the", "best_of": 3, "temperature": 0}', {}, 400, "beam search is for encoder-decoder runs"),
         (b'{"prompt": "' + b"a" * 5000 + b'"}', {}, 413, "exceeds 4096"),
         (b'{"prompt": "the"}', {"Authorization": "Bearer wrong"}, 401, "API key"),
         (b'{"prompt": "the"}', {"Authorization": None}, 401, "API key"),

@@ -40,8 +40,11 @@ class Job:
     cancelled: bool = False
 
     def send(self, item) -> None:
-        """Deliver a token (or the end marker / an exception) on the request's event loop."""
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        """Deliver a token (or the end marker / an exception) on the request's event loop, if it still runs."""
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the loop closed: its request has gone, and the worker must go on serving others
+            self.cancelled = True
 
     @property
     def live(self) -> bool:

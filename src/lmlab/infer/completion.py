@@ -17,7 +17,9 @@ from typing import Any
 from lmlab.infer import openai_shapes as shapes
 from lmlab.infer.batcher import Batcher
 from lmlab.infer.openai_shapes import APIError, ChatRequest, CompletionRequest, SamplingRequest, Token
+from lmlab.infer.seq2seq_batcher import Seq2SeqBatcher
 from lmlab.infer.text_stream import TextStream
+from lmlab.text.words import EOS_ID
 
 
 @dataclass
@@ -40,7 +42,13 @@ class Served:
     batcher: Batcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.batcher = Batcher(self.loaded.model, self.max_batch, decode=getattr(self.loaded, "decode", None))
+        kind = Seq2SeqBatcher if self.seq2seq else Batcher
+        self.batcher = kind(self.loaded.model, self.max_batch, decode=getattr(self.loaded, "decode", None))
+
+    @property
+    def seq2seq(self) -> bool:
+        """An encoder-decoder run: the prompt is its source, the completion its translation."""
+        return getattr(self.loaded, "src_tokenizer", None) is not None
 
 
 class CompletionService:
@@ -77,26 +85,32 @@ class CompletionService:
             raise APIError(404, f"model '{name}' is not served; available: {available}", "model", "not_found_error")
         return self.served[name]
 
-    def encode(self, s: Served, prompt: str, max_tokens: int) -> list[int]:
-        """Prompt ids, after checking the model kind, `max_tokens` and the context against the limits."""
-        if getattr(s.loaded, "src_tokenizer", None) is not None:
-            raise APIError(
-                400,
-                f"model '{s.name}' is an encoder-decoder (model.arch=seq2seq) run, which translates rather than "
-                "continues text; use `lmlab translate --run RUN`",
-                param="model",
-            )
+    def encode(self, s: Served, prompt: str, req: SamplingRequest) -> list[int]:
+        """Prompt ids (a seq2seq run's source ids, <eos> ended), after checking the request against the limits."""
+        max_tokens, context = req.max_tokens, s.loaded.config.model.max_seq_len
         if max_tokens > self.limits.max_tokens:
             limit = self.limits.max_tokens
             raise APIError(400, f"max_tokens: {max_tokens} exceeds the limit of {limit}", param="max_tokens")
+        if req.beams() > 1 and not s.seq2seq:
+            raise APIError(
+                400, f"num_beams: beam search is for encoder-decoder runs; '{s.name}' samples", param="num_beams"
+            )
+        if req.beams() > 1 and (req.n > 1 or req.temperature > 0):
+            raise APIError(
+                400, "num_beams: beam search gives one deterministic hypothesis; ask n=1 and temperature 0", "num_beams"
+            )
+        if s.seq2seq and max_tokens > context - 1:  # <bos> takes the decoder's first position
+            raise APIError(
+                400, f"max_tokens: {max_tokens} exceeds this decoder's {context - 1} output tokens", param="max_tokens"
+            )
+        tokenizer = s.loaded.src_tokenizer if s.seq2seq else s.loaded.tokenizer
         try:
-            ids = s.loaded.tokenizer.encode(prompt)
+            ids = tokenizer.encode(prompt, eos=True) if s.seq2seq else tokenizer.encode(prompt)
         except Exception as exc:
             raise APIError(400, f"prompt: cannot be encoded by this model's tokenizer: {exc}", param="prompt") from None
-        context = s.loaded.config.model.max_seq_len
         if len(ids) > context:
             raise APIError(400, f"prompt: {len(ids)} tokens exceeds the context of {context}", param="prompt")
-        if not ids:
+        if not ids or (s.seq2seq and len(ids) == 1):
             raise APIError(400, "prompt: empty prompt", param="prompt")
         return ids
 
@@ -115,6 +129,7 @@ class CompletionService:
             top_p=req.top_p if req.top_p < 1 else None,
             min_p=req.min_p,
             repetition_penalty=req.repetition_penalty,
+            **({"num_beams": req.beams(), "length_penalty": req.length_penalty} if s.seq2seq else {}),
         )
 
     async def pieces(self, s: Served, steps: AsyncIterator, req: SamplingRequest):
@@ -122,6 +137,9 @@ class CompletionService:
         stream = TextStream(s.loaded.tokenizer, shapes.stop_list(req.stop))
         try:
             async for tok, lp, top in steps:
+                if s.seq2seq and tok == EOS_ID:  # the translation is complete
+                    yield stream.flush(), None, "stop"
+                    return
                 yield stream.push(tok), Token.of(s.loaded.tokenizer, tok, lp, top), None
                 if stream.stopped:
                     yield "", None, "stop"
@@ -143,10 +161,19 @@ class CompletionService:
     def prepare(self, req: SamplingRequest, chat: bool) -> tuple[Served, list[int], dict]:
         """The model, the prompt ids (errors here are plain 4xx) and the response head of a request."""
         s = self.pick(req.model)
-        if chat:
+        if chat and s.seq2seq:  # the source is what the user said last
+            users = [m.content for m in req.messages if m.role == "user"]
+            if not users:
+                raise APIError(
+                    400, "messages: a seq2seq run translates the last user message; there is none", "messages"
+                )
+            prompt = users[-1]
+        elif chat:
             req.stop = [*shapes.stop_list(req.stop), "\nuser:", "\nsystem:"]
-        prompt = shapes.chat_prompt(req.messages) if chat else req.prompt
-        ids = self.encode(s, prompt, req.max_tokens)
+            prompt = shapes.chat_prompt(req.messages)
+        else:
+            prompt = req.prompt
+        ids = self.encode(s, prompt, req)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         return s, ids, {"id": rid, "created": int(time.time()), "model": s.name}
 
@@ -212,7 +239,7 @@ class CompletionService:
         out = {}
         async with self.slot():
             for name, s in self.served.items():
-                (steps,) = self.streams(s, self.encode(s, req.prompt, req.max_tokens), single)
+                (steps,) = self.streams(s, self.encode(s, req.prompt, single), single)
                 text, tokens, finish = await self.complete(s, steps, req)
                 mean = sum(t.logprob for t in tokens) / max(1, len(tokens))
                 out[name] = {"text": text, "finish_reason": finish, "mean_logprob": mean}

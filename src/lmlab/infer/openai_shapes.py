@@ -23,10 +23,16 @@ class SamplingRequest(BaseModel):
     stream: bool = False
     n: int = Field(1, ge=1, le=64, description="samples of the prompt, decoded as rows of one batch (seed + i)")
     user: str | None = None
+    num_beams: int | None = Field(None, ge=1, le=16, description="beam search of this width (seq2seq runs)")
+    length_penalty: float | None = Field(None, ge=0.0, description="beam search's GNMT alpha (default 0.6)")
 
     def top(self) -> int:
         """How many alternatives each token's log-probabilities list."""
         return 0
+
+    def beams(self) -> int:
+        """The beam width asked for (1: none)."""
+        return self.num_beams or 1
 
 
 class CompletionRequest(SamplingRequest):
@@ -34,10 +40,15 @@ class CompletionRequest(SamplingRequest):
 
     prompt: str
     logprobs: int | None = Field(None, ge=0, le=5)
+    best_of: int | None = Field(None, ge=1, le=16, description="for a seq2seq run, the beam width")
 
     def top(self) -> int:
         """`logprobs` alternatives per token."""
         return self.logprobs or 0
+
+    def beams(self) -> int:
+        """`num_beams`, else `best_of` (1: none)."""
+        return self.num_beams or self.best_of or 1
 
 
 class ChatMessage(BaseModel):

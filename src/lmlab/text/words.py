@@ -23,6 +23,10 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 TOKEN_PATTERN = r"\w+(?:['’]\w+)*|[^\w\s]"
 _TOKEN = re.compile(TOKEN_PATTERN)
+# The same split in Oniguruma (the `tokenizers` library's regex engine), whose \w also takes combining
+# marks and whose \s leaves out \x1c-\x1f: Python's \w is letters, numbers and `_`, its \s adds those four.
+ONIG_SPACE = r"[\s\x1c-\x1f]"
+ONIG_TOKEN_PATTERN = r"[\p{L}\p{N}_]+(?:['’][\p{L}\p{N}_]+)*|[^\p{L}\p{N}_\s\x1c-\x1f]"
 CLOSING = frozenset(".,!?;:%)]}»…")
 OPENING = frozenset("([{«¿¡")
 JOINING = frozenset("-/")  # no space on either side: "assieds-toi", "km/h"

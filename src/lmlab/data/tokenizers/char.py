@@ -7,6 +7,8 @@ import hashlib
 from lmlab.errors import DataError, require
 from lmlab.registry import TOKENIZER
 
+UNKNOWN = "<character not in the vocabulary>"  # never a character, so never in `chars`
+
 
 @TOKENIZER.register("char", tags=("lossless",))
 class CharTokenizer:
@@ -58,9 +60,13 @@ class CharTokenizer:
         return hashlib.sha256("".join(self.chars).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
     def hf_backend(self) -> tuple:
-        """The same ids as a `tokenizers.Tokenizer` (one symbol per character, no merges) and its special tokens."""
+        """The same ids as a `tokenizers.Tokenizer` (one word per character) and its special tokens (none).
+
+        A word-level model whose unknown-token symbol is not in its vocabulary raises on a character
+        outside it, as `encode` does, where a BPE model would drop the character without a word."""
         tokenizers = require("tokenizers", "hf")
-        tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=dict(self.stoi), merges=[]))
+        tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=dict(self.stoi), unk_token=UNKNOWN))
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
         tok.decoder = tokenizers.decoders.Fuse()  # characters join with nothing between them
         return tok, {}
 

@@ -2,7 +2,9 @@
 
 Specials `<pad>=0, <bos>=1, <eos>=2, <unk>=3`; text is NFKC-normalised, lower-cased and split
 into words and single punctuation marks (see `lmlab.text.words`), so
-`decode(encode(s))` equals `s` up to that normalisation. Unknown words encode to `<unk>`.
+`decode(encode(s))` equals `s` up to that normalisation. Unknown words encode to `<unk>`, which
+decodes visibly; `decode` drops `<pad>`, `<bos>` and `<eos>` and goes on past them, as the exported
+tokenizer's `decode(ids, skip_special_tokens=True)` does: stopping at `<eos>` is generation's job.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from lmlab.text.words import (
     CLOSING,
     EOS,
     JOINING,
+    ONIG_SPACE,
+    ONIG_TOKEN_PATTERN,
     OPENING,
     PAD,
-    TOKEN_PATTERN,
     UNK,
     Vocab,
     build_vocab,
@@ -53,8 +56,8 @@ class WordTokenizer:
         return self.vocab.encode(text, bos=bos, eos=eos)
 
     def decode(self, ids: list[int]) -> str:
-        """Text of the ids, specials dropped, stopping at <eos>."""
-        return self.vocab.decode(ids)
+        """Text of the ids, <pad>/<bos>/<eos> dropped."""
+        return self.vocab.decode(ids, stop_at_eos=False)
 
     def to_dict(self) -> dict:
         """The words in id order (specials included)."""
@@ -79,8 +82,8 @@ class WordTokenizer:
         )
         tok.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
             [
-                tokenizers.pre_tokenizers.Split(regex(r"\s+"), behavior="removed"),
-                tokenizers.pre_tokenizers.Split(regex(TOKEN_PATTERN), behavior="isolated"),
+                tokenizers.pre_tokenizers.Split(regex(ONIG_SPACE + "+"), behavior="removed"),
+                tokenizers.pre_tokenizers.Split(regex(ONIG_TOKEN_PATTERN), behavior="isolated"),
             ]
         )
         # `detokenize` as decoder steps: mark each token's sides that take a space, drop the marks
