@@ -46,6 +46,12 @@ class Job:
         except RuntimeError:  # the loop closed: its request has gone, and the worker must go on serving others
             self.cancelled = True
 
+    def deliver(self, token: int, logprob: float, top_values: list[float] | None, top_ids: list[int] | None) -> None:
+        """Send one decoded token with its log-probability and its `top_logprobs` likeliest alternatives."""
+        best = list(zip(top_values, top_ids, strict=True))[: self.top_logprobs] if top_values is not None else []
+        self.send((token, logprob, best))
+        self.emitted += 1
+
     @property
     def live(self) -> bool:
         """Still wants tokens."""
@@ -124,6 +130,8 @@ class Batcher:
             jobs = self._next_batch()
             if not jobs:
                 continue
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(jobs))
             try:
                 self._decode(jobs)
             except Exception as exc:  # the requests get the error; the worker keeps serving
@@ -133,8 +141,6 @@ class Batcher:
                 job.send(_END)
 
     def _decode(self, jobs: list[Job]) -> None:
-        self.batches += 1
-        self.largest_batch = max(self.largest_batch, len(jobs))
         device = next(self.model.parameters()).device
         ids, pad = left_pad([job.ids for job in jobs], device=device)
         options = dict(zip(self.OPTION_NAMES, jobs[0].options, strict=True))
@@ -151,11 +157,9 @@ class Batcher:
         )
         for step in steps:
             tok, lp = step[0], step[1]
-            top_lp, top_ids = (step[2][0].tolist(), step[2][1].tolist()) if top else (None, None)
+            top_lp, top_ids = (step[2][0].tolist(), step[2][1].tolist()) if top else ([None] * len(jobs),) * 2
             for row, job in enumerate(jobs):
                 if job.live:
-                    best = list(zip(top_lp[row], top_ids[row], strict=True))[: job.top_logprobs] if top else []
-                    job.send((int(tok[row, 0]), float(lp[row]), best))
-                    job.emitted += 1
+                    job.deliver(int(tok[row, 0]), float(lp[row]), top_lp[row], top_ids[row])
             if not any(job.live for job in jobs):
                 return

@@ -125,9 +125,16 @@ def _beam_one(model, src: Tensor, beam: int, max_len: int, alpha: float, monoton
 @torch.no_grad()
 def hypothesis_score(model, src_ids: Tensor, output: list[int], alpha: float = 0.6) -> float:
     """The score beam search gives `output` for one source row (1, S): log p / length_penalty(len)."""
+    logp = output_logprobs(model, src_ids, output)
+    total = float(logp[torch.arange(len(output)), torch.tensor(output, device=logp.device)].sum())
+    return total / length_penalty(len(output), alpha)
+
+
+@torch.no_grad()
+def output_logprobs(model, src_ids: Tensor, output: list[int]) -> Tensor:
+    """Teacher-forced log-probabilities (len(output), V) of each step of `output` for one source row (1, S), with
+    <pad> and <bos> excluded as decoding excludes them."""
     model.eval()
     src = _strip_padding(src_ids)
     tgt_in = torch.tensor([[BOS_ID, *output[:-1]]], device=src.device)
-    logp = suppress_markers(model(src, tgt_in, src != PAD_ID).logits[0].float()).log_softmax(-1)
-    total = float(logp[torch.arange(len(output)), torch.tensor(output, device=src.device)].sum())
-    return total / length_penalty(len(output), alpha)
+    return suppress_markers(model(src, tgt_in, src != PAD_ID).logits[0].float()).log_softmax(-1)

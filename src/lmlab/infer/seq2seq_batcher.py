@@ -12,9 +12,10 @@ log-probabilities teacher forcing gives them.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from lmlab.infer.batcher import Batcher, Job
-from lmlab.infer.beam import beam_search
+from lmlab.infer.beam import beam_search, output_logprobs
 from lmlab.infer.decoding import start_decoding, suppress_markers
 from lmlab.model.generate import sample_next
 from lmlab.model.sampling import apply_repetition_penalty
@@ -28,8 +29,6 @@ class Seq2SeqBatcher(Batcher):
 
     @torch.no_grad()
     def _decode(self, jobs: list[Job]) -> None:
-        self.batches += 1
-        self.largest_batch = max(self.largest_batch, len(jobs))
         self.model.eval()
         options = dict(zip(self.OPTION_NAMES, jobs[0].options, strict=True))
         beams, alpha = options.pop("num_beams") or 1, options.pop("length_penalty")
@@ -49,40 +48,38 @@ class Seq2SeqBatcher(Batcher):
         for _ in range(steps):
             logits = suppress_markers(self.model.decode(ys[:, -1:], kv, src_mask, cache=cache)[:, -1].float())
             logp = logits.log_softmax(-1)
-            logits = (
-                apply_repetition_penalty(logits, ys[:, 1:], options["repetition_penalty"])
-                if ys.shape[1] > 1
-                else logits
-            )
+            logits = apply_repetition_penalty(logits, ys[:, 1:], options["repetition_penalty"])
             nxt = sample_next(logits, **sampling, generator=generators)
             ys = torch.cat([ys, nxt], dim=1)
             chosen = logp.gather(-1, nxt)[:, 0].tolist()
-            best = logp.topk(min(top, logp.shape[-1]), dim=-1) if top else None
+            best = _top(logp, top, len(jobs))
             for row, job in enumerate(jobs):
                 if job.live:
-                    self._send(job, int(nxt[row, 0]), chosen[row], best, row)
+                    _deliver(job, int(nxt[row, 0]), chosen[row], *best[row])
             if not any(job.live for job in jobs):
                 return
 
     def _beam(self, job: Job, beams: int, alpha: float) -> None:
         """One request by beam search; its tokens and their log-probabilities under the model."""
-        device = next(self.model.parameters()).device
-        src = torch.tensor([job.ids], device=device)
+        src = torch.tensor([job.ids], device=next(self.model.parameters()).device)
         (hyp,) = beam_search(self.model, src, beam=beams, max_len=job.max_tokens, alpha=alpha)
-        tgt_in = torch.tensor([[BOS_ID, *hyp[:-1]]], device=device)
-        logp = suppress_markers(self.model(src, tgt_in).logits[0].float()).log_softmax(-1)
-        best = logp.topk(min(job.top_logprobs, logp.shape[-1]), dim=-1) if job.top_logprobs else None
+        logp = output_logprobs(self.model, src, hyp)
+        best = _top(logp, job.top_logprobs, len(hyp))
         for step, tok in enumerate(hyp):
             if job.live:
-                self._send(job, tok, float(logp[step, tok]), best, step)
+                _deliver(job, tok, float(logp[step, tok]), *best[step])
 
-    @staticmethod
-    def _send(job: Job, tok: int, logprob: float, best, row: int) -> None:
-        """Hand one token to its request; a row that emitted <eos> wants no more."""
-        top = []
-        if best is not None:
-            top = list(zip(best.values[row].tolist(), best.indices[row].tolist(), strict=True))[: job.top_logprobs]
-        job.send((tok, logprob, top))
-        job.emitted += 1
-        if tok == EOS_ID:
-            job.emitted = job.max_tokens
+
+def _top(logp: Tensor, k: int, rows: int) -> list[tuple[list[float] | None, list[int] | None]]:
+    """Each row's k likeliest log-probabilities and ids ((None, None) each when k is 0)."""
+    if not k:
+        return [(None, None)] * rows
+    values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return list(zip(values.tolist(), ids.tolist(), strict=True))
+
+
+def _deliver(job: Job, token: int, logprob: float, top_values, top_ids) -> None:
+    """Hand one token to its request; a row that emitted <eos> wants no more."""
+    job.deliver(token, logprob, top_values, top_ids)
+    if token == EOS_ID:
+        job.emitted = job.max_tokens
