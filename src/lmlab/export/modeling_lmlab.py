@@ -7,7 +7,8 @@ weights load unchanged. It is a second, deliberately plain implementation of the
 supports (attention mha / sdpa / sliding_window / mla; positions learned / sinusoidal / rope /
 alibi / none; norms layernorm / layernorm_nobias / rmsnorm; FFNs mlp / gated_mlp / swiglu /
 geglu): the export only succeeds when its logits match lmlab's. `generate` decodes with
-transformers' cache (`past_key_values`, a `DynamicCache`), takes left-padded batches through
+transformers' cache (a `DynamicCache`, passed as `cache` or `past_key_values`, whichever the
+installed version names it), takes left-padded batches through
 `attention_mask` (positions count from each row's first real token), and past `max_seq_len`
 slides the context and recomputes it, as lmlab's own decoding does, so it emits lmlab's tokens.
 """
