@@ -11,6 +11,8 @@ transformers' cache (a `DynamicCache`, passed as `cache` or `past_key_values`, w
 installed version names it), takes left-padded batches through
 `attention_mask` (positions count from each row's first real token), and past `max_seq_len`
 slides the context and recomputes it, as lmlab's own decoding does, so it emits lmlab's tokens.
+`LmlabForSeq2SeqLM` is lmlab's encoder-decoder for `AutoModelForSeq2SeqLM`, caching the decoder's
+self-attention and each layer's cross-attention keys and values (an `EncoderDecoderCache`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast, Seq2SeqLMOutput
 
 # transformers renamed `past_key_values` to `cache` (5.x); this file speaks whichever the installed one uses.
 CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -233,6 +235,21 @@ class Block(nn.Module):
         return self.norm2(x + self.ffn(x))
 
 
+def causal_bias(c: dict, keep: Tensor, past: int, T: int) -> Tensor:
+    """(B, 1 or nh, T, past + T): causal (and windowed) -inf mask over the slots `keep` (B, past + T)
+    marks real, plus ALiBi's linear distance penalty. A padding slot sees itself, so its row stays finite."""
+    i = torch.arange(past, past + T, device=keep.device)[:, None]
+    j = torch.arange(past + T, device=keep.device)[None, :]
+    ok = (j <= i) & keep[:, None, :].bool()
+    if c.get("window"):
+        ok &= j > i - c["window"]
+    ok |= i == j
+    mask = torch.zeros(ok.shape, device=keep.device).masked_fill(~ok, float("-inf"))[:, None]
+    if c["pos"] == "alibi":  # slots of real tokens are as far apart as their positions
+        mask = mask + alibi_slopes(c["n_head"]).to(keep.device)[:, None, None] * (j - i)
+    return mask
+
+
 class Positions(nn.Module):
     """Holds the learned table when there is one (lmlab's `pos.wpe`)."""
 
@@ -240,6 +257,19 @@ class Positions(nn.Module):
         super().__init__()
         if c["pos"] == "learned":
             self.wpe = nn.Embedding(c["max_seq_len"], c["d_model"])
+
+
+def embed_positions(c: dict, pos: Positions, x: Tensor, position_ids: Tensor) -> tuple[Tensor, object]:
+    """Token embeddings `x` plus the added position table, and what the attention rotates by (rope tables,
+    or MLA's positions)."""
+    if c["pos"] == "learned":
+        x = x + pos.wpe(position_ids)
+    elif c["pos"] == "sinusoidal":
+        x = x + sinusoidal(position_ids, c["d_model"]).to(x.dtype)
+    rope = position_ids if c["attn"] == "mla" else None
+    if c["pos"] == "rope" and c["attn"] != "mla":
+        rope = rope_tables(position_ids, int(head_dim(c) * c["rope"]["fraction"]) // 2 * 2, c["rope"]["theta"])
+    return x, rope
 
 
 class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
@@ -266,18 +296,7 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
         return self.tok_emb
 
     def _bias(self, keep: Tensor, past: int, T: int) -> Tensor:
-        """(B, 1 or nh, T, past + T): causal (and windowed) -inf mask over the slots `keep` (B, past + T)
-        marks real, plus ALiBi's linear distance penalty. A padding slot sees itself, so its row stays finite."""
-        i = torch.arange(past, past + T, device=keep.device)[:, None]
-        j = torch.arange(past + T, device=keep.device)[None, :]
-        ok = (j <= i) & keep[:, None, :].bool()
-        if self.c.get("window"):
-            ok &= j > i - self.c["window"]
-        ok |= i == j
-        mask = torch.zeros(ok.shape, device=keep.device).masked_fill(~ok, float("-inf"))[:, None]
-        if self.c["pos"] == "alibi":  # slots of real tokens are as far apart as their positions
-            mask = mask + alibi_slopes(self.c["n_head"]).to(keep.device)[:, None, None] * (j - i)
-        return mask
+        return causal_bias(self.c, keep, past, T)
 
     def forward(
         self,
@@ -304,14 +323,7 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
             keep = attention_mask[:, -(past + T) :].long()
         if position_ids is None:  # each row counts from its first real token, as lmlab's left padding does
             position_ids = (keep.cumsum(-1) - 1).clamp_min(0)[:, past:]
-        x = self.tok_emb(input_ids)
-        if c["pos"] == "learned":
-            x = x + self.pos.wpe(position_ids)
-        elif c["pos"] == "sinusoidal":
-            x = x + sinusoidal(position_ids, c["d_model"]).to(x.dtype)
-        rope = position_ids if c["attn"] == "mla" else None
-        if c["pos"] == "rope" and c["attn"] != "mla":
-            rope = rope_tables(position_ids, int(head_dim(c) * c["rope"]["fraction"]) // 2 * 2, c["rope"]["theta"])
+        x, rope = embed_positions(c, self.pos, self.tok_emb(input_ids), position_ids)
         bias = self._bias(keep, past, T)
         for block in self.blocks:
             x = block(x, bias, rope, past_key_values)
@@ -337,4 +349,191 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
             "attention_mask": attention_mask,
             CACHE: cache,
             "use_cache": use_cache,
+        }
+
+
+class CrossAttention(nn.Module):
+    """Decoder queries over the encoder output's keys and values: no positions, padded sources hidden."""
+
+    def __init__(self, c: dict, layer: int) -> None:
+        super().__init__()
+        self.layer, self.nh, self.nkv, self.hs = layer, c["n_head"], c["n_kv_head"], head_dim(c)
+        bias = c.get("qkv_bias", c["bias"])
+        self.q = nn.Linear(c["d_model"], self.nh * self.hs, bias=bias)
+        self.kv = nn.Linear(c["d_model"], 2 * self.nkv * self.hs, bias=bias)
+        self.proj = nn.Linear(self.nh * self.hs, c["d_model"], bias=c.get("attn_proj_bias", c["bias"]))
+
+    def memory_kv(self, memory: Tensor, cache: Cache | None) -> tuple[Tensor, Tensor]:
+        """Keys and values of the encoder output, computed on the first decoding step and cached after it."""
+        if isinstance(cache, EncoderDecoderCache) and cache.is_updated.get(self.layer):
+            layer = cache.cross_attention_cache.layers[self.layer]
+            return layer.keys, layer.values
+        B, S, _ = memory.shape
+        k, v = self.kv(memory).view(B, S, 2, self.nkv, self.hs).permute(2, 0, 3, 1, 4)
+        if isinstance(cache, EncoderDecoderCache):
+            k, v = cache.cross_attention_cache.update(k, v, self.layer)
+            cache.is_updated[self.layer] = True
+        return k, v
+
+    def forward(self, x: Tensor, memory: Tensor, src_bias: Tensor, cache: Cache | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.nh, self.hs).transpose(1, 2)
+        k, v = self.memory_kv(memory, cache)
+        rep = self.nh // self.nkv
+        y = attend(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), src_bias, self.hs**-0.5)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hs))
+
+
+class EncoderLayer(Block):
+    """lmlab's encoder layer is a Block whose attention sees every unpadded source token."""
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention over the encoder output, FFN; pre- or post-norm."""
+
+    def __init__(self, c: dict, layer: int) -> None:
+        super().__init__()
+        self.pre = c["norm_position"] == "pre"
+        self.norm1, self.self_attn = make_norm(c), Attention(c, layer)
+        self.norm2, self.cross_attn = make_norm(c), CrossAttention(c, layer)
+        self.norm3, self.ffn = make_norm(c), FeedForward(c)
+
+    def forward(self, y: Tensor, bias: Tensor, rope, memory: Tensor, src_bias: Tensor, cache) -> Tensor:
+        self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        if self.pre:
+            y = y + self.self_attn(self.norm1(y), bias, rope, self_cache)
+            y = y + self.cross_attn(self.norm2(y), memory, src_bias, cache)
+            return y + self.ffn(self.norm3(y))
+        y = self.norm1(y + self.self_attn(y, bias, rope, self_cache))
+        y = self.norm2(y + self.cross_attn(y, memory, src_bias, cache))
+        return self.norm3(y + self.ffn(y))
+
+
+class SourceEncoder:
+    """What `generate` calls once per batch (`get_encoder()`): the source through lmlab's encoder.
+
+    A plain object, not a submodule, so the encoder's weights keep lmlab's names on the model itself.
+    """
+
+    main_input_name = "input_ids"
+
+    def __init__(self, model: LmlabForSeq2SeqLM) -> None:
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> BaseModelOutput:
+        return BaseModelOutput(last_hidden_state=self.model.encode(input_ids, attention_mask))
+
+    __call__ = forward
+
+
+class LmlabForSeq2SeqLM(PreTrainedModel, GenerationMixin):
+    """lmlab's Seq2Seq: source embedding, encoder, final norm (pre-norm); target embedding, decoder layers
+    (self-attention, cross-attention, FFN), final norm, LM head. Decoding caches self- and cross-attention."""
+
+    config_class = LmlabConfig
+    base_model_prefix = "lmlab"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: LmlabConfig) -> None:
+        config.is_encoder_decoder = True
+        super().__init__(config)
+        c = self.c = config.lmlab
+        pre = c["norm_position"] == "pre"
+        self.tgt_emb = nn.Embedding(c["vocab_size"], c["d_model"])
+        if not c["share_embeddings"]:  # a shared table is stored once, as tgt_emb
+            self.src_emb = nn.Embedding(c["src_vocab_size"], c["d_model"])
+        self.enc_pos, self.dec_pos = Positions(c), Positions(c)
+        self.encoder = nn.ModuleList(EncoderLayer(c, i) for i in range(c["n_enc_layer"]))
+        self.encoder.main_input_name = "input_ids"  # generate reads it from a model's `encoder` attribute
+        self.decoder = nn.ModuleList(DecoderLayer(c, i) for i in range(c["n_layer"]))
+        self.enc_norm = make_norm(c) if pre else nn.Identity()
+        self.dec_norm = make_norm(c) if pre else nn.Identity()
+        if not c["tie_weights"]:
+            self.lm_head = nn.Linear(c["d_model"], c["vocab_size"], bias=False)
+        self._source_encoder = SourceEncoder(self)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Weights always come from the checkpoint; nothing to initialise."""
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.src_emb if hasattr(self, "src_emb") else self.tgt_emb
+
+    def get_encoder(self) -> SourceEncoder:
+        return self._source_encoder
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B, S) source ids, 0 in `attention_mask` on padding -> the encoder output (B, S, C)."""
+        c, (B, S) = self.c, input_ids.shape
+        positions = torch.arange(S, device=input_ids.device).expand(B, S)
+        x, rope = embed_positions(c, self.enc_pos, self.get_input_embeddings()(input_ids), positions)
+        bias = self._key_bias(attention_mask, B, S, input_ids.device)
+        for layer in self.encoder:
+            x = layer(x, bias, rope, None)
+        return self.enc_norm(x)
+
+    @staticmethod
+    def _key_bias(attention_mask: Tensor | None, B: int, S: int, device) -> Tensor:
+        """(B, 1, 1, S): -inf on padded keys."""
+        keep = torch.ones(B, S, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+        return torch.zeros(B, 1, 1, S, device=device).masked_fill(~keep[:, None, None], float("-inf"))
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        decoder_input_ids: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """Logits (B, T, V) of the target tokens after the cached ones; with `labels` and no decoder inputs,
+        the decoder reads the labels shifted right behind `decoder_start_token_id`, as transformers does."""
+        c = self.c
+        if encoder_outputs is None:
+            encoder_outputs = BaseModelOutput(last_hidden_state=self.encode(input_ids, attention_mask))
+        elif isinstance(encoder_outputs, tuple):
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        memory = encoder_outputs.last_hidden_state
+        if decoder_input_ids is None:
+            start = torch.full_like(labels[:, :1], self.config.decoder_start_token_id)
+            decoder_input_ids = torch.cat([start, labels[:, :-1].masked_fill(labels[:, :-1] == -100, 0)], dim=1)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        (B, T), S = decoder_input_ids.shape, memory.shape[1]
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + T > c["max_seq_len"]:
+            raise ValueError(f"modeling_lmlab: {past + T} target positions exceed max_seq_len {c['max_seq_len']}")
+        keep = torch.ones(B, past + T, dtype=torch.long, device=memory.device)
+        if decoder_attention_mask is not None:
+            keep = decoder_attention_mask[:, -(past + T) :].long()
+        positions = torch.arange(past, past + T, device=memory.device).expand(B, T)
+        y, rope = embed_positions(c, self.dec_pos, self.tgt_emb(decoder_input_ids), positions)
+        bias, src_bias = causal_bias(c, keep, past, T), self._key_bias(attention_mask, B, S, memory.device)
+        for layer in self.decoder:
+            y = layer(y, bias, rope, memory, src_bias, cache)
+        y = self.dec_norm(y)
+        logits = F.linear(y, self.tgt_emb.weight) if c["tie_weights"] else self.lm_head(y)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return Seq2SeqLMOutput(
+            loss=loss, logits=logits, encoder_last_hidden_state=memory, **{CACHE: cache if use_cache else None}
+        )
+
+    def prepare_inputs_for_generation(
+        self, decoder_input_ids: Tensor, attention_mask: Tensor | None = None, encoder_outputs=None, **kwargs
+    ) -> dict:
+        """The target tokens the cache has not seen, with the encoder output computed once."""
+        cache = kwargs.get(CACHE)
+        past = 0 if cache is None else cache.get_seq_length()
+        return {
+            "decoder_input_ids": decoder_input_ids[:, past:],
+            "attention_mask": attention_mask,
+            "encoder_outputs": encoder_outputs,
+            CACHE: cache,
+            "use_cache": kwargs.get("use_cache", True),
         }

@@ -43,7 +43,7 @@ def greedy_decode(
         done |= nxt == EOS_ID
         if bool(done.all()):
             break
-    return [_trim(row) for row in ys[:, 1:].tolist()]
+    return [trim_at_eos(row) for row in ys[:, 1:].tolist()]
 
 
 def suppress_markers(logits: Tensor) -> Tensor:
@@ -53,5 +53,6 @@ def suppress_markers(logits: Tensor) -> Tensor:
     return logits
 
 
-def _trim(row: list[int]) -> list[int]:
+def trim_at_eos(row: list[int]) -> list[int]:
+    """A decoded row up to and including its first <eos>, or without its <pad> when it has none."""
     return row[: row.index(EOS_ID) + 1] if EOS_ID in row else [t for t in row if t != PAD_ID]

@@ -27,6 +27,7 @@ from lmlab.infer.load import load_run
 from lmlab.registry import BLOCK_REGISTRIES
 from lmlab.runs.checkpoint import read_weights, write_model, write_weights
 from lmlab.runs.lock import RunLock
+from lmlab.text.words import BOS_ID, PAD_ID
 
 _HF_CHECK = """
 import json, sys
@@ -76,10 +77,10 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, atol: f
     loaded = load_run(run)
     loaded.model.float().eval()
     cfg = loaded.config.model
-    if fmt == "hf" and cfg.arch == "seq2seq":
+    if fmt == "hf" and cfg.arch == "seq2seq" and cfg.window is not None and cfg.window < cfg.max_seq_len:
         raise ConfigError(
-            "export --format hf: an encoder-decoder (model.arch=seq2seq) run has no transformers causal-LM "
-            "layout; allowed: --format safetensors"
+            f"export --format hf: an encoder-decoder with model.window={cfg.window} has no transformers "
+            "implementation; allowed: --format safetensors"
         )
     with RunLock(loaded.run.path).acquire("export"):  # not while a training process writes the run
         return _export(loaded, fmt, Path(out) if out else loaded.run.export_dir(fmt), atol)
@@ -107,6 +108,8 @@ def _export(loaded, fmt: str, out: Path, atol: float) -> dict:
         load_weights(again, read_weights(tmp / "model.safetensors"), tmp)
         with torch.no_grad():
             theirs = again(*inputs).logits.float().numpy()
+    elif cfg.arch == "seq2seq":
+        theirs, report["layout"] = _export_hf_seq2seq(loaded, model, inputs, tmp)
     else:
         theirs, report["layout"] = _export_hf(loaded, model, inputs[0], tmp)
     diff = float(np.abs(theirs - ours).max())
@@ -143,8 +146,18 @@ def _export_hf(loaded, model, ids: torch.Tensor, tmp: Path) -> tuple[np.ndarray,
     files = {name: tmp / name for name in ("probe.json", "probe_ids.npy", "probe_logits.npy", "probe_out.json")}
     files["probe.json"].write_text(json.dumps(probe))
     np.save(files["probe_ids.npy"], ids.numpy())
+    theirs, checked = _run_check(_HF_CHECK, tmp, files)
+    _same_text(checked, probe, ("encoded", "decoded"))
+    for i, (a, b) in enumerate(zip(checked["decode"], probe["decode"]["expected"], strict=True)):
+        if a != b:
+            raise CheckpointError(f"export: generate's greedy tokens for prompt {i} differ from lmlab's: {a} vs {b}")
+    return theirs, layout
+
+
+def _run_check(script: str, tmp: Path, files: dict[str, Path]) -> tuple[np.ndarray, dict]:
+    """Run a check `script` on the export in a process where lmlab cannot be imported; its logits and answers."""
     proc = subprocess.run(
-        [sys.executable, "-c", _HF_CHECK, str(tmp), *map(str, files.values())],
+        [sys.executable, "-c", script, str(tmp), *map(str, files.values())],
         capture_output=True,
         text=True,
         timeout=600,
@@ -152,20 +165,93 @@ def _export_hf(loaded, model, ids: torch.Tensor, tmp: Path) -> tuple[np.ndarray,
     )
     if proc.returncode:
         raise CheckpointError(f"export: transformers could not load {tmp}: {proc.stderr.strip().splitlines()[-1]}")
-    theirs = np.load(files["probe_logits.npy"])
-    checked = json.loads(files["probe_out.json"].read_text())
+    theirs, checked = np.load(files["probe_logits.npy"]), json.loads(files["probe_out.json"].read_text())
     for f in files.values():
         f.unlink()
-    for key in ("encoded", "decoded"):
+    return theirs, checked
+
+
+def _same_text(checked: dict, probe: dict, keys: tuple[str, ...]) -> None:
+    """Refuse the export where the exported tokenizer's answer under any of `keys` differs from lmlab's."""
+    for key in keys:
         for i, (a, b) in enumerate(zip(checked[key], probe[key], strict=True)):
             if a != b:
                 raise CheckpointError(
-                    f"export: the exported tokenizer {key} probe text {i} differently from lmlab: {a!r} vs {b!r}"
+                    f"export: the exported tokenizer gives probe {i} under '{key}' differently from lmlab: {a!r} vs {b!r}"
                 )
-    for i, (a, b) in enumerate(zip(checked["decode"], probe["decode"]["expected"], strict=True)):
-        if a != b:
-            raise CheckpointError(f"export: generate's greedy tokens for prompt {i} differ from lmlab's: {a} vs {b}")
-    return theirs, layout
+
+
+_HF_SEQ2SEQ_CHECK = """
+import json, sys
+sys.modules["lmlab"] = None  # prove the export stands alone
+import numpy as np, torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+out, probe = sys.argv[1], json.load(open(sys.argv[2]))
+model = AutoModelForSeq2SeqLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True).eval()
+src, tgt = (torch.from_numpy(np.load(f)) for f in sys.argv[3:5])
+with torch.no_grad():
+    np.save(sys.argv[5], model(input_ids=src, decoder_input_ids=tgt).logits.float().numpy())
+tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+answer = {"source": [tok(t)["input_ids"] for t in probe["texts"]]}
+answer["target"] = [tok(text_target=t)["input_ids"] for t in probe["target_texts"]]
+answer["decoded"] = [tok.decode(i, skip_special_tokens=True) for i in probe["target_ids"]]
+batch = tok(probe["texts"], padding=True, return_tensors="pt")
+with torch.no_grad():  # greedy with the cache on a padded batch, as lmlab's translate decodes
+    rows = model.generate(**batch, do_sample=False)
+answer["translations"] = tok.batch_decode(rows, skip_special_tokens=True)
+answer["tokens"] = rows[:, 1:].tolist()
+json.dump(answer, open(sys.argv[6], "w"))
+"""
+
+
+def _export_hf_seq2seq(loaded, model, inputs: tuple[torch.Tensor, ...], tmp: Path) -> tuple[np.ndarray, str]:
+    """Write an encoder-decoder as remote code with its two vocabularies; check logits, tokenizer and
+    greedy translations in a process without lmlab, and return its logits on `inputs`."""
+    from lmlab.export.hf_tokenizer import save_seq2seq_tokenizer
+    from lmlab.infer.decoding import greedy_decode, trim_at_eos
+    from lmlab.infer.translate import translate
+
+    cfg, source, target = model.config, loaded.src_tokenizer, loaded.tokenizer
+    specials = save_seq2seq_tokenizer(source, target, tmp, cfg.max_seq_len)
+    _write_remote_code(model, tmp, specials)
+    config = json.loads((tmp / "config.json").read_text())
+    config["lmlab_data"] = loaded.config.data.model_dump(mode="json")  # `import` rebuilds the run's pair data from it
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.copy(loaded.run.tokenizer, tmp / "lmlab_tokenizer.json")
+    shutil.copy(loaded.run.src_tokenizer, tmp / "lmlab_src_tokenizer.json")
+    gen = torch.Generator().manual_seed(1)
+    length = max(1, min(12, cfg.max_seq_len // 2))
+
+    def rows(tok) -> list[list[int]]:  # ordinary words only: a decoded <unk> is three tokens again
+        return torch.randint(4, max(5, tok.vocab_size), (PROBE_ROWS, length), generator=gen).tolist()
+
+    texts, target_texts = [source.decode(r) for r in rows(source)], [target.decode(r) for r in rows(target)]
+    target_ids = torch.randint(0, target.vocab_size, (PROBE_ROWS, length), generator=gen).tolist()
+    probe = {"texts": texts, "target_texts": target_texts, "target_ids": target_ids}
+    expected = {
+        "source": [source.encode(t, eos=True) for t in texts],
+        "target": [target.encode(t, eos=True) for t in target_texts],
+        "decoded": [target.decode(i) for i in target_ids],
+        "translations": translate(loaded, texts),
+    }
+    names = ("probe.json", "probe_src.npy", "probe_tgt.npy", "probe_logits.npy", "probe_out.json")
+    files = {name: tmp / name for name in names}
+    files["probe.json"].write_text(json.dumps(probe))
+    np.save(files["probe_src.npy"], inputs[0].numpy())
+    np.save(files["probe_tgt.npy"], inputs[1].numpy())
+    theirs, checked = _run_check(_HF_SEQ2SEQ_CHECK, tmp, files)
+    _same_text(checked, expected, ("source", "target", "decoded", "translations"))
+    from lmlab.data.pairs import to_torch
+    from lmlab.text.pairs import make_batch
+
+    batch = to_torch(make_batch([(ids, []) for ids in expected["source"]]))
+    ours = greedy_decode(model, batch["X_ids"], batch["M_src"], max_len=cfg.max_seq_len - 1)
+    for i, (row, hyp) in enumerate(zip(checked["tokens"], ours, strict=True)):
+        if trim_at_eos(row) != hyp:
+            raise CheckpointError(
+                f"export: generate's greedy tokens for source {i} differ from lmlab's: {row} vs {hyp}"
+            )
+    return theirs, "remote code (encoder-decoder)"
 
 
 def _decode_probe(model, ids: torch.Tensor) -> dict:
@@ -193,20 +279,26 @@ def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None 
                 f"a remote-code implementation (allowed: {', '.join(allowed)}); use --format safetensors"
             )
     shutil.copy(Path(export_package.__file__).with_name("modeling_lmlab.py"), out / "modeling_lmlab.py")
+    seq2seq = cfg.arch == "seq2seq"
+    auto, cls = (
+        ("AutoModelForSeq2SeqLM", "LmlabForSeq2SeqLM") if seq2seq else ("AutoModelForCausalLM", "LmlabForCausalLM")
+    )
+    generation = dict(specials or {})
+    if seq2seq:  # lmlab's greedy decode: from <bos>, never emitting <pad> or <bos>, up to the context
+        generation |= {"decoder_start_token_id": BOS_ID, "suppress_tokens": [PAD_ID, BOS_ID]}
+        generation |= {"max_length": cfg.max_seq_len}
     config = {
         "model_type": "lmlab",
-        "architectures": ["LmlabForCausalLM"],
-        "auto_map": {
-            "AutoConfig": "modeling_lmlab.LmlabConfig",
-            "AutoModelForCausalLM": "modeling_lmlab.LmlabForCausalLM",
-        },
+        "architectures": [cls],
+        "auto_map": {"AutoConfig": "modeling_lmlab.LmlabConfig", auto: f"modeling_lmlab.{cls}"},
         "lmlab": cfg.model_dump(mode="json"),
         "tie_word_embeddings": False,
         "dtype": "float32",
+        **({"is_encoder_decoder": True, "decoder_start_token_id": BOS_ID} if seq2seq else {}),
         **(specials or {}),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    (out / "generation_config.json").write_text(json.dumps(specials or {}, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
     # A tied head is stored once, under tok_emb.weight: the remote model reads the embedding table.
     write_weights(out / "model.safetensors", model.state_dict(), metadata={"format": "pt"})
 
@@ -215,7 +307,8 @@ def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "
     """A run directory holding a local transformers GPT-2, Llama, Mistral or Qwen2 checkpoint and its tokenizer.
 
     An lmlab `hf` export imports exactly: its remote-code layout is read as lmlab weights, and the run
-    tokenizer it carries (`lmlab_tokenizer.json`) is used instead of its transformers rendering.
+    tokenizer it carries (`lmlab_tokenizer.json`, with `lmlab_src_tokenizer.json` and the pair data of an
+    encoder-decoder) is used instead of its transformers rendering.
     Fine-tune it with `lmlab train --train.init_from RUN --data ...`; generate, eval and serve read it as is.
     """
     from lmlab.config import RunConfig
@@ -234,9 +327,12 @@ def import_hf(directory: str | Path, save_dir: str | Path = "runs", tag: str = "
             f"import: the tokenizer in {directory} has {tokenizer.vocab_size} ids but the model {model.config.vocab_size}"
         )
     spec = tokenizer.name if own.is_file() else f"hf:{directory}"
-    cfg = RunConfig.model_validate({"model": model.config.model_dump(), "data": {"tokenizer": spec}})
+    data = json.loads((directory / "config.json").read_text()).get("lmlab_data") or {"tokenizer": spec}
+    cfg = RunConfig.model_validate({"model": model.config.model_dump(), "data": data})
     run = RunDir.create(save_dir, tag)
     save_tokenizer(tokenizer, run.tokenizer)
+    if model.config.arch == "seq2seq":  # an lmlab encoder-decoder export carries its source vocabulary too
+        save_tokenizer(load_tokenizer(directory / "lmlab_src_tokenizer.json"), run.src_tokenizer)
     run.write_final(model.state_dict(), cfg.model.model_dump(mode="json"))
     source = {"imported_from": str(directory), "family": family}
     run.write_meta(cfg, {"data.json": source, "params.json": param_counts(cfg.model)})
