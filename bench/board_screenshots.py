@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from lmlab.config import resolve_config
 from lmlab.pipeline.train import train_from_config
+from lmlab.pipeline.train_cluster import free_port
 from lmlab.track.board import find_viewer, viewer_command
 
 ARMS = {"gpt2": ("gpt2", {}), "llama": ("llama", {}), "llama-mla": ("llama", {"attn": "mla"})}
@@ -53,13 +53,6 @@ def train_runs(save_dir: Path, steps: int) -> None:
         )
         result = train_from_config(cfg, quiet=True)
         print(f"{tag}: val loss {result.metrics['val_loss']:.4f} ({result.run.path.name})")
-
-
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_viewer(save_dir: Path, viewer: str) -> tuple[subprocess.Popen, str]:

@@ -27,12 +27,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from lmlab.pipeline.train_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -44,12 +45,6 @@ EXECUTED_PAGES = [
 ]
 STAND_IN = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 200
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shrink(script: str) -> str:

@@ -1,7 +1,6 @@
 """Vocab- and column-parallel embeddings in 2 gloo processes equal the unsharded embedding."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -9,13 +8,8 @@ import torch.multiprocessing as mp
 from torch.nn import functional as F
 
 from lmlab.embed.parallel import ColumnParallelEmbedding, VocabParallelEmbedding, shard_range
+from lmlab.pipeline.train_cluster import free_port
 from tests.conftest import tiny_cfg
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, results) -> None:
@@ -49,7 +43,7 @@ def _worker(rank: int, world: int, port: int, results) -> None:
 def test_sharded_embeddings_equal_unsharded_in_two_processes():
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, free_port(), results), nprocs=2, join=True)
         results = dict(results)
     assert results[("VocabParallelEmbedding", 0)] == (True, True, (19, 10))
     assert results[("VocabParallelEmbedding", 1)] == (True, True, (18, 10))
