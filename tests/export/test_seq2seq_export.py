@@ -125,3 +125,28 @@ def test_an_export_that_computes_otherwise_is_refused(run, tmp_path, monkeypatch
     out = CliRunner().invoke(cli, ["export", "--run", str(run.path), "--format", "hf", "--out", str(tmp_path / "x")])
     assert out.exit_code == 2 and out.output.count("\n") == 1 and "logits differ" in out.output, out.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_windowed_encoder_decoder_is_refused_in_one_line(tmp_path):
+    args = ["train", "--preset", "seq2seq", "--data", "task:reverse:40", "--layers", "1", "--model.n_enc_layer", "1"]
+    args += [
+        "--dim",
+        "16",
+        "--heads",
+        "2",
+        "--context",
+        "16",
+        "--batch",
+        "4",
+        "--max-steps",
+        "1",
+        "--model.window",
+        "4",
+    ]
+    args += ["--train.eval_iters", "1", "--train.sample_tokens", "0", "--no-progress", "--save-dir", str(tmp_path)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    run = str(RunDir.latest(tmp_path).path)
+    out = CliRunner().invoke(cli, ["export", "--run", run, "--format", "hf", "--out", str(tmp_path / "hf")])
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert "model.window=4" in out.output and "--format safetensors" in out.output
+    assert not (tmp_path / "hf").exists()

@@ -207,16 +207,15 @@ json.dump(answer, open(sys.argv[6], "w"))
 def _export_hf_seq2seq(loaded, model, inputs: tuple[torch.Tensor, ...], tmp: Path) -> tuple[np.ndarray, str]:
     """Write an encoder-decoder as remote code with its two vocabularies; check logits, tokenizer and
     greedy translations in a process without lmlab, and return its logits on `inputs`."""
+    from lmlab.data.pairs import to_torch
     from lmlab.export.hf_tokenizer import save_seq2seq_tokenizer
     from lmlab.infer.decoding import greedy_decode, trim_at_eos
-    from lmlab.infer.translate import translate
+    from lmlab.text.pairs import make_batch
 
     cfg, source, target = model.config, loaded.src_tokenizer, loaded.tokenizer
     specials = save_seq2seq_tokenizer(source, target, tmp, cfg.max_seq_len)
-    _write_remote_code(model, tmp, specials)
-    config = json.loads((tmp / "config.json").read_text())
-    config["lmlab_data"] = loaded.config.data.model_dump(mode="json")  # `import` rebuilds the run's pair data from it
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    # `import` rebuilds the run's pair data from `lmlab_data`
+    _write_remote_code(model, tmp, specials, {"lmlab_data": loaded.config.data.model_dump(mode="json")})
     shutil.copy(loaded.run.tokenizer, tmp / "lmlab_tokenizer.json")
     shutil.copy(loaded.run.src_tokenizer, tmp / "lmlab_src_tokenizer.json")
     gen = torch.Generator().manual_seed(1)
@@ -228,11 +227,14 @@ def _export_hf_seq2seq(loaded, model, inputs: tuple[torch.Tensor, ...], tmp: Pat
     texts, target_texts = [source.decode(r) for r in rows(source)], [target.decode(r) for r in rows(target)]
     target_ids = torch.randint(0, target.vocab_size, (PROBE_ROWS, length), generator=gen).tolist()
     probe = {"texts": texts, "target_texts": target_texts, "target_ids": target_ids}
+    sources = [source.encode(t, eos=True) for t in texts]
+    batch = to_torch(make_batch([(ids, []) for ids in sources]))  # lmlab translate's greedy decode of the texts
+    ours = greedy_decode(model, batch["X_ids"], batch["M_src"], max_len=cfg.max_seq_len - 1)
     expected = {
-        "source": [source.encode(t, eos=True) for t in texts],
+        "source": sources,
         "target": [target.encode(t, eos=True) for t in target_texts],
         "decoded": [target.decode(i) for i in target_ids],
-        "translations": translate(loaded, texts),
+        "translations": [target.decode(hyp) for hyp in ours],
     }
     names = ("probe.json", "probe_src.npy", "probe_tgt.npy", "probe_logits.npy", "probe_out.json")
     files = {name: tmp / name for name in names}
@@ -241,11 +243,6 @@ def _export_hf_seq2seq(loaded, model, inputs: tuple[torch.Tensor, ...], tmp: Pat
     np.save(files["probe_tgt.npy"], inputs[1].numpy())
     theirs, checked = _run_check(_HF_SEQ2SEQ_CHECK, tmp, files)
     _same_text(checked, expected, ("source", "target", "decoded", "translations"))
-    from lmlab.data.pairs import to_torch
-    from lmlab.text.pairs import make_batch
-
-    batch = to_torch(make_batch([(ids, []) for ids in expected["source"]]))
-    ours = greedy_decode(model, batch["X_ids"], batch["M_src"], max_len=cfg.max_seq_len - 1)
     for i, (row, hyp) in enumerate(zip(checked["tokens"], ours, strict=True)):
         if trim_at_eos(row) != hyp:
             raise CheckpointError(
@@ -268,8 +265,11 @@ def _decode_probe(model, ids: torch.Tensor) -> dict:
     return {"ids": torch.where(mask.bool(), batch, 0).tolist(), "mask": mask.tolist(), "new": new, "expected": expected}
 
 
-def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None = None) -> None:
-    """config.json with an auto_map to the copied `modeling_lmlab.py`, and lmlab-named safetensors weights."""
+def _write_remote_code(
+    model, out: Path, specials: dict[str, int | None] | None = None, extra: dict | None = None
+) -> None:
+    """config.json (with `extra` entries) with an auto_map to the copied `modeling_lmlab.py`, and lmlab-named
+    safetensors weights."""
     cfg = model.config
     for field, reg in BLOCK_REGISTRIES.items():  # blocks `modeling_lmlab.py` implements carry the cap remote_code
         if not reg.entry(getattr(cfg, field)).caps.get("remote_code"):
@@ -296,6 +296,7 @@ def _write_remote_code(model, out: Path, specials: dict[str, int | None] | None 
         "dtype": "float32",
         **({"is_encoder_decoder": True, "decoder_start_token_id": BOS_ID} if seq2seq else {}),
         **(specials or {}),
+        **(extra or {}),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
