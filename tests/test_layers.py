@@ -17,7 +17,7 @@ LAYERS = [
     {"track"},
     {"trainer"},
     {"model"},
-    {"attn", "ffn", "norm", "pos", "embed"},
+    {"attn", "ffn", "norm", "pos", "embed", "optim"},
     {"data"},
     {"runs"},
     {"reference"},

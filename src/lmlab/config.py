@@ -98,7 +98,46 @@ class Section(BaseModel):
         return cls.SECTION
 
 
-class ModelConfig(Section):
+class OptionsSection(Section):
+    """A section that also holds the settings its registered components declare in their own files
+    (`model.rope.theta`, `train.muon.momentum`), each validated by that component's options class."""
+
+    block_options: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _block_options(cls, data: Any) -> Any:
+        from lmlab.registry import option_sections
+
+        if not isinstance(data, dict):
+            return data
+        data = canonicalize(cls.SECTION, data)
+        given = data.pop("block_options", None) or {}
+        options = {}
+        for key, options_cls in option_sections(cls.SECTION).items():
+            value = data.pop(key, given.get(key, {}))
+            if isinstance(value, BaseModel):
+                value = value.model_dump()
+            try:
+                options[key] = options_cls.model_validate(value or {})
+            except ValidationError as exc:
+                raise ValueError(format_validation_error(exc, options_cls, f"{cls.SECTION}.{key}")) from None
+        return {**data, "block_options": options}
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("block_options") or {}
+        if name in options:
+            return options[name]
+        return super().__getattr__(name)
+
+    @model_serializer(mode="wrap")
+    def _with_block_options(self, handler, info) -> dict[str, Any]:
+        out = handler(self)
+        out.update({k: v.model_dump(mode=info.mode) for k, v in self.block_options.items()})
+        return out
+
+
+class ModelConfig(OptionsSection):
     """Architecture of a decoder-only language model."""
 
     SECTION: ClassVar[str] = "model"
@@ -143,40 +182,6 @@ class ModelConfig(Section):
     )
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
-    block_options: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _block_options(cls, data: Any) -> Any:
-        # Each block declares its settings in its own file; model.<key> is validated by that class.
-        from lmlab.registry import option_sections
-
-        if not isinstance(data, dict):
-            return data
-        data = canonicalize("model", data)
-        given = data.pop("block_options", None) or {}
-        options = {}
-        for key, options_cls in option_sections().items():
-            value = data.pop(key, given.get(key, {}))
-            if isinstance(value, BaseModel):
-                value = value.model_dump()
-            try:
-                options[key] = options_cls.model_validate(value or {})
-            except ValidationError as exc:
-                raise ValueError(format_validation_error(exc, options_cls, f"model.{key}")) from None
-        return {**data, "block_options": options}
-
-    def __getattr__(self, name: str) -> Any:
-        options = self.__dict__.get("block_options") or {}
-        if name in options:
-            return options[name]
-        return super().__getattr__(name)
-
-    @model_serializer(mode="wrap")
-    def _with_block_options(self, handler, info) -> dict[str, Any]:
-        out = handler(self)
-        out.update({k: v.model_dump(mode=info.mode) for k, v in self.block_options.items()})
-        return out
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelConfig:
@@ -349,7 +354,7 @@ class DataConfig(Section):
         return _lookup(TOKENIZER, "tokenizer", name, section="data") + sep + arg
 
 
-class TrainConfig(Section):
+class TrainConfig(OptionsSection):
     """Optimisation, schedule, evaluation, checkpointing and run-directory settings."""
 
     SECTION: ClassVar[str] = "train"
@@ -364,9 +369,15 @@ class TrainConfig(Section):
     min_lr: float | None = Field(None, ge=0, description="cosine floor; default lr/10")
     warmup_steps: int = Field(100, ge=0)
     decay_steps: int | None = Field(None, ge=1, description="cosine length; default the total steps")
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
+    optim: str = Field(
+        "adamw", description="optimizer (`lmlab list` shows them); its own settings are train.<name>.<field>"
+    )
+    weight_decay: float = Field(0.1, ge=0, description="decoupled decay on matrices; never on biases, norms, gains")
+    decay_embeddings: bool = Field(
+        True, description="decay the token/position embedding tables too (nanoGPT does); false exempts them"
+    )
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam-style first-moment decay (AdamW, and Muon's AdamW part)")
+    beta2: float = Field(0.95, ge=0, lt=1, description="Adam-style second-moment decay")
     clip_grad: float | None = Field(1.0, gt=0)
     eval_interval: int = Field(250, ge=1)
     eval_iters: int = Field(20, ge=1)
@@ -406,6 +417,12 @@ class TrainConfig(Section):
     nonfinite: Literal["skip", "stop"] = Field("skip", description="on a NaN/inf loss or gradient")
     early_stopping: int | None = Field(None, ge=1, description="stop after this many evals without improvement")
     peak_flops: float | None = Field(None, gt=0, description="peak FLOP/s for MFU (default: table or measured)")
+    inspect_interval: int | None = Field(
+        None,
+        ge=1,
+        description="steps between per-layer statistics sent to the trackers: activation RMS, attention entropy "
+        "(on the step's first training row) and gradient norm (causal LM runs)",
+    )
     progress: bool = True
     sample_tokens: int = Field(200, ge=0, description="tokens to sample after training")
     num_samples: int = Field(2, ge=0)
@@ -417,6 +434,13 @@ class TrainConfig(Section):
         if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false", "yes", "no")):
             return "auto" if TypeAdapter(bool).validate_python(value) else "fp32"
         return value
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optim(cls, value: str) -> str:
+        from lmlab.registry import OPTIM
+
+        return _lookup(OPTIM, "optim", value, section="train")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -500,6 +524,11 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"data.name: '{self.data.name}' holds sentence pairs; set model.arch=seq2seq to train on them"
             )
+        if self.model.arch == "seq2seq" and self.train.inspect_interval:
+            raise ValueError(
+                "train.inspect_interval: per-layer statistics are for causal LM runs, not model.arch=seq2seq; "
+                "allowed: unset"
+            )
         seq = self.train.seq_len
         if seq is not None and seq > self.model.max_seq_len:
             raise ValueError(
@@ -551,13 +580,11 @@ def canonicalize(section: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def section_fields(section: str) -> list[str]:
-    """The keys a section accepts: its schema fields and, for `model`, every block's options section."""
-    names = [n for n in SECTIONS[section].model_fields if n != "block_options"]
-    if section == "model":
-        from lmlab.registry import option_sections
+    """The keys a section accepts: its schema fields and the options sections of its registered components."""
+    from lmlab.registry import option_sections
 
-        names += list(option_sections())
-    return names
+    names = [n for n in SECTIONS[section].model_fields if n != "block_options"]
+    return names + list(option_sections(section))
 
 
 def field_path(name: str) -> tuple[str, ...]:

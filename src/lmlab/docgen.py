@@ -13,9 +13,16 @@ import click
 
 from lmlab.config import SECTIONS, ModelConfig
 from lmlab.errors import ConfigError
-from lmlab.registry import BLOCK_REGISTRIES
+from lmlab.registry import BLOCK_REGISTRIES, SECTION_REGISTRIES
 
-KIND_TITLES = {"attn": "Attention", "ffn": "Feed-forward", "norm": "Norm", "pos": "Position", "embed": "Embedding"}
+KIND_TITLES = {
+    "attn": "Attention",
+    "ffn": "Feed-forward",
+    "norm": "Norm",
+    "pos": "Position",
+    "embed": "Embedding",
+    "optim": "Optimizer",
+}
 
 # Values a block's required field takes when the catalogue tries combinations.
 _REQUIRED_SAMPLES = {"window": 64}
@@ -80,9 +87,9 @@ def block_catalogue() -> str:
         "its name in a config (`model.attn: mla`) or a flag (`--attn mla`); names are case-insensitive.",
         "",
     ]
-    for kind, reg in BLOCK_REGISTRIES.items():
+    for section, kind, reg in ((sec, k, r) for sec, regs in SECTION_REGISTRIES.items() for k, r in regs.items()):
         out += [
-            f"## {KIND_TITLES.get(kind, kind)} (`model.{kind}`)",
+            f"## {KIND_TITLES.get(kind, kind)} (`{section}.{kind}`)",
             "",
             *_table_head("name", "aliases", "what it is", "paper", "tags", "declares"),
         ]
@@ -180,8 +187,9 @@ def config_reference() -> str:
             allowed = _constraints(field)
             if typing.get_origin(field.annotation) is typing.Literal:
                 allowed = ", ".join(f"`{a}`" for a in typing.get_args(field.annotation))
-            elif len(path) == 1 and section == "model" and path[0] in BLOCK_REGISTRIES:
-                allowed = "registered names: " + ", ".join(f"`{n}`" for n in BLOCK_REGISTRIES[path[0]].names())
+            elif len(path) == 1 and path[0] in SECTION_REGISTRIES.get(section, {}):
+                names = SECTION_REGISTRIES[section][path[0]].names()
+                allowed = "registered names: " + ", ".join(f"`{n}`" for n in names)
             default = "(computed)" if field.default_factory else f"`{field.default!r}`"
             short = [f for f in flags.get("__".join((section, *path)), []) if f != f"--{dotted}"]
             names = " ".join(f"`{f}`" for f in short)

@@ -22,7 +22,7 @@ class Entry:
     caps: dict[str, Any] = field(default_factory=dict)
     paper: str = ""
     aliases: tuple[str, ...] = ()
-    options: type | None = None  # the block's own settings (a pydantic model), validated as model.<options_key>
+    options: type | None = None  # the component's own settings (a pydantic model), e.g. model.<options_key>
     options_key: str | None = None
 
 
@@ -135,9 +135,11 @@ def load_plugins() -> None:
         importlib.import_module(name)
 
 
-def option_sections() -> dict[str, type]:
-    """{model.<key>: options class} of every registered block that declares settings."""
-    return {e.options_key: e.options for reg in BLOCK_REGISTRIES.values() for e in reg.entries() if e.options}
+def option_sections(section: str = "model") -> dict[str, type]:
+    """{<key>: options class} of every component registered for `section` that declares settings
+    (`model.rope`, `train.muon`)."""
+    regs = SECTION_REGISTRIES.get(section, {}).values()
+    return {e.options_key: e.options for reg in regs for e in reg.entries() if e.options}
 
 
 ATTN = Registry("attention", "lmlab.attn", contract=("forward", "new_cache", "flops_per_token", "kv_bytes_per_token"))
@@ -145,7 +147,10 @@ FFN = Registry("feed-forward", "lmlab.ffn", contract=("forward", "flops_per_toke
 NORM = Registry("norm", "lmlab.norm", contract=("forward",))
 POS = Registry("position", "lmlab.pos", contract=("embed", "context"))
 EMBED = Registry("embedding", "lmlab.embed", contract=("forward",))
+OPTIM = Registry("optimizer", "lmlab.optim", contract=("build",))
 TOKENIZER = Registry("tokenizer", "lmlab.data.tokenizers")
 TRACKER = Registry("tracker", "lmlab.track")
 
 BLOCK_REGISTRIES: dict[str, Registry] = {"attn": ATTN, "ffn": FFN, "norm": NORM, "pos": POS, "embed": EMBED}
+# Which config section validates each registry's component options (`model.<key>`, `train.<key>`).
+SECTION_REGISTRIES: dict[str, dict[str, Registry]] = {"model": BLOCK_REGISTRIES, "train": {"optim": OPTIM}}

@@ -165,6 +165,8 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, corpus_file):
 
     bad = run("lmlab", "train", *common, "--max-steps", "5", "--train.resume", str(run_dir), "--layers", "3")
     assert bad.returncode == 2 and "different architecture: model.n_layer (2 in run, 3 now)" in bad.stderr
+    other = run("lmlab", "train", *common, "--max-steps", "5", "--train.resume", str(run_dir), "--optim", "muon")
+    assert other.returncode == 2 and "trained with train.optim=adamw, not muon" in other.stderr
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ def _commands(run: RunDir, out) -> list[list[str]]:
         ["export", "--run", r, "--format", "hf", "--out", str(out / "hf")],
         ["replay", r, "--steps", "2"],
         ["compare", r, "--out", str(out / "cmp")],
+        ["inspect", "--run", r, "--prompt", "the lazy", "--out", str(out / "inspect")],
     ]
 
 

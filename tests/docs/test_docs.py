@@ -163,10 +163,10 @@ def test_generated_pages_cover_the_code():
     from lmlab.cli.app import cli
     from lmlab.cli.schema_flags import ALL_SECTIONS, leaf_fields
     from lmlab.docgen import block_catalogue, cli_reference, config_reference
-    from lmlab.registry import BLOCK_REGISTRIES
+    from lmlab.registry import SECTION_REGISTRIES
 
     catalogue = block_catalogue()
-    for reg in BLOCK_REGISTRIES.values():
+    for reg in (r for regs in SECTION_REGISTRIES.values() for r in regs.values()):
         for e in reg.entries():
             assert f"| `{e.name}` |" in catalogue and e.paper in catalogue
     assert "`native_sparse` + `alibi`" in catalogue  # a refused pair, with the validator's reason
@@ -177,6 +177,7 @@ def test_generated_pages_cover_the_code():
             dotted = ".".join((section, *path))
             assert f"| `{dotted}` |" in config
     assert "`LMLAB_MODEL__ROPE__THETA`" in config and "`--model.rope.theta`" in config  # the naming rule, once
+    assert "## Optimizer (`train.optim`)" in catalogue and "| `train.muon.lr` |" in config
     commands = cli_reference()
     for name in cli.commands:
         assert f"`lmlab {name}`" in commands

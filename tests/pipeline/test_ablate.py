@@ -6,7 +6,7 @@ from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model.cost import params_by_component
 from lmlab.model.flops import flops_per_token
-from lmlab.pipeline.ablate import match_width, parse_swaps, run_ablation
+from lmlab.pipeline.ablate import match_width, parse_swaps, run_ablation, swap_overrides
 
 
 def test_parse_swaps():
@@ -15,6 +15,17 @@ def test_parse_swaps():
     assert parse_swaps(["ffn=swiglu"])[-1].swaps == {"ffn": "swiglu"}
     with pytest.raises(ConfigError, match="not field=value"):
         parse_swaps(["rope"])
+
+
+def test_a_swap_may_set_several_fields_of_any_section_and_one_field_twice_never_combines():
+    variants = parse_swaps(["optim=lion+lr=4e-4+min_lr=1e+3", "optim=muon"])
+    assert [v.name for v in variants] == ["base", "optim=lion+lr=4e-4+min_lr=1e+3", "optim=muon"]  # no "all"
+    assert variants[1].swaps == {"optim": "lion", "lr": "4e-4", "min_lr": "1e+3"}  # `+` inside 1e+3 stays
+    assert swap_overrides({"pos": "rope", "optim": "muon", "train.muon.lr": "0.01"}) == {
+        "model": {"pos": "rope"},
+        "train": {"optim": "muon", "muon": {"lr": "0.01"}},
+    }
+    assert [v.name for v in parse_swaps(["pos=rope", "optim=muon"])][-1] == "all"
 
 
 @pytest.mark.parametrize("match", ["params", "flops"])
@@ -63,3 +74,24 @@ def test_ablation_refuses_bad_settings(tmp_path):
         run_ablation("gpt2", ["pos=rope"], seeds=1, save_dir=tmp_path)
     with pytest.raises(ConfigError, match="unknown position 'ropee'"):
         run_ablation("gpt2", ["pos=ropee"], seeds=2, save_dir=tmp_path)
+
+
+def test_an_optimizer_is_ablated_like_a_block_with_its_time_per_step(tmp_path, corpus_file):
+    report = run_ablation(
+        "tiny",
+        ["optim=muon+train.muon.lr=0.01"],
+        seeds=2,
+        save_dir=tmp_path,
+        overrides={
+            "data": {"name": f"file:{corpus_file}"},
+            "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 32},
+            "train": {"max_steps": 4, "eval_iters": 1, "batch_size": 4},
+        },
+    )
+    from lmlab.runs.run_dir import RunDir
+
+    base, muon = report["rows"]
+    assert [RunDir.open(r).config().train.optim for r in base["runs"] + muon["runs"]] == ["adamw"] * 2 + ["muon"] * 2
+    assert RunDir.open(muon["runs"][0]).config().train.muon.lr == 0.01
+    assert base["ms_per_step"] > 0 and muon["ms_per_step"] > 0 and muon["mean"] != base["mean"]
+    assert "| ms/step |" in (tmp_path / "ablation.md").read_text()

@@ -1,6 +1,7 @@
 """Trackers and compare, read back through the tools' own readers."""
 
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -281,3 +282,50 @@ def test_a_resume_drops_the_metrics_a_killed_run_wrote_after_its_last_checkpoint
     assert read_metrics(path) == [r for r in rows if r["step"] <= 4]
     logger.on_train_start(SimpleNamespace(step=0))  # a fresh run leaves the file as it is
     assert read_metrics(path) == [r for r in rows if r["step"] <= 4]
+
+
+AIM_LAYER_READER = """
+import json, sys
+import aim
+from aim.sdk.index_manager import RepoIndexManager
+
+repo = aim.Repo(sys.argv[1])
+for run_hash in repo.list_all_runs():
+    RepoIndexManager(repo).index(run_hash)
+repo = aim.Repo(sys.argv[1])
+run = repo.get_run(repo.list_all_runs()[0])
+out = {}
+for m in run.metrics():
+    context = m.context.to_dict()
+    if "layer" in context:
+        steps, (values, _e, _t) = m.data.items_list()
+        out[f"{m.name}:{context['layer']}"] = [steps, values]
+print(json.dumps(out))
+"""
+
+
+def test_layer_statistics_reach_tensorboard_and_aim_and_leave_training_unchanged(tmp_path, corpus_file):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    plain = _train(tmp_path / "plain", corpus_file, tensorboard=False)
+    pytest.importorskip("aim")
+    result = _train(tmp_path / "stats", corpus_file, aim=True, inspect_interval=2)
+    losses = [
+        [r["loss"] for r in read_metrics(run.run.logs / "metrics.jsonl") if r["split"] == "train"]
+        for run in (plain, result)
+    ]
+    assert losses[0] == losses[1]  # the extra forward draws no random numbers and changes no weight
+    acc = EventAccumulator(str(tmp_path / "stats" / "tb" / result.run.path.name), size_guidance={"scalars": 0})
+    acc.Reload()
+    for stat in ("act_rms", "attn_entropy", "grad_norm"):
+        events = acc.Scalars(f"layers/{stat}/layer0")
+        assert [e.step for e in events] == [2, 4, 6] and all(e.value > 0 for e in events), stat
+    # attention entropy of a causal row is at most log(position + 1); averaged, below log(T)
+    assert all(e.value < math.log(32) for e in acc.Scalars("layers/attn_entropy/layer0"))
+    proc = subprocess.run(
+        [sys.executable, "-c", AIM_LAYER_READER, str(tmp_path / "stats")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    tb_rms = [pytest.approx(e.value, rel=1e-6) for e in acc.Scalars("layers/act_rms/layer0")]
+    assert out["act_rms:0"] == [[2, 4, 6], tb_rms] and out["grad_norm:0"][0] == [2, 4, 6]

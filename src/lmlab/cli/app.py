@@ -497,24 +497,26 @@ def import_cmd(hf_dir: str, save_dir: str, run_tag: str) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(["attn", "ffn", "norm", "pos", "embed", "presets"]))
+@click.argument("kind", required=False, type=click.Choice(["attn", "ffn", "norm", "pos", "embed", "optim", "presets"]))
 @user_errors
 def list_cmd(kind: str | None) -> None:
-    """Every registered block with its tags, and the presets."""
+    """Every registered block and optimizer with its tags and options, and the presets."""
     from rich.console import Console
     from rich.table import Table
 
     from lmlab.config import list_presets
-    from lmlab.registry import BLOCK_REGISTRIES
+    from lmlab.registry import SECTION_REGISTRIES
 
     console = Console(width=160)
     if kind != "presets":
         table = Table("kind", "name", "tags", "options", "paper")
-        for field, reg in BLOCK_REGISTRIES.items():
-            if kind in (None, field):
+        for section, registries in SECTION_REGISTRIES.items():
+            for field, reg in registries.items():
+                if kind not in (None, field):
+                    continue
                 for e in reg.entries():
                     aliases = f" ({', '.join(e.aliases)})" if e.aliases else ""
-                    options = f"model.{e.options_key}: {', '.join(e.options.model_fields)}" if e.options else ""
+                    options = f"{section}.{e.options_key}: {', '.join(e.options.model_fields)}" if e.options else ""
                     table.add_row(field, e.name + aliases, ", ".join(e.tags), options, e.paper)
         console.print(table)
     if kind in (None, "presets"):
@@ -739,6 +741,36 @@ def board_cmd(save_dir: str, viewer: str | None, port: int | None, print_only: b
         return
     click.echo(f"starting: {shlex.join(argv)}", err=True)
     sys.exit(subprocess.call([executable, *argv[1:]]))
+
+
+@cli.command("inspect")
+@click.option("--run", "run_path", required=True, help="a run directory")
+@click.option("--prompt", required=True, help="text to run through the model")
+@click.option("--out", default=None, help="where the maps and tables go (default: the run's eval/inspect)")
+@click.option("--top", type=int, default=5, show_default=True, help="tokens per layer and position in the lens")
+@user_errors
+def inspect_cmd(run_path: str, prompt: str, out: str | None, top: int) -> None:
+    """Attention maps per layer and head (PNG), a logit lens and per-layer activation and gradient norms."""
+    import torch
+
+    from lmlab.errors import ConfigError
+    from lmlab.infer.inspect import write_inspection
+    from lmlab.infer.load import load_run
+    from lmlab.model.inspect import inspect_model
+
+    loaded = load_run(run_path)
+    ids = loaded.tokenizer.encode(prompt)
+    context = loaded.config.model.max_seq_len
+    if not ids:
+        raise ConfigError("inspect --prompt: the prompt encodes to no tokens; allowed: any non-empty text")
+    ids = ids[-(context + 1) :]  # the last full context, plus the token the last position predicts
+    decode = lambda i: loaded.tokenizer.decode([i])  # noqa: E731
+    insp = inspect_model(loaded.model, torch.tensor([ids]), decode, top=top)
+    folder = Path(out) if out else loaded.run.eval / "inspect"
+    for written in write_inspection(insp, folder):
+        click.echo(f"wrote {written}")
+    if insp.no_attention:
+        click.echo(f"no attention maps: {insp.no_attention}")
 
 
 @cli.command("replay")

@@ -16,8 +16,8 @@ import click
 from pydantic import BaseModel
 
 from lmlab.command_config import COMMAND_SECTIONS
-from lmlab.config import ALIASES, SECTIONS, ModelConfig, set_path
-from lmlab.registry import BLOCK_REGISTRIES, option_sections
+from lmlab.config import ALIASES, SECTIONS, OptionsSection, set_path
+from lmlab.registry import SECTION_REGISTRIES, option_sections
 
 # Every section a command can take flags from: the run config's and the commands' own.
 ALL_SECTIONS = {**SECTIONS, **COMMAND_SECTIONS}
@@ -38,6 +38,7 @@ SHORTCUTS: dict[str, str | tuple[str, ...]] = {
     "epochs": "train.epochs",
     "max-steps": "train.max_steps",
     "lr": "train.lr",
+    "optim": "train.optim",
     "save-dir": "train.save_dir",
     "run-tag": "train.run_tag",
     "data": "data.name",
@@ -48,19 +49,21 @@ SHORTCUTS: dict[str, str | tuple[str, ...]] = {
 def leaf_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
     """(path, pydantic field) for every scalar field, nested models flattened (("rope", "theta"), ...).
 
-    The model section also holds every registered block's own options (`model.rope.theta`).
+    A section with registered components also holds their own options (`model.rope.theta`,
+    `train.muon.momentum`).
     """
     out = []
+    with_options = isinstance(model, type) and issubclass(model, OptionsSection)
     for name, field in model.model_fields.items():
-        if model is ModelConfig and name == "block_options":
+        if with_options and name == "block_options":
             continue
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out += leaf_fields(ann, (*prefix, name))
         else:
             out.append(((*prefix, name), field))
-    if model is ModelConfig:
-        for key, options in option_sections().items():
+    if with_options:
+        for key, options in option_sections(model.SECTION).items():
             out += leaf_fields(options, (*prefix, key))
     return out
 
@@ -74,8 +77,9 @@ def _is_bool(ann: Any) -> bool:
 
 def _help(field: Any, path: tuple[str, ...] = ()) -> str:
     parts = [field.description or ""]
-    if len(path) == 2 and path[0] == "model" and path[1] in BLOCK_REGISTRIES:
-        parts.append("registered: " + ", ".join(BLOCK_REGISTRIES[path[1]].names()))
+    registries = SECTION_REGISTRIES.get(path[0], {}) if len(path) == 2 else {}
+    if path and path[-1] in registries:
+        parts.append("registered: " + ", ".join(registries[path[-1]].names()))
     args = typing.get_args(field.annotation)
     if typing.get_origin(field.annotation) is typing.Literal:
         parts.append("one of: " + ", ".join(map(str, args)))

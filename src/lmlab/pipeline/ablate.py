@@ -9,11 +9,13 @@ Every variant is trained for N seeds; the report gives the mean final validation
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import ModelConfig, deep_merge, resolve_config
+from lmlab.config import ModelConfig, deep_merge, field_path, nested, resolve_config
 from lmlab.errors import ConfigError
 from lmlab.model.cost import params_by_component
 from lmlab.model.flops import flops_per_token
@@ -29,6 +31,9 @@ STUDY_DEFAULTS: dict[str, Any] = {
 }
 
 
+_JOIN = re.compile(r"\+(?=[A-Za-z_][\w.]*=)")  # `+` before the next field name, not inside 1e+3
+
+
 @dataclass
 class Variant:
     """One arm of the study."""
@@ -38,20 +43,33 @@ class Variant:
     config: ModelConfig | None = None
     losses: list[float] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time per optimizer step, evaluations included
 
 
 def parse_swaps(swaps: list[str]) -> list[Variant]:
-    """base, each `field=value` swap alone, and (with two or more) all of them together."""
-    parsed = []
+    """base, each swap alone, and (with two or more, each of another field) all of them together.
+
+    A swap is `field=value`, or several joined by `+` that make one arm (`optim=lion+lr=3e-4`)."""
+    arms = []
     for s in swaps:
-        if "=" not in s:
-            raise ConfigError(f"ablate --swap: '{s}' is not field=value (e.g. pos=rope)")
-        key, value = s.split("=", 1)
-        parsed.append((key.strip(), value.strip()))
-    variants = [Variant("base", {})] + [Variant(f"{k}={v}", {k: v}) for k, v in parsed]
-    if len(parsed) > 1:
-        variants.append(Variant("all", dict(parsed)))
+        parts = [p for p in _JOIN.split(s) if p.strip()]
+        if not parts or any("=" not in p for p in parts):
+            raise ConfigError(f"ablate --swap: '{s}' is not field=value (e.g. pos=rope, or optim=lion+lr=3e-4)")
+        arms.append((s, dict((k.strip(), v.strip()) for k, v in (p.split("=", 1) for p in parts))))
+    variants = [Variant("base", {})] + [Variant(name, fields) for name, fields in arms]
+    keys = [k for _, fields in arms for k in fields]
+    if len(arms) > 1 and len(set(keys)) == len(keys):  # two values of one field do not combine
+        variants.append(Variant("all", {k: v for _, fields in arms for k, v in fields.items()}))
     return variants
+
+
+def swap_overrides(swaps: dict[str, Any]) -> dict[str, Any]:
+    """{"pos": "rope", "optim": "muon"} -> {"model": {"pos": "rope"}, "train": {"optim": "muon"}}: a bare
+    field name belongs to the one section that has it (`train.muon.lr` may be spelled out)."""
+    out: dict[str, Any] = {}
+    for key, value in swaps.items():
+        out = deep_merge(out, nested(field_path(key), value))
+    return out
 
 
 def _cost(cfg: ModelConfig, match: str, seq_len: int) -> float:
@@ -96,7 +114,7 @@ def run_ablation(
         base_cfg = resolve_config(preset=base, cli=layered)
     variants = parse_swaps(swaps)
     # Validate every arm (unknown block, illegal combination) before training any of them.
-    configs = [resolve_config(preset=base, cli=deep_merge(layered, {"model": v.swaps})) for v in variants]
+    configs = [resolve_config(preset=base, cli=deep_merge(layered, swap_overrides(v.swaps))) for v in variants]
     _train_arms(
         variants, configs, base_cfg, seeds=seeds, match=match, save_dir=save_dir, train_fn=train_fn, placement=placement
     )
@@ -138,6 +156,8 @@ def _train_arms(variants, configs, base_cfg, *, seeds: int, match: str, save_dir
         v.losses.append(float(record["metrics"]["val_loss"]))
         v.config = RunDir(Path(record["run"])).config().model  # as trained: vocabulary from the tokenizer
         v.runs.append(record["run"])
+        steps = record["metrics"].get("step") or 0
+        v.step_seconds.append(float(record["metrics"].get("wall", 0.0)) / steps if steps else float("nan"))
 
 
 def _rows(variants, seq_len: int) -> list[dict]:
@@ -159,6 +179,7 @@ def _rows(variants, seq_len: int) -> list[dict]:
                 "diff_vs_base": diff,
                 "t": t,
                 "p": p,
+                "ms_per_step": 1000 * sum(v.step_seconds) / len(v.step_seconds) if v.step_seconds else None,
                 "losses": v.losses,
                 "runs": v.runs,
             }
@@ -166,21 +187,26 @@ def _rows(variants, seq_len: int) -> list[dict]:
     return rows
 
 
+def _ms(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.1f}"
+
+
 def markdown_table(report: dict) -> str:
-    """The study as a Markdown table (mean +- 95% CI, difference to base, Welch p), each arm's full
+    """The study as a Markdown table (mean +- 95% CI, difference to base, Welch p, wall time per step:
+    a variant that wins per step may lose per second), each arm's full
     architecture string listed under it so the table stays narrow."""
     lines = [
         f"Base `{report['base']}`, {report['seeds']} seeds per variant, budget matched on {report['match']}.",
         "",
-        "| variant | params | FLOPs/token | final val loss (mean ± 95% CI) | Δ vs base | p (Welch) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | params | FLOPs/token | final val loss (mean ± 95% CI) | Δ vs base | p (Welch) | ms/step |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in report["rows"]:
-        delta = "" if r["variant"] == "base" else f"{r['diff_vs_base']:+.4f}"
-        p = "" if r["variant"] == "base" else f"{r['p']:.2g}"
+    for i, r in enumerate(report["rows"]):  # the first row is the base
+        delta = "" if i == 0 else f"{r['diff_vs_base']:+.4f}"
+        p = "" if i == 0 else f"{r['p']:.2g}"
         lines.append(
             f"| {r['variant']} | {r['params']:,} | {r['flops_per_token']:,} | "
-            f"{r['mean']:.4f} ± {r['ci95']:.4f} | {delta} | {p} |"
+            f"{r['mean']:.4f} ± {r['ci95']:.4f} | {delta} | {p} | {_ms(r.get('ms_per_step'))} |"
         )
     lines += ["", "Architectures:", ""]
     lines += [f"- {r['variant']}: `{r['arch']}`" for r in report["rows"]]

@@ -22,15 +22,15 @@ from lmlab.data.tokenizers.base import BaseTokenizer, load_tokenizer, save_token
 from lmlab.errors import CheckpointError, ProcessLostError, RunLockedError
 from lmlab.model.build import build_model
 from lmlab.model.cost import cost_card, param_counts
+from lmlab.optim import build_optimizer
 from lmlab.registry import TRACKER
 from lmlab.runs import checkpoint as ckpt
 from lmlab.runs.checkpoint import load_weights, read_weights
 from lmlab.runs.lock import RunLock
 from lmlab.runs.run_dir import RunDir
 from lmlab.track.run_log import RunLog
-from lmlab.trainer.callbacks import Callback, EarlyStopping, ProgressBar
+from lmlab.trainer.callbacks import Callback, EarlyStopping, LayerStats, ProgressBar
 from lmlab.trainer.mini_trainer import MiniTrainer, causal_lm_loss
-from lmlab.trainer.optim import configure_optimizer
 from lmlab.trainer.schedules import warmup_cosine_scheduler
 from lmlab.utils import dist
 
@@ -64,7 +64,7 @@ def _resume_target(cfg: RunConfig) -> RunDir | None:
 
 
 def check_same_architecture(saved: RunConfig, current: RunConfig, where: Path) -> None:
-    """Refuse to resume into a run whose model differs, naming the mismatched fields."""
+    """Refuse to resume into a run whose model or optimizer differs, naming the mismatched fields."""
     a, b = saved.model.model_dump(), current.model.model_dump()
     diff = [
         f"{k} ({a[k]!r} in run, {b[k]!r} now)"
@@ -73,6 +73,11 @@ def check_same_architecture(saved: RunConfig, current: RunConfig, where: Path) -
     ]
     if diff:
         raise CheckpointError(f"resume: {where} has a different architecture: model." + ", model.".join(diff))
+    if saved.train.optim != current.train.optim:  # another optimizer's state cannot continue this one's steps
+        raise CheckpointError(
+            f"resume: {where} was trained with train.optim={saved.train.optim}, not {current.train.optim}; "
+            f"allowed: {saved.train.optim}, or train.init_from to start {current.train.optim} from its weights"
+        )
 
 
 def sample_text(model, tokenizer: BaseTokenizer, *, n: int, tokens: int, seed: int, prompt: str = "\n") -> list[str]:
@@ -207,7 +212,7 @@ def _train(
         weights = RunDir.open(tc.init_from).final_weights()
         load_weights(model, read_weights(weights), weights)
     seed_everything(tc.seed + dist.get_rank())  # per-rank dropout; the loaders carry their own data seed
-    optimizer = configure_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2))
+    optimizer = build_optimizer(model, tc)
     train_loader, val_loader, train_eval_loader = task.loaders(dist.get_rank(), dist.get_world_size())
     trainer = MiniTrainer.from_config(
         tc,
@@ -374,6 +379,8 @@ def _scheduler(tc, optimizer, loader_len: int):
 def _callbacks(cfg: RunConfig, run: RunDir, quiet: bool) -> list[Callback]:
     """The run's trackers and progress bar (rank 0 only), and early stopping."""
     cbs: list[Callback] = []
+    if cfg.train.inspect_interval:  # every rank takes part (FSDP's forward gathers); before the trackers read it
+        cbs.append(LayerStats(cfg.train.inspect_interval))
     if dist.is_main():
         cbs += [TRACKER.get(name).for_run(run, cfg) for name in cfg.track.trackers]
         if cfg.model.arch != "seq2seq":

@@ -113,6 +113,12 @@ class AimTracker(SafeTracker):
                 grad = p.grad.detach().float().cpu().numpy()
                 self.run.track(Distribution(grad), name=name, step=step, context={"kind": "grad"})
 
+    def log_layers(self, trainer: Any, stats: dict[str, float]) -> None:
+        """One metric per statistic (`act_rms`, `attn_entropy`, `grad_norm`) with the layer in its context."""
+        for key, value in stats.items():
+            layer, stat = key.split("/", 1)
+            self.run.track(value, name=stat, step=trainer.step + 1, context={"layer": int(layer[5:])})
+
     def finish(self, trainer: Any) -> None:
         """Close the run so its data is flushed for indexing."""
         self.run.close()

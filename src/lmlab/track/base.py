@@ -37,6 +37,9 @@ class SafeTracker(Callback):
     def log_grads(self, trainer: Any) -> None:
         """Record parameter/gradient distributions (called before the optimizer step)."""
 
+    def log_layers(self, trainer: Any, stats: dict[str, float]) -> None:
+        """Record per-layer statistics (`layer0/act_rms`, ...; train.inspect_interval) for the step being taken."""
+
     def finish(self, trainer: Any) -> None:
         """Flush and close."""
 
@@ -51,6 +54,9 @@ class SafeTracker(Callback):
 
     def on_before_optimizer_step(self, trainer: Any) -> None:
         self._guard(self.log_grads, trainer)
+        stats = getattr(trainer, "layer_stats", None)
+        if stats:
+            self._guard(self.log_layers, trainer, stats)
 
     def on_train_end(self, trainer: Any) -> None:
         self._guard(self.finish, trainer)

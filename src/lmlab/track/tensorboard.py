@@ -71,6 +71,12 @@ class TensorBoardTracker(SafeTracker):
             if p.grad is not None:
                 self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
+    def log_layers(self, trainer: Any, stats: dict[str, float]) -> None:
+        """`layers/<stat>/layer<i>`, so each statistic's layers share one chart section."""
+        for key, value in stats.items():
+            layer, stat = key.split("/", 1)
+            self.writer.add_scalar(f"layers/{stat}/{layer}", value, trainer.step + 1)
+
     def finish(self, trainer: Any) -> None:
         """Close the event file."""
         self.writer.close()

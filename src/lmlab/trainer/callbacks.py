@@ -163,6 +163,26 @@ class EarlyStopping(Callback):
             )
 
 
+class LayerStats(Callback):
+    """Every `interval` steps, before the optimizer step: each layer's gradient norm, and its output RMS
+    and attention entropy on the step's first training row, as `trainer.layer_stats` for the trackers.
+    The extra forward runs without gradient or dropout and draws no random numbers, so a run with
+    statistics trains exactly as one without."""
+
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+
+    def on_before_optimizer_step(self, trainer: Any) -> None:
+        """Measure when the step being taken is due."""
+        from lmlab.model.inspect import layer_stats
+
+        trainer.layer_stats = None
+        inputs = getattr(trainer, "last_inputs", None)
+        if (trainer.step + 1) % self.interval or inputs is None:
+            return
+        trainer.layer_stats = layer_stats(trainer.raw_model, inputs[:1])
+
+
 class LRMonitor(Callback):
     """Adds every parameter group's learning rate to the step metrics (`lr_group0`, `lr_group1`, ...)."""
 

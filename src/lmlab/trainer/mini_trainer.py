@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lmlab.config import TrainConfig
-from lmlab.errors import CheckpointError, MemoryBudgetError
+from lmlab.errors import CheckpointError, ConfigError, MemoryBudgetError
 from lmlab.runs import checkpoint as ckpt
 from lmlab.trainer import distributed as wrap
 from lmlab.trainer import optim
@@ -291,6 +291,11 @@ class MiniTrainer:
         if self.strategy in ("ddp", "zero1"):
             self.model = wrap.wrap_ddp(self.raw_model, self.device)
         if self.strategy in ("zero1", "fsdp"):
+            if not getattr(optimizer, "shardable", True):
+                raise ConfigError(
+                    f"train.distributed: {self.strategy} splits parameters or their states across ranks, which "
+                    f"{type(optimizer).__name__} cannot step on a part of; allowed: ddp, none"
+                )
             if self.strategy == "zero1":
                 optimizer = wrap.wrap_zero1(optimizer)
             else:
@@ -681,7 +686,7 @@ class MiniTrainer:
             result.data_wait += time.perf_counter() - td
             first = _first_tensor(batch)
             if first is not None:
-                self._batch_shape = tuple(first.shape)
+                self._batch_shape, self.last_inputs = tuple(first.shape), first
                 result.n_tokens, result.seq_len = result.n_tokens + first.numel(), first.shape[-1]
             with self._sync_context(micro == self.grad_accum - 1):
                 loss = self._loss(batch)

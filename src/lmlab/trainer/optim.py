@@ -1,20 +1,21 @@
-"""AdamW with the usual split: weight decay on matrices, none on biases, norms and gains; fused on GPUs."""
+"""AdamW from plain numbers, and the switch to its fused kernel on GPUs (the optimizers themselves are in optim/)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from lmlab.config import TrainConfig
+from lmlab.optim.groups import build_optimizer
+
 
 def configure_optimizer(
     model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)
 ) -> torch.optim.AdamW:
-    """AdamW whose first group (params with >= 2 dims) decays and second group does not."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    """AdamW whose first group (params with >= 2 dims) decays and second group does not: the `adamw`
+    optimizer block, for callers that hold numbers rather than a TrainConfig."""
+    train = TrainConfig(optim="adamw", lr=lr, weight_decay=weight_decay, beta1=betas[0], beta2=betas[1])
+    return build_optimizer(model, train)
 
 
 def fused_applies(optimizer: torch.optim.Optimizer, setting: str = "auto") -> bool:
