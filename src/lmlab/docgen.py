@@ -13,7 +13,7 @@ import click
 
 from lmlab.config import SECTIONS, ModelConfig
 from lmlab.errors import ConfigError
-from lmlab.registry import BLOCK_REGISTRIES, SECTION_REGISTRIES
+from lmlab.registry import BLOCK_REGISTRIES, SECTION_REGISTRIES, component_registries
 
 KIND_TITLES = {
     "attn": "Attention",
@@ -87,7 +87,7 @@ def block_catalogue() -> str:
         "its name in a config (`model.attn: mla`) or a flag (`--attn mla`); names are case-insensitive.",
         "",
     ]
-    for section, kind, reg in ((sec, k, r) for sec, regs in SECTION_REGISTRIES.items() for k, r in regs.items()):
+    for section, kind, reg in component_registries():
         out += [
             f"## {KIND_TITLES.get(kind, kind)} (`{section}.{kind}`)",
             "",

@@ -154,3 +154,9 @@ TRACKER = Registry("tracker", "lmlab.track")
 BLOCK_REGISTRIES: dict[str, Registry] = {"attn": ATTN, "ffn": FFN, "norm": NORM, "pos": POS, "embed": EMBED}
 # Which config section validates each registry's component options (`model.<key>`, `train.<key>`).
 SECTION_REGISTRIES: dict[str, dict[str, Registry]] = {"model": BLOCK_REGISTRIES, "train": {"optim": OPTIM}}
+
+
+def component_registries() -> list[tuple[str, str, Registry]]:
+    """(section, field, registry) for every registry a config field chooses from: ("model", "attn", ATTN), ...,
+    ("train", "optim", OPTIM)."""
+    return [(section, name, reg) for section, regs in SECTION_REGISTRIES.items() for name, reg in regs.items()]

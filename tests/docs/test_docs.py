@@ -163,10 +163,10 @@ def test_generated_pages_cover_the_code():
     from lmlab.cli.app import cli
     from lmlab.cli.schema_flags import ALL_SECTIONS, leaf_fields
     from lmlab.docgen import block_catalogue, cli_reference, config_reference
-    from lmlab.registry import SECTION_REGISTRIES
+    from lmlab.registry import component_registries
 
     catalogue = block_catalogue()
-    for reg in (r for regs in SECTION_REGISTRIES.values() for r in regs.values()):
+    for _, _, reg in component_registries():
         for e in reg.entries():
             assert f"| `{e.name}` |" in catalogue and e.paper in catalogue
     assert "`native_sparse` + `alibi`" in catalogue  # a refused pair, with the validator's reason

@@ -39,17 +39,22 @@ def test_match_width_hits_the_base_budget(match):
     assert abs(cost(matched) - cost(base)) <= per_width / 2 + 1  # the nearest multiple of 8
 
 
+def _small(corpus_file, *, max_steps: int, eval_iters: int) -> dict:
+    """A one-layer, 32-wide study on the test corpus."""
+    return {
+        "data": {"name": f"file:{corpus_file}"},
+        "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 32},
+        "train": {"max_steps": max_steps, "eval_iters": eval_iters, "batch_size": 4},
+    }
+
+
 def test_ablation_end_to_end_small(tmp_path, corpus_file, capsys):
     report = run_ablation(
         "gpt2",
         ["pos=rope", "norm=rmsnorm"],
         seeds=2,
         save_dir=tmp_path,
-        overrides={
-            "data": {"name": f"file:{corpus_file}"},
-            "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 32},
-            "train": {"max_steps": 8, "eval_iters": 2, "batch_size": 4},
-        },
+        overrides=_small(corpus_file, max_steps=8, eval_iters=2),
     )
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["base", "pos=rope", "norm=rmsnorm", "all"]
@@ -82,11 +87,7 @@ def test_an_optimizer_is_ablated_like_a_block_with_its_time_per_step(tmp_path, c
         ["optim=muon+train.muon.lr=0.01"],
         seeds=2,
         save_dir=tmp_path,
-        overrides={
-            "data": {"name": f"file:{corpus_file}"},
-            "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 32},
-            "train": {"max_steps": 4, "eval_iters": 1, "batch_size": 4},
-        },
+        overrides=_small(corpus_file, max_steps=4, eval_iters=1),
     )
     from lmlab.runs.run_dir import RunDir
 

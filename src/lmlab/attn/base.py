@@ -6,8 +6,11 @@ the explicit-softmax reference and the fused kernel.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from lmlab.attn.kv_cache import KVCache, WindowKVCache
 from lmlab.config import ModelConfig
@@ -88,6 +91,16 @@ def masked_scores(scores: Tensor, mask: Tensor | None, is_causal: bool) -> Tenso
         allowed = torch.ones(T, Tk, dtype=torch.bool, device=scores.device).tril(Tk - T)
         return scores.masked_fill(~allowed, float("-inf"))
     return scores if mask is None else scores + mask
+
+
+def attention_probs(q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) in float32, (B, nh, T, Tk), for (B, nh, T, hs) queries on
+    (B, nkv, Tk, hs) keys: each key head serves nh / nkv query heads."""
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k = k.repeat_interleave(rep, dim=1)  # (B, nh, Tk, hs)
+    scores = masked_scores((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])), mask, is_causal)
+    return F.softmax(scores.float(), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):

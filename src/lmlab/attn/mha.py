@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 from torch.nn import functional as F
 
-from lmlab.attn.base import CausalSelfAttention, masked_scores
+from lmlab.attn.base import CausalSelfAttention, attention_probs
 from lmlab.registry import ATTN
 
 
@@ -37,9 +35,7 @@ class MHA(CausalSelfAttention):
         """(B, nh, T, hs) queries on (B, nkv, Tk, hs) keys/values; each key/value head serves nh / nkv queries."""
         rep = q.shape[1] // k.shape[1]
         if rep > 1:
-            k = k.repeat_interleave(rep, dim=1)  # (B, nh, Tk, hs)
-            v = v.repeat_interleave(rep, dim=1)
-        att = masked_scores((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])), mask, is_causal)
-        att = F.softmax(att.float(), dim=-1).to(q.dtype)
+            v = v.repeat_interleave(rep, dim=1)  # (B, nh, Tk, hs)
+        att = attention_probs(q, k, mask, is_causal).to(q.dtype)
         att = F.dropout(att, p=dropout_p, training=dropout_p > 0)
         return att @ v  # (B, nh, T, hs)

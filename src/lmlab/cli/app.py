@@ -13,6 +13,7 @@ from lmlab.cli.schema_flags import SchemaCommand, collect_overrides
 from lmlab.cli.study import STUDY_OPTIONS, pending_is_not_an_error, placement, study_group
 from lmlab.errors import LmlabError, user_errors
 from lmlab.reference.cli import reference_group
+from lmlab.registry import component_registries
 
 
 def _resolve(params: dict):
@@ -497,7 +498,9 @@ def import_cmd(hf_dir: str, save_dir: str, run_tag: str) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(["attn", "ffn", "norm", "pos", "embed", "optim", "presets"]))
+@click.argument(
+    "kind", required=False, type=click.Choice([field for _, field, _ in component_registries()] + ["presets"])
+)
 @user_errors
 def list_cmd(kind: str | None) -> None:
     """Every registered block and optimizer with its tags and options, and the presets."""
@@ -505,15 +508,12 @@ def list_cmd(kind: str | None) -> None:
     from rich.table import Table
 
     from lmlab.config import list_presets
-    from lmlab.registry import SECTION_REGISTRIES
 
     console = Console(width=160)
     if kind != "presets":
         table = Table("kind", "name", "tags", "options", "paper")
-        for section, registries in SECTION_REGISTRIES.items():
-            for field, reg in registries.items():
-                if kind not in (None, field):
-                    continue
+        for section, field, reg in component_registries():
+            if kind in (None, field):
                 for e in reg.entries():
                     aliases = f" ({', '.join(e.aliases)})" if e.aliases else ""
                     options = f"{section}.{e.options_key}: {', '.join(e.options.model_fields)}" if e.options else ""

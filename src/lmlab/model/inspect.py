@@ -4,7 +4,6 @@ and gradient norms (`lmlab inspect`), and the same as scalars during training (`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmlab.attn.base import CausalSelfAttention, masked_scores
+from lmlab.attn.base import CausalSelfAttention, attention_probs
 from lmlab.errors import ConfigError
 
 
@@ -28,19 +27,12 @@ class Inspection:
     grad_norm: list[float] = field(default_factory=list)  # each block's parameters, for the prompt's LM loss
 
 
-def _probabilities(q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
-    rep = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(rep, dim=1) if rep > 1 else k
-    scores = masked_scores((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]), mask, is_causal)
-    return F.softmax(scores.float(), dim=-1)
-
-
 def _record_attention(attn: CausalSelfAttention, store: list) -> Callable[[], None]:
     """Make `attn` take its masked path and record its probabilities; returns the undo."""
     original = attn.attend
 
     def attend(q, k, v, mask, is_causal):
-        store.append((_probabilities(q, k, mask, is_causal).detach(), v.detach(), original(q, k, v, mask, is_causal)))
+        store.append((attention_probs(q, k, mask, is_causal).detach(), v.detach(), original(q, k, v, mask, is_causal)))
         return store[-1][2]
 
     attn.attend = attend
