@@ -54,19 +54,37 @@ def node_command(node: int, port: int, args: list, entry: tuple = ("-m", "lmlab"
 
 def two_nodes(args: list, *, kill_at: int | None = None, script: Path | None = None) -> list[tuple[int, str]]:
     """Launch node 0, then (once its rendezvous store listens) node 1; (return code, stderr) of each."""
-    port = free_port()
-    first = subprocess.Popen(node_command(0, port, args), stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120  # a bound on a failure only: the loop ends when the port opens
-    while not listening("127.0.0.1", port):
-        assert first.poll() is None and time.monotonic() < deadline, "node 0 never opened its rendezvous store"
-        time.sleep(0.05)
+    first, port = _first_node(args)
     entry = ("-m", "lmlab") if kill_at is None else (str(script), str(kill_at))
     second = subprocess.Popen(node_command(1, port, args, entry), stderr=subprocess.PIPE, text=True)
     out = []
     for process in (second, first):
-        _, err = process.communicate(timeout=300)
+        try:
+            _, err = process.communicate(timeout=300)  # a bound on a hang only; each node ends on its own
+        except subprocess.TimeoutExpired:
+            for p in (first, second):
+                p.kill()
+            tails = [p.communicate()[1][-2000:] for p in (first, second)]
+            raise AssertionError(f"a node did not end; node 0: {tails[0]}\nnode 1: {tails[1]}") from None
         out.append((process.returncode, err))
     return out[::-1]
+
+
+def _first_node(args: list) -> tuple[subprocess.Popen, int]:
+    """Node 0 listening on its rendezvous port; a port another process took first is replaced by a new one."""
+    for _ in range(3):
+        port = free_port()
+        first = subprocess.Popen(node_command(0, port, args), stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120  # a bound on a failure only: the loop ends when the port opens
+        while first.poll() is None and not listening("127.0.0.1", port):
+            assert time.monotonic() < deadline, "node 0 never opened its rendezvous store"
+            time.sleep(0.05)
+        if first.poll() is None:
+            return first, port
+        err = first.communicate()[1]
+        if "address already in use" not in err.lower():
+            raise AssertionError(f"node 0 stopped before it listened: {err[-2000:]}")
+    raise AssertionError("three free ports in a row were taken before node 0 could bind them")
 
 
 def _curve(save_dir: Path) -> list[tuple[str, int, float]]:

@@ -5,6 +5,7 @@ docs/howto/distributed.md does by hand with sbatch + srun."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -40,8 +41,25 @@ def listening(host: str, port: int) -> bool:
 
 
 def free_port() -> int:
-    """A TCP port free on this host now."""
-    with socket.socket() as s:
+    """A TCP port free on this host now, below the kernel's ephemeral range.
+
+    The port is closed again before its user (torchrun, a server) binds it, seconds later. A port from the
+    ephemeral range could meanwhile go to any process that binds port 0 or connects out, and a second
+    process would then answer at the address; below the range only an explicit bind can take it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default start; other systems' ranges start higher
+    candidates = list(range(max(1024, low - 8192), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # every interface, as torchrun's store binds it
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # every candidate taken: any port the kernel gives
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
