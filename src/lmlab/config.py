@@ -137,6 +137,11 @@ class OptionsSection(Section):
         return out
 
 
+# muP's learning-rate rule (lr / width multiplier for hidden matrices) is the one for optimizers whose step
+# does not depend on the gradient's scale; SGD's and Muon's differ.
+MUP_OPTIMIZERS = ("adamw", "lion")
+
+
 class ModelConfig(OptionsSection):
     """Architecture of a decoder-only language model."""
 
@@ -182,6 +187,12 @@ class ModelConfig(OptionsSection):
     )
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
+    mup_base_width: int | None = Field(
+        None,
+        ge=1,
+        description="muP: the width whose init and learning rates a wider model scales from (hidden matrices at "
+        "init_std / sqrt(m) and lr / m, logits x 1/m, m = d_model / this); unset = standard parametrisation",
+    )
 
     @model_validator(mode="after")
     def _resolve(self) -> ModelConfig:
@@ -524,6 +535,19 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"data.name: '{self.data.name}' holds sentence pairs; set model.arch=seq2seq to train on them"
             )
+        if self.model.mup_base_width is not None:
+            if self.model.arch == "seq2seq":
+                raise ValueError("model.mup_base_width: muP scales causal LMs, not model.arch=seq2seq; allowed: unset")
+            if self.train.optim not in MUP_OPTIMIZERS:
+                raise ValueError(
+                    f"model.mup_base_width: muP's learning-rate rule here is the one for Adam-style steps, not "
+                    f"train.optim={self.train.optim}; allowed: {', '.join(MUP_OPTIMIZERS)}"
+                )
+            if self.model.mup_base_width % self.model.head_dim:
+                raise ValueError(
+                    f"model.mup_base_width: {self.model.mup_base_width} is not a multiple of the head width "
+                    f"{self.model.head_dim}; allowed: multiples of {self.model.head_dim}"
+                )
         if self.model.arch == "seq2seq" and self.train.inspect_interval:
             raise ValueError(
                 "train.inspect_interval: per-layer statistics are for causal LM runs, not model.arch=seq2seq; "

@@ -4,8 +4,9 @@ code block of the README, the Quickstart and the How-to pages runs.
 Code blocks run as written, at test sizes: one bash script per page, in a fresh folder, with
 these rewrites and nothing else —
 - `--max-steps`, `--train.ckpt_interval`, `--train.eval_interval` N become max(2, N // 50);
-  `--seeds` and `--trials` become 2, `--max-new-tokens` at most 20;
-- every `lmlab train` / `ablate` / `sweep` command also gets `--train.eval_iters 2 --batch 4`, and
+  `--seeds` and `--trials` become 2, `--max-new-tokens` at most 20; `--tokens-per-param` becomes
+  0.2 with `--bootstrap 20`;
+- every `lmlab train` / `ablate` / `sweep` / `scale` command also gets `--train.eval_iters 2 --batch 4`, and
   `--seq-len 64` unless it sets `--context` or `--seq-len` (training windows, not the model);
 - `--data shakespeare` reads a few kilobytes of stand-in text (the tests are offline);
 - torchrun runs one node of two CPU processes on 127.0.0.1, on a free port (a c10d rendezvous on
@@ -54,6 +55,7 @@ def shrink(script: str) -> str:
         script = re.sub(rf"{flag} (\d+)", lambda m, f=flag: f"{f} {max(2, int(m.group(1)) // 50)}", script)
     script = re.sub(r"--seeds \d+", "--seeds 2", script)
     script = re.sub(r"--trials \d+", "--trials 2", script)
+    script = re.sub(r"--tokens-per-param [\d.]+", "--tokens-per-param 0.2 --bootstrap 20", script)
     script = script.replace("--data shakespeare", "--data file:shakespeare_stand_in.txt")
     script = re.sub(r"--max-new-tokens (\d+)", lambda m: f"--max-new-tokens {min(20, int(m.group(1)))}", script)
     script = re.sub(r"--nnodes \d+", "--nnodes 1", script)
@@ -67,7 +69,9 @@ def shrink(script: str) -> str:
     script = re.sub(r"\b8000\b", str(free_port()), script)
     lines = []
     for line in script.splitlines():
-        if re.search(r"(lmlab (train|ablate|sweep)|-m lmlab train)\b", line) and not line.lstrip().startswith("#"):
+        if re.search(r"(lmlab (train|ablate|sweep|scale)|-m lmlab train)\b", line) and not line.lstrip().startswith(
+            "#"
+        ):
             command, hash_, comment = line.partition("  #")  # the flags go before a trailing comment
             command += " --train.eval_iters 2 --batch 4"
             if "--context" not in command and "--seq-len" not in command:

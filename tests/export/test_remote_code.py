@@ -19,6 +19,8 @@ COMPOSITIONS = [
     {"attn": "mha", "pos": "sinusoidal", "norm_position": "post", "activation": "relu", "tie_weights": False},
     {"attn": "mha", "pos": "rope", "rope": {"fraction": 0.5}, "ffn": "gated_mlp", "activation": "gelu_tanh"},
     {"attn": "sdpa", "pos": "rope", "head_dim": 12, "qkv_bias": True, "attn_proj_bias": False, "ffn_bias": False},
+    # Llama's blocks, but muP's logit multiplier: no transformers family computes it (test_mup checks that)
+    {"pos": "rope", "norm": "rmsnorm", "ffn": "swiglu", "bias": False, "mup_base_width": 16},
 ]
 
 

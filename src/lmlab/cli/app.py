@@ -624,11 +624,24 @@ def _study_report(runs: list[str], out: Path, table: str) -> None:
     click.echo(f"table: {out / table}\nreport: {html_report(summaries, pngs, out / 'report.html')}")
 
 
+def _study_params(example: str, out: str, *own: click.Option) -> list[click.Option]:
+    """A study command's options: its base preset, its own options, where it writes, how its runs are placed,
+    and the config flags every run takes."""
+    return [
+        click.Option(["--base"], required=True, help=f"base preset, e.g. {example}"),
+        *own,
+        click.Option(["--out"], default=out, show_default=True, help="where runs and the report go"),
+        *STUDY_OPTIONS,
+        *COMMON,
+    ]
+
+
 ablate_command = cli.command(
     "ablate",
     cls=SchemaCommand,
-    params=[
-        click.Option(["--base"], required=True, help="base preset, e.g. gpt2"),
+    params=_study_params(
+        "gpt2",
+        "runs/ablate",
         click.Option(["--swap"], multiple=True, required=True, help="field=value, repeatable (pos=rope, ffn=swiglu)"),
         click.Option(["--seeds"], type=int, default=3, show_default=True, help="seeds per variant (>= 2)"),
         click.Option(
@@ -638,13 +651,77 @@ ablate_command = cli.command(
             show_default=True,
             help="what the variants share",
         ),
-        click.Option(["--out"], default="runs/ablate", show_default=True, help="where runs and the report go"),
-        *STUDY_OPTIONS,
-        *COMMON,
-    ],
+    ),
     help="Each swap alone and all together vs the base, over seeds: mean +- 95% CI, difference, Welch p. "
     "Runs at laptop scale (4L-4H-128D, context 128, batch 16) unless flags say otherwise.",
 )(_ablate)
+
+
+@user_errors
+def _scale(
+    base: str,
+    widths: str,
+    tokens_per_param: float,
+    swap: tuple[str, ...],
+    seeds: int,
+    mup: bool,
+    bootstrap: int,
+    out: str,
+    **params,
+) -> None:
+    from lmlab.pipeline.scale import run_scaling
+
+    if params.pop("preset", None):
+        raise LmlabError("scale: the base preset is --base; --preset is not read here")
+    try:
+        sizes = [int(w) for w in widths.split(",") if w.strip()]
+    except ValueError:
+        raise LmlabError(
+            f"scale --widths: '{widths}' is not a comma-separated list of integers (e.g. 32,48,64,96)"
+        ) from None
+    where = placement(params)
+    overrides = _study_overrides(params)
+    with pending_is_not_an_error():
+        report = run_scaling(
+            base,
+            sizes,
+            swaps=list(swap),
+            tokens_per_param=tokens_per_param,
+            seeds=seeds,
+            mup=mup,
+            overrides=overrides,
+            save_dir=out,
+            placement=where,
+            bootstrap=bootstrap,
+        )
+    click.echo((Path(out) / "scale.md").read_text())
+    click.echo(f"table: {Path(out) / 'scale.md'}\nplot: {report['plot']}")
+
+
+scale_command = cli.command(
+    "scale",
+    cls=SchemaCommand,
+    params=_study_params(
+        "llama",
+        "runs/scale",
+        click.Option(["--widths"], required=True, help="comma-separated d_model of each rung, e.g. 32,48,64,96"),
+        click.Option(
+            ["--tokens-per-param"],
+            type=float,
+            default=20.0,
+            show_default=True,
+            help="tokens per non-embedding parameter for every rung (20: Chinchilla's ratio)",
+        ),
+        click.Option(["--swap"], multiple=True, help="field=value: a variant with its own ladder, repeatable"),
+        click.Option(["--seeds"], type=int, default=2, show_default=True, help="seeds per rung"),
+        click.Option(
+            ["--mup"], is_flag=True, default=False, help="muP width scaling from the smallest width (init, lr, logits)"
+        ),
+        click.Option(["--bootstrap"], type=int, default=1000, show_default=True, help="refits for the 95% intervals"),
+    ),
+    help="A ladder of widths per variant, tokens in proportion to size: L(C) = E + A*C^-alpha fitted per variant "
+    "with bootstrap intervals, the plot, and where the fits cross. Laptop scale like ablate unless flags say otherwise.",
+)(_scale)
 
 
 @user_errors

@@ -93,7 +93,8 @@ def target_family(cfg: ModelConfig) -> str:
     # blocks declare the transformers layout they compute (registry caps), so a new block can join a family
     dense_attn = ATTN.entry(cfg.attn).caps.get("hf_layout") == "dense"
     ffn_layout = FFN.entry(cfg.ffn).caps.get("hf_layout")
-    common = cfg.norm_position == "pre" and dense_attn and cfg.embed == "token"
+    plain_logits = cfg.mup_base_width in (None, cfg.d_model)  # no family multiplies its logits (muP)
+    common = cfg.norm_position == "pre" and dense_attn and cfg.embed == "token" and plain_logits
     biases = (cfg.qkv_bias, cfg.attn_proj_bias, cfg.ffn_bias)
     gpt2_blocks = (cfg.pos, cfg.norm) == ("learned", "layernorm") and ffn_layout == "mlp" and all(biases)
     plain_heads = cfg.head_dim * cfg.n_head == cfg.d_model and cfg.n_kv_head == cfg.n_head

@@ -329,6 +329,8 @@ class LmlabForCausalLM(PreTrainedModel, GenerationMixin):
             x = block(x, bias, rope, past_key_values)
         x = self.norm_f(x)
         logits = F.linear(x, self.tok_emb.weight) if c["tie_weights"] else self.lm_head(x)
+        if c.get("mup_base_width"):  # muP's readout multiplier, 1 / width multiplier
+            logits = logits * (1 / (c["d_model"] / c["mup_base_width"]))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)

@@ -5,30 +5,18 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from lmlab.attn.base import CausalSelfAttention
 from lmlab.config import ModelConfig
 from lmlab.model.build import build_model
 from lmlab.model.flops import flops_breakdown
+from lmlab.model.init import NoRandomInit
 from lmlab.registry import ATTN, FFN
-
-
-class _NoRandomInit(TorchFunctionMode):
-    """Random initialisers become no-ops: a meta tensor holds no values, and its `normal_` runs a Python
-    decomposition that imports the whole compiler stack (seconds of every command's start)."""
-
-    SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_})
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.SKIPPED:
-            return args[0] if args else kwargs["tensor"]
-        return func(*args, **(kwargs or {}))
 
 
 def meta_model(cfg: ModelConfig):
     """The model `cfg` describes, on the meta device (shapes only, nothing initialised)."""
-    with torch.device("meta"), _NoRandomInit():
+    with torch.device("meta"), NoRandomInit():
         return build_model(cfg)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lmlab.config import ModelConfig
 
@@ -19,3 +21,15 @@ def init_weights(module: nn.Module, cfg: ModelConfig, embeddings: tuple[nn.Modul
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding) or any(module is e for e in embeddings):
         nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+class NoRandomInit(TorchFunctionMode):
+    """Random initialisers become no-ops: a meta tensor holds no values, and its `normal_` runs a Python
+    decomposition that imports the whole compiler stack (seconds of every command's start)."""
+
+    SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))

@@ -91,7 +91,7 @@ def inspect_model(model: nn.Module, ids: Tensor, decode: Callable[[int], str], *
         insp.attention = {i: s[0][0][0] for i, s in enumerate(stores)}
     with torch.no_grad():
         for h in outputs:
-            probs = F.softmax(model.lm_head(model.norm_f(h)).float(), dim=-1)[0]  # (T, V)
+            probs = F.softmax(model.lm_head(model.norm_f(h)).float() * model.logit_mult, dim=-1)[0]  # (T, V)
             values, indices = probs.topk(min(top, probs.shape[-1]), dim=-1)
             insp.lens.append(
                 [

@@ -10,7 +10,8 @@ from lmlab.config import ModelConfig
 from lmlab.model.block import Block
 from lmlab.model.flops import flops_per_token
 from lmlab.model.generate import generate
-from lmlab.model.init import init_weights
+from lmlab.model.init import NoRandomInit, init_weights
+from lmlab.model.mup import apply_mup, base_config, logit_mult
 from lmlab.model.output import ModelOutput
 
 
@@ -42,6 +43,12 @@ class CausalLM(nn.Module):
         self.apply(lambda m: init_weights(m, cfg, embeddings=(self.tok_emb,)))
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
+        self.logit_mult = logit_mult(cfg)  # 1 but under muP
+        if self.logit_mult != 1.0:
+            classes = {"attn_cls": attn_cls, "ffn_cls": ffn_cls, "norm_cls": norm_cls}
+            with torch.device("meta"), NoRandomInit():  # the base width's shapes say which dimensions grow
+                base = CausalLM(base_config(cfg), **classes, embed_cls=embed_cls, pos_cls=pos_cls)
+            apply_mup(self, base)
 
     def forward(
         self,
@@ -79,6 +86,8 @@ class CausalLM(nn.Module):
         if last_only and targets is None:
             x = x[:, -1:]
         logits = self.lm_head(x)  # (B, T, V)
+        if self.logit_mult != 1.0:
+            logits = logits * self.logit_mult
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

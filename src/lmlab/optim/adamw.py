@@ -17,5 +17,5 @@ class AdamW:
     @staticmethod
     def build(model: nn.Module, train: TrainConfig, options: None = None) -> torch.optim.Optimizer:
         """torch.optim.AdamW over the decaying and non-decaying groups."""
-        groups = param_groups(model, train.weight_decay, decay_embeddings=train.decay_embeddings)
+        groups = param_groups(model, train.weight_decay, decay_embeddings=train.decay_embeddings, lr=train.lr)
         return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2))

@@ -18,17 +18,30 @@ def _embedding_params(model: nn.Module) -> set[int]:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, *, decay_embeddings: bool = True, skip: list[nn.Parameter] = ()
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    decay_embeddings: bool = True,
+    skip: list[nn.Parameter] = (),
+    lr: float | None = None,
 ) -> list[dict[str, Any]]:
     """[decaying, non-decaying]: matrices decay; biases, norms and gains (fewer than 2 dims) never do,
     and embedding tables only when `decay_embeddings`. Tied weights appear once; `skip` is left out
-    (another group of the optimizer holds it)."""
+    (another group of the optimizer holds it). With `lr`, parameters that carry an `lr_scale` (a muP
+    model's hidden matrices, `model/mup.py`) form a third group at lr x that scale."""
     skipped = {id(p) for p in skip}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in skipped]
     exempt = set() if decay_embeddings else _embedding_params(model)
     decay = [p for p in params if p.dim() >= 2 and id(p) not in exempt]
     no_decay = [p for p in params if p.dim() < 2 or id(p) in exempt]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    scaled = [p for p in decay if getattr(p, "lr_scale", 1.0) != 1.0]
+    if lr is not None and scaled:
+        if len({p.lr_scale for p in scaled}) > 1:
+            raise ValueError("param_groups: parameters with different lr_scale values; one scale per model")
+        groups[0]["params"] = [p for p in decay if getattr(p, "lr_scale", 1.0) == 1.0]
+        groups.append({"params": scaled, "weight_decay": weight_decay, "lr": lr * scaled[0].lr_scale})
+    return groups
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:

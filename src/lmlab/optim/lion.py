@@ -49,5 +49,5 @@ class Lion:
     @staticmethod
     def build(model: nn.Module, train: TrainConfig, options: LionOptions) -> torch.optim.Optimizer:
         """LionOptimizer with train.lr and the options' betas."""
-        groups = param_groups(model, train.weight_decay, decay_embeddings=train.decay_embeddings)
+        groups = param_groups(model, train.weight_decay, decay_embeddings=train.decay_embeddings, lr=train.lr)
         return LionOptimizer(groups, lr=train.lr, betas=(options.beta1, options.beta2))
