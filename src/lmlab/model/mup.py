@@ -22,13 +22,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lmlab.config import MUP_OPTIMIZERS, ModelConfig, deep_merge, default_d_ff
+from lmlab.config import ModelConfig, deep_merge, default_d_ff
 from lmlab.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-__all__ = ["MUP_OPTIMIZERS", "apply_mup", "at_width", "base_config", "infinite_dims", "logit_mult", "width_mult"]
 
 
 def at_width(cfg: ModelConfig, width: int, field: str = "scale --widths") -> ModelConfig:

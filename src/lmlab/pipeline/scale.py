@@ -29,6 +29,7 @@ from lmlab.pipeline.ablate import STUDY_DEFAULTS, parse_swaps, swap_overrides
 from lmlab.pipeline.study import Placement, PlannedRun, Study, run_key
 from lmlab.pipeline.study_progress import StudyProgress
 from lmlab.runs.run_dir import RunDir
+from lmlab.track.plots import plot_scaling
 from lmlab.track.scaling import crossing, fit_with_bootstrap
 
 EXTRAPOLATE = 10.0  # the report predicts each variant's loss at this multiple of the ladder's largest compute
@@ -97,7 +98,7 @@ def run_scaling(
     out = Path(save_dir)
     (out / "scale.json").write_text(json.dumps(report, indent=2))
     (out / "scale.md").write_text(markdown_report(report))
-    report["plot"] = str(plot_ladder(report, out / "scale.png"))
+    report["plot"] = str(plot_scaling(report, out / "scale.png"))
     return report
 
 
@@ -247,40 +248,3 @@ def markdown_report(report: dict) -> str:
             share += f", at {_ci(c['interval'], '.3g')} (95%)"
         lines.append(f"- {said}; {share}.")
     return "\n".join(lines) + "\n"
-
-
-def plot_ladder(report: dict, out: str | Path) -> Path:
-    """Loss against compute (log axis): every run's point, each fit over the ladder, dashed beyond it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lmlab.track.scaling import PowerLaw
-
-    out = Path(out)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    low = min(p["compute"] for p in report["points"])
-    top = max(p["compute"] for p in report["points"])
-    for i, f in enumerate(report["fits"]):
-        color = f"C{i}"
-        ps = [p for p in report["points"] if p["variant"] == f["variant"]]
-        ax.scatter([p["compute"] for p in ps], [p["val_loss"] for p in ps], color=color, s=14)
-        law = PowerLaw(f["E"], f["A"], f["alpha"])
-        inside = np.geomspace(low, top, 100)
-        beyond = np.geomspace(top, EXTRAPOLATE * top, 50)
-        ax.plot(inside, law(inside), color=color, label=f"{f['variant']}: α={f['alpha']:.2f}, E={f['E']:.2f}")
-        ax.plot(beyond, law(beyond), color=color, linestyle="--")
-        lo, hi = f["predicted_ci"]
-        span = [[max(0.0, f["predicted"] - lo)], [max(0.0, hi - f["predicted"])]]
-        ax.errorbar([EXTRAPOLATE * top], [f["predicted"]], yerr=span, color=color, capsize=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute (FLOPs)")
-    ax.set_ylabel("final validation loss")
-    ax.set_title(f"{report['base']}: fits over the ladder, dashed beyond it")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out

@@ -1,10 +1,12 @@
-"""Loss curves as PNG files and one self-contained HTML report (images embedded as base64)."""
+"""Loss curves as PNG files, one self-contained HTML report (images embedded as base64), and scaling-law plots."""
 
 from __future__ import annotations
 
 import base64
 import html
 from pathlib import Path
+
+import numpy as np
 
 from lmlab.errors import require
 from lmlab.track.compare import AXES, RunSummary, loss_label, table_rows
@@ -80,4 +82,43 @@ def html_report(summaries: list[RunSummary], pngs: dict[str, Path], out: str | P
     )
     out = Path(out)
     out.write_text(page)
+    return out
+
+
+def plot_scaling(report: dict, out: str | Path) -> Path:
+    """A scaling report's loss against compute (log axis): every run's point, each fit over the ladder, dashed
+    beyond it to the compute of its prediction, with the prediction's interval."""
+    require("matplotlib", "plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmlab.track.scaling import PowerLaw  # scipy's import stays off the curve plots' path
+
+    out = Path(out)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    low = min(p["compute"] for p in report["points"])
+    top = max(p["compute"] for p in report["points"])
+    for i, f in enumerate(report["fits"]):
+        color = f"C{i}"
+        ps = [p for p in report["points"] if p["variant"] == f["variant"]]
+        ax.scatter([p["compute"] for p in ps], [p["val_loss"] for p in ps], color=color, s=14)
+        law = PowerLaw(f["E"], f["A"], f["alpha"])
+        inside = np.geomspace(low, top, 100)
+        beyond = np.geomspace(top, f["predicted_at"], 50)
+        ax.plot(inside, law(inside), color=color, label=f"{f['variant']}: α={f['alpha']:.2f}, E={f['E']:.2f}")
+        ax.plot(beyond, law(beyond), color=color, linestyle="--")
+        lo, hi = f["predicted_ci"]
+        span = [[max(0.0, f["predicted"] - lo)], [max(0.0, hi - f["predicted"])]]
+        ax.errorbar([f["predicted_at"]], [f["predicted"]], yerr=span, color=color, capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (FLOPs)")
+    ax.set_ylabel("final validation loss")
+    ax.set_title(f"{report['base']}: fits over the ladder, dashed beyond it")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
     return out
