@@ -24,6 +24,7 @@ from torch import nn
 
 from lmlab.config import ModelConfig, deep_merge, default_d_ff
 from lmlab.errors import ConfigError
+from lmlab.optim.groups import hidden_matrices
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -72,16 +73,11 @@ def infinite_dims(model: nn.Module, base: nn.Module) -> dict[int, tuple[bool, ..
 
 
 def _hidden(model: nn.Module, dims: dict[int, tuple[bool, ...]]) -> Iterator[tuple[nn.Parameter, bool]]:
-    """(parameter, both dims infinite) for every matrix whose input (last) dimension grows, but the head."""
-    head = getattr(model, "lm_head", None)
-    skip = {id(head.weight)} if isinstance(head, nn.Linear) else set()
-    skip |= {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
-    skip |= {id(p) for p in model.tok_emb.parameters()}
-    for p in model.parameters():
-        inf = dims.get(id(p))
-        if inf is None or p.dim() < 2 or id(p) in skip or not inf[-1]:
-            continue
-        yield p, sum(inf) >= 2
+    """(parameter, both dims infinite) for every matrix inside the blocks whose input (last) dimension grows."""
+    for p in hidden_matrices(model):
+        inf = dims[id(p)]
+        if inf[-1]:
+            yield p, sum(inf) >= 2
 
 
 @torch.no_grad()
