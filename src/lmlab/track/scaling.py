@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
 
 ALPHA_MAX = 5.0
 
@@ -81,6 +80,9 @@ def fit_power_law(compute: np.ndarray, loss: np.ndarray, start: PowerLaw | None 
     else:
         b0 = math.log(max(start.A * c0**-start.alpha, 1e-300))
         starts = [[min(start.E, top * (1 - 1e-6)), b0, min(max(start.alpha, 1e-6), ALPHA_MAX)]]
+    # scipy loads here, not with the module: the tracker registry imports every module of this folder at start-up.
+    from scipy.optimize import least_squares
+
     best = None
     for p0 in starts:
         found = least_squares(residual, p0, bounds=([0.0, -np.inf, 1e-6], [top, np.inf, ALPHA_MAX]), method="trf")
