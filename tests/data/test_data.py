@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from lmlab.errors import DataError
 def test_char_round_trip_on_any_unicode(text):
     tok = CharTokenizer.train(text)
     assert tok.decode(tok.encode(text)) == text
-    assert tok.vocab_size == len(set(text))
+    assert tok.vocab_size == len(set(text)) + 1 and tok.eos_id == len(set(text))  # the characters, then end-of-text
 
 
 def test_char_tokenizer_saves_and_loads(tmp_path):
@@ -25,6 +27,17 @@ def test_char_tokenizer_saves_and_loads(tmp_path):
     save_tokenizer(tok, tmp_path / "t.json")
     again = load_tokenizer(tmp_path / "t.json")
     assert again.encode("wörld") == tok.encode("wörld") and again.fingerprint() == tok.fingerprint()
+
+
+def test_a_char_tokenizer_saved_without_end_of_text_loads_as_it_was_trained(tmp_path):
+    before = tmp_path / "old.json"
+    before.write_text('{"name": "char", "chars": ["\\n", " ", "a", "b"]}')  # as runs saved it before end-of-text
+    old = load_tokenizer(before)
+    assert (old.vocab_size, old.eos_id, old.encode("ab\n")) == (4, None, [2, 3, 0])
+    assert old.fingerprint() == hashlib.sha256(b"\n ab").hexdigest()[:16]  # the hash those runs recorded
+    new = CharTokenizer.train("ab \n")
+    assert (new.vocab_size, new.eos_id, new.decode([2, 4, 3])) == (5, 4, "ab")  # end-of-text decodes to nothing
+    assert new.fingerprint() != old.fingerprint()
 
 
 def test_unknown_characters_are_named():

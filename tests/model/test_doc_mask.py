@@ -6,7 +6,9 @@ import torch
 from click.testing import CliRunner
 
 from lmlab.cli.app import cli
-from lmlab.errors import ConfigError
+from lmlab.data.datasets import separator_id
+from lmlab.data.tokenizers.char import CharTokenizer
+from lmlab.errors import ConfigError, DataError
 from lmlab.model.build import build_model
 from lmlab.model.transformer import document_start_slots
 from lmlab.trainer.mini_trainer import causal_lm_loss
@@ -64,15 +66,14 @@ def test_sparse_attention_without_document_masking_says_so():
 def test_doc_mask_trains_and_needs_a_separator(tmp_path, corpus_file):
     from tests.helpers import small_train_args
 
+    before_end_of_text = CharTokenizer(list("ab"), end_of_text=False)  # a char run saved without one
+    with pytest.raises(DataError, match="data.doc_mask: tokenizer 'char' has no document separator; allowed with"):
+        separator_id(before_end_of_text, "data.doc_mask")
     args = small_train_args(corpus_file, layers=1, dim=16, seq_len=32, batch=2, max_steps=3)
-    result = CliRunner().invoke(cli, ["train", *args, "--data.doc_mask", "--save-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "data.doc_mask: tokenizer 'char' has no document separator" in result.output
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(6):
         (docs / f"d{i}.txt").write_text(f"document {i} says hello and goodbye. " * 20)
     args = [a if a != f"file:{corpus_file}" else f"dir:{docs}" for a in args]
-    result = CliRunner().invoke(
-        cli, ["train", *args, "--tokenizer", "byte", "--data.doc_mask", "--save-dir", str(tmp_path / "runs")]
-    )
+    result = CliRunner().invoke(cli, ["train", *args, "--data.doc_mask", "--save-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output

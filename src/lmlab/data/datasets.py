@@ -142,7 +142,8 @@ def separator_id(tokenizer: BaseTokenizer, field: str) -> int:
     eos = getattr(tokenizer, "eos_id", None)
     if eos is None:
         raise DataError(
-            f"{field}: tokenizer '{tokenizer.name}' has no document separator; allowed with: byte, word, bpe, hf:, tiktoken:"
+            f"{field}: tokenizer '{tokenizer.name}' has no document separator; allowed with: char, byte, word, bpe, "
+            "and hf: or tiktoken: tokenizers that declare an end-of-text token"
         )
     return eos
 
