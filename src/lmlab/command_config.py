@@ -24,6 +24,15 @@ class EvalConfig(Section):
     iters: int = Field(50, ge=1, description="validation batches")
     batch_size: int | None = Field(None, ge=1, description="batch size; default the run's")
     device: str = Field("auto", description=DEVICE_HELP)
+    documents: str | None = Field(
+        None,
+        description="score these documents in full instead (a .txt file is one document, a .jsonl file one "
+        '{"text": ...} per line), by disjoint rolling windows as lm-eval scores a perplexity task',
+    )
+    harness: str | None = Field(None, description="lm-evaluation-harness tasks, comma-separated (extra: harness)")
+    include: str | None = Field(None, description="a folder of lm-eval task YAMLs for --harness")
+    limit: int | None = Field(None, ge=1, description="--harness: at most this many documents per task")
+    num_fewshot: int | None = Field(None, ge=0, description="--harness: few-shot examples per prompt")
 
 
 class SampleConfig(Section):

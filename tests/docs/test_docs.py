@@ -18,7 +18,7 @@ these rewrites and nothing else —
   set through `LMLAB_TRAIN__*` variables (batch 4, 40 sample tokens) and `make test` limited to one test file in one process; the fresh
   folder links the repository's `.venv` and `experiments/`, so `source .venv/bin/activate` and
   the reference configs work as in a clone.
-A `python` or `bash` block with a `title="path"` is written to that file; a path under `src/` goes into a
+A block of any language with a `title="path"` is written to that file; a path under `src/` goes into a
 copy of the package that the page's commands import (PYTHONPATH), so the repository is never
 edited while other tests run beside it. Other `python` blocks run with the environment's Python.
 """
@@ -95,7 +95,7 @@ def page_script(page: str) -> tuple[str, dict[Path, str]]:
     parts, files = [], {}
     for lang, info, body in FENCE.findall((REPO / page).read_text()):
         title = re.search(r'title="([^"]+)"', info)
-        if lang in ("bash", "python") and title:
+        if title:
             files[Path(title.group(1))] = shrink(body) if lang == "bash" else body
         elif lang == "bash":
             parts.append(body)
@@ -147,6 +147,7 @@ def test_code_blocks_run(page, tmp_path):
         else:
             target = tmp_path / path
         assert not target.exists(), f"{target} exists already; the page would overwrite it"
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(body)
     proc = subprocess.run(
         ["bash", "-c", preamble + script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900

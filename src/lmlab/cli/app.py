@@ -210,10 +210,28 @@ RUN = click.Option(["--run", "run"], required=True, help="run directory")
 
 @user_errors
 def _eval(run: str, **params) -> None:
-    from lmlab.infer.evaluate import evaluate_run
+    from lmlab.infer.evaluate import evaluate_documents, evaluate_run
 
     opts = _settings("eval", params)
-    result = evaluate_run(run, iters=opts.iters, batch_size=opts.batch_size, device=opts.device)
+    if opts.harness:
+        from lmlab.errors import require
+
+        require("lm_eval", "harness")
+        from lm_eval.utils import make_table
+
+        from lmlab.infer.harness import run_harness
+
+        tasks = [t.strip() for t in opts.harness.split(",") if t.strip()]
+        result = run_harness(
+            run, tasks, include=opts.include, limit=opts.limit, num_fewshot=opts.num_fewshot,
+            batch_size=opts.batch_size or 8, device=opts.device,
+        )  # fmt: skip
+        click.echo(make_table(result))
+        return
+    if opts.documents:
+        result = evaluate_documents(run, opts.documents, batch_size=opts.batch_size or 8, device=opts.device)
+    else:
+        result = evaluate_run(run, iters=opts.iters, batch_size=opts.batch_size, device=opts.device)
     click.echo(json.dumps(result, indent=2))
 
 
@@ -222,7 +240,8 @@ eval_command = cli.command(
     cls=SchemaCommand,
     sections=("eval",),
     params=[RUN],
-    help="Validation loss (and bits per token) of a trained run; writes eval/eval.json.",
+    help="Validation loss, bits per token, character and byte of a trained run (or of --documents scored in full, "
+    "or lm-evaluation-harness tasks with --harness); writes eval/eval.json.",
 )(_eval)
 
 
