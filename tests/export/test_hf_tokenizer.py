@@ -156,7 +156,8 @@ ids = tok("the quick", return_tensors="pt", add_special_tokens=False)["input_ids
 lengths = []
 for seed in range(16):
     torch.manual_seed(seed)
-    lengths.append(model.generate(ids, max_new_tokens=12, do_sample=True).shape[1] - ids.shape[1])
+    new = model.generate(ids, max_new_tokens=12, do_sample=True)[0, ids.shape[1]:].tolist()
+    lengths.append((len(new), new[-1]))
 text = pipeline("text-generation", model=out, trust_remote_code=True)("the quick", max_new_tokens=5)[0]["generated_text"]
 print(json.dumps({"lengths": lengths, "text": text}))
 """
@@ -198,8 +199,8 @@ def test_exports_carry_the_run_tokenizer_and_its_special_ids(tmp_path, corpus_fi
     out = subprocess.run([sys.executable, "-c", GENERATE, str(tmp_path / "hf")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     checked = json.loads(out.stdout.strip().splitlines()[-1])
-    # end-of-text (id 29, after the corpus's 29 characters) is never a target in one-document text: no row stops early
-    assert checked["lengths"] == [12] * 16
+    # a sampled row stops early only at the declared end-of-text (id 29, after the corpus's 29 characters)
+    assert all(n == 12 or last == 29 for n, last in checked["lengths"]), checked["lengths"]
     assert checked["text"].startswith("the quick")
 
 
