@@ -214,12 +214,7 @@ def _eval(run: str, **params) -> None:
 
     opts = _settings("eval", params)
     if opts.harness:
-        from lmlab.errors import require
-
-        require("lm_eval", "harness")
-        from lm_eval.utils import make_table
-
-        from lmlab.infer.harness import run_harness
+        from lmlab.infer.harness import make_table, run_harness  # names the extra to install without lm-eval
 
         tasks = [t.strip() for t in opts.harness.split(",") if t.strip()]
         result = run_harness(

@@ -17,13 +17,14 @@ import torch
 
 from lmlab.errors import ConfigError, require
 from lmlab.infer.load import load_run
-from lmlab.infer.score import prefix_id, rolling_windows, score_pairs
+from lmlab.infer.score import document_loglikelihoods, prefix_id, score_pairs
 from lmlab.utils.hardware import resolve_device
 
 # lm-eval fills its model registry on first use only while the registry is empty: fill it before adding ours.
 require("lm_eval.models", "harness")
 from lm_eval.api.model import TemplateLM  # noqa: E402
 from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.utils import make_table  # noqa: E402, F401  lm-eval's results table, for `lmlab eval --harness`
 
 
 @register_model("lmlab")
@@ -68,15 +69,10 @@ class LmlabLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Each document's log-likelihood over disjoint rolling windows (`lmlab.infer.score`)."""
-        windows, owner = [], []
-        for i, request in enumerate(requests):
-            doc = rolling_windows(self.tok_encode(request.args[0]), self.prefix_token_id, self.max_length)
-            windows += doc
-            owner += [i] * len(doc)
-        scores = score_pairs(self.model, windows, max_len=self.max_length, batch_size=self.batch_size)
-        totals = [0.0] * len(requests)
-        for i, (logprob, _) in zip(owner, scores, strict=True):
-            totals[i] += logprob
+        encoded = [self.tok_encode(request.args[0]) for request in requests]
+        totals = document_loglikelihoods(
+            self.model, encoded, self.prefix_token_id, max_len=self.max_length, batch_size=self.batch_size
+        )
         for request, total in zip(requests, totals, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", (request.args[0],), total)
         return totals

@@ -106,20 +106,30 @@ class DocumentScore:
         }
 
 
+def document_loglikelihoods(
+    model, documents: Sequence[Sequence[int]], prefix: int, *, max_len: int, batch_size: int = 8
+) -> list[float]:
+    """Each document's log-likelihood (ids), summed over its rolling windows; all windows are batched together."""
+    windows, owner = [], []
+    for i, ids in enumerate(documents):
+        doc = rolling_windows(ids, prefix, max_len)
+        windows += doc
+        owner += [i] * len(doc)
+    totals = [0.0] * len(documents)
+    for i, (logprob, _) in zip(owner, score_pairs(model, windows, max_len=max_len, batch_size=batch_size), strict=True):
+        totals[i] += logprob
+    return totals
+
+
 def score_documents(model, tokenizer, texts: Iterable[str], *, max_len: int, batch_size: int = 8) -> DocumentScore:
     """Every document scored in full by rolling windows; words are counted as lm-eval counts them (pieces
     between runs of whitespace, empty ends included)."""
     texts = list(texts)
-    prefix = prefix_id(tokenizer)
-    windows, tokens = [], 0
-    for text in texts:
-        ids = tokenizer.encode(text)
-        tokens += len(ids)
-        windows += rolling_windows(ids, prefix, max_len)
-    nats = sum(lp for lp, _ in score_pairs(model, windows, max_len=max_len, batch_size=batch_size))
+    encoded = [tokenizer.encode(text) for text in texts]
+    totals = document_loglikelihoods(model, encoded, prefix_id(tokenizer), max_len=max_len, batch_size=batch_size)
     return DocumentScore(
-        nats=nats,
-        tokens=tokens,
+        nats=sum(totals),
+        tokens=sum(len(ids) for ids in encoded),
         bytes=sum(len(t.encode("utf-8")) for t in texts),
         chars=sum(len(t) for t in texts),
         words=sum(len(re.split(r"\s+", t)) for t in texts),
